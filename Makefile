@@ -1,0 +1,37 @@
+# Two commands do all set-up on a fresh machine with Python 3.11+: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WORKDIR ?= workdir/demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast lint bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch is only needed by the PyTorch-weights tests and the side-by-side benchmark; the
+	# CPU wheel is pinned so that no multi-GB CUDA build is pulled in.
+	$(BIN)/python -m pip install --quiet -e '.[test,notebook]' 'torch==2.13.0'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/busgen demo --workdir=$(WORKDIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --durations=15 $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check busgen_jax tests configs benchmarks launch
+	$(BIN)/ruff format --check busgen_jax tests configs benchmarks launch
+
+bench: $(STAMP)
+	for script in benchmarks/phantom_throughput.py benchmarks/pipeline_throughput.py; do \
+		$(BIN)/python $$script || exit 1; done
+
+clean:
+	rm -rf $(VENV) workdir .pytest_cache

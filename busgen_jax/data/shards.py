@@ -1,0 +1,252 @@
+"""ArrayRecord shards plus a manifest: the on-disk form of every dataset in the project.
+
+A dataset directory holds `{name}-{split}-{i:05d}-of-{n:05d}.array_record` shards and one
+`manifest.json`. Shards are written under a temporary name and renamed when complete, and the
+manifest is written last (also atomically), so a reader that finds a manifest finds every shard
+it names, complete. The manifest carries no timestamps: the same records give the same bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from array_record.python.array_record_module import ArrayRecordReader, ArrayRecordWriter
+
+from busgen_jax.data import schema
+
+MANIFEST = "manifest.json"
+# group_size:1 keeps every record individually addressable, which grain's random access needs.
+_WRITER_OPTIONS = "group_size:1"
+
+
+class DatasetError(ValueError):
+    """A dataset on disk is missing, incomplete or inconsistent; the message names the file."""
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes `text` to `path` so that readers see the old file or the new one, never a part."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_shard(payloads: Iterable[bytes], path: str | os.PathLike) -> dict[str, Any]:
+    """Writes serialized records to one ArrayRecord file atomically; returns its shard entry."""
+    path = pathlib.Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    writer = ArrayRecordWriter(str(tmp), _WRITER_OPTIONS)
+    count = 0
+    try:
+        for payload in payloads:
+            writer.write(payload)
+            count += 1
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    writer.close()
+    os.replace(tmp, path)
+    return {"file": path.name, "num_records": count, "sha256": _sha256(path)}
+
+
+def _summary(records_meta: list[dict[str, str]]) -> dict[str, Any]:
+    by_pathology = collections.Counter(m["pathology"] for m in records_meta)
+    by_device = collections.Counter(m["device"] for m in records_meta)
+    by_pair = collections.Counter(f"{m['pathology']}/{m['device']}" for m in records_meta)
+    return {
+        "num_records": len(records_meta),
+        "pathology": dict(sorted(by_pathology.items())),
+        "device": dict(sorted(by_device.items())),
+        "pathology_by_device": dict(sorted(by_pair.items())),
+    }
+
+
+def _iter_validated(records: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    seen_cases: dict[str, int] = {}
+    for index, record in enumerate(records):
+        where = f"record {index} (case {record.get('case_id')!r})"
+        schema.validate(record, where=where)
+        case_id = record["case_id"]
+        if case_id in seen_cases:
+            raise schema.SchemaError(
+                f"{where}: duplicate case_id, already used by record {seen_cases[case_id]}"
+            )
+        seen_cases[case_id] = index
+        yield record
+
+
+def write_dataset(
+    records: Iterable[dict[str, Any]],
+    out_dir: str | os.PathLike,
+    *,
+    name: str,
+    records_per_shard: int = 1024,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Validates and writes records as per-split ArrayRecord shards plus `manifest.json`.
+
+    Everything is staged in a hidden directory inside `out_dir` and moved into place only after
+    the last record was written, so a failure (bad record, duplicate id, interruption) leaves
+    `out_dir` without any new shard or manifest.
+
+    Args:
+      records: schema records (see `busgen_jax.data.schema`), in the order to store them.
+      out_dir: destination directory (created if missing; must not already hold a manifest).
+      name: dataset name used in shard file names.
+      records_per_shard: maximum records per shard.
+      extra: JSON-serializable metadata stored in the manifest (e.g. importer settings).
+
+    Returns:
+      The manifest dict.
+    """
+    if records_per_shard < 1:
+        raise ValueError(f"records_per_shard must be >= 1, got {records_per_shard}")
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / MANIFEST).exists():
+        raise DatasetError(
+            f"{out_dir / MANIFEST}: a dataset already exists here; use a new directory"
+        )
+    staging = out_dir / f".staging-{uuid.uuid4().hex}"
+    staging.mkdir()
+    try:
+        manifest = _write_staged(_iter_validated(records), staging, name, records_per_shard)
+        manifest["extra"] = dict(extra or {})
+        for split_info in manifest["splits"].values():
+            for shard in split_info["shards"]:
+                os.replace(staging / shard["staged_file"], out_dir / shard["file"])
+                del shard["staged_file"]
+        atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def _write_staged(
+    records: Iterator[dict[str, Any]], staging: pathlib.Path, name: str, records_per_shard: int
+) -> dict[str, Any]:
+    pending: dict[str, list[bytes]] = collections.defaultdict(list)
+    meta: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
+    shards: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
+
+    def flush(split: str) -> None:
+        staged_name = f"{split}-{len(shards[split]):05d}"
+        entry = write_shard(pending[split], staging / staged_name)
+        entry["staged_file"] = staged_name
+        shards[split].append(entry)
+        pending[split] = []
+
+    for record in records:
+        split = record["split"]
+        pending[split].append(schema.serialize(record))
+        meta[split].append({"pathology": record["pathology"], "device": record["device"]})
+        if len(pending[split]) == records_per_shard:
+            flush(split)
+    for split in list(pending):
+        if pending[split]:
+            flush(split)
+    if not meta:
+        raise DatasetError(f"no records to write for dataset '{name}' (empty dataset)")
+
+    splits = {}
+    for split in sorted(meta):
+        total = len(shards[split])
+        for i, shard in enumerate(shards[split]):
+            shard["file"] = f"{name}-{split}-{i:05d}-of-{total:05d}.array_record"
+        splits[split] = {
+            **_summary(meta[split]),
+            "shards": shards[split],
+            # Per-record labels let readers balance classes without decoding images.
+            "record_pathology": [m["pathology"] for m in meta[split]],
+            "record_device": [m["device"] for m in meta[split]],
+        }
+    all_meta = [m for split in sorted(meta) for m in meta[split]]
+    return {
+        "schema_version": schema.SCHEMA_VERSION,
+        "name": name,
+        **_summary(all_meta),
+        "splits": splits,
+    }
+
+
+def read_manifest(dataset_dir: str | os.PathLike) -> dict[str, Any]:
+    """Reads a dataset's manifest, with an error naming the directory if there is none."""
+    path = pathlib.Path(dataset_dir) / MANIFEST
+    if not path.exists():
+        raise DatasetError(
+            f"{path}: no manifest (not a dataset directory, or writing never finished)"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: manifest is not valid JSON ({e})") from e
+    if manifest.get("schema_version") != schema.SCHEMA_VERSION:
+        raise DatasetError(
+            f"{path}: schema_version {manifest.get('schema_version')} is not "
+            f"{schema.SCHEMA_VERSION}"
+        )
+    return manifest
+
+
+def shard_paths(dataset_dir: str | os.PathLike, split: str) -> list[str]:
+    """Paths of the shards of one split, checked to exist."""
+    dataset_dir = pathlib.Path(dataset_dir)
+    manifest = read_manifest(dataset_dir)
+    if split not in manifest["splits"]:
+        return []
+    paths = []
+    for shard in manifest["splits"][split]["shards"]:
+        path = dataset_dir / shard["file"]
+        if not path.exists():
+            raise DatasetError(f"{path}: shard named in the manifest is missing")
+        paths.append(str(path))
+    return paths
+
+
+def verify_dataset(dataset_dir: str | os.PathLike) -> dict[str, Any]:
+    """Checks every shard's checksum and record count against the manifest."""
+    dataset_dir = pathlib.Path(dataset_dir)
+    manifest = read_manifest(dataset_dir)
+    for split, info in manifest["splits"].items():
+        for shard, path in zip(info["shards"], shard_paths(dataset_dir, split), strict=True):
+            if _sha256(pathlib.Path(path)) != shard["sha256"]:
+                raise DatasetError(f"{path}: checksum does not match the manifest")
+            reader = ArrayRecordReader(path)
+            count = reader.num_records()
+            reader.close()
+            if count != shard["num_records"]:
+                raise DatasetError(f"{path}: {count} records, manifest says {shard['num_records']}")
+    return manifest
+
+
+def read_records(
+    dataset_dir: str | os.PathLike, split: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """Yields the decoded records of one split (or all splits) in storage order."""
+    manifest = read_manifest(dataset_dir)
+    splits = [split] if split is not None else sorted(manifest["splits"])
+    for name in splits:
+        for path in shard_paths(dataset_dir, name):
+            reader = ArrayRecordReader(path)
+            try:
+                for payload in reader.read_all():
+                    yield schema.deserialize(payload)
+            finally:
+                reader.close()
