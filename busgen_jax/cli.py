@@ -1,0 +1,58 @@
+"""`busgen`: one command with a subcommand per job.
+
+    busgen <job> --config=configs/<job>.py:<preset> --workdir=DIR [--config.<field>=<value> ...]
+    busgen <job> --help
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# Subcommand -> (module, one-line summary). Modules are imported only when their job runs, so
+# `busgen --help` stays fast and no job's dependencies load for another.
+JOBS = {
+    "phantom": ("busgen_jax.generate_phantom", "generate a phantom breast-ultrasound dataset"),
+    "import": ("busgen_jax.import_data", "import BUSI / BUS-BRA / UDIAT / CSV / DICOM data"),
+    "pretrain": ("busgen_jax.pretrain", "pretrain the conditional diffusion U-Net"),
+    "adapt": ("busgen_jax.adapt", "few-shot LoRA adaptation of a pretrained model"),
+    "synthesize": ("busgen_jax.synthesize", "write an audited synthetic dataset"),
+    "train-classifier": ("busgen_jax.classify", "train a classifier on real/synthetic data"),
+    "predict": ("busgen_jax.predict", "per-case probabilities of a classifier, as CSV"),
+    "evaluate": ("busgen_jax.evaluate", "clinical statistics and generative-quality metrics"),
+    "reader-study": ("busgen_jax.reader_study_job", "compare a model with a reader study"),
+    "audit": ("busgen_jax.audit", "privacy audit of a synthetic dataset against its training set"),
+    "report": ("busgen_jax.report", "HTML report of a workdir's results"),
+    "demo": ("busgen_jax.demo", "the whole pipeline on the built-in phantom"),
+}
+
+
+def _usage() -> str:
+    width = max(map(len, JOBS))
+    lines = [__doc__.strip(), "", "Jobs:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in JOBS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return
+    name, rest = argv[0], argv[1:]
+    if name not in JOBS:
+        print(f"error: unknown job '{name}' (choose one of: {', '.join(JOBS)})", file=sys.stderr)
+        sys.exit(2)
+    module_name = JOBS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name != module_name:
+            raise
+        print(f"error: job '{name}' is not available in this version", file=sys.stderr)
+        sys.exit(2)
+    module.main([f"busgen {name}", *rest])
+
+
+if __name__ == "__main__":
+    main()

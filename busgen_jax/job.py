@@ -1,0 +1,96 @@
+"""What every job command shares: `--config path.py:preset`, `--workdir`, overrides, clean errors.
+
+A job module defines `run(config, workdir)` and ends with `main = job.command(run, default)`.
+`busgen <job> --config=configs/x.py:preset --workdir=DIR --config.some.field=value` and
+`python -m busgen_jax.<job> ...` both end up here.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+class JobError(RuntimeError):
+    """An error the user can fix (bad input, missing checkpoint); printed as one line."""
+
+
+def resolve_config_path(spec: str) -> str:
+    """Lets `configs/x.py:preset` work from any directory when the repo checkout is installed."""
+    path, _, preset = spec.partition(":")
+    if not os.path.exists(path) and (REPO_ROOT / path).exists():
+        path = str(REPO_ROOT / path)
+    return f"{path}:{preset}" if preset else path
+
+
+def _resolve_config_argument(argv: Sequence[str]) -> list[str]:
+    resolved = []
+    for arg in argv:
+        if arg.startswith("--config="):
+            arg = "--config=" + resolve_config_path(arg.split("=", 1)[1])
+        resolved.append(arg)
+    return resolved
+
+
+def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config: str, doc: str):
+    """Builds the `main(argv)` of a job whose work is `run(config, workdir)`."""
+
+    def main(argv: Sequence[str] | None = None) -> None:
+        argv = list(sys.argv if argv is None else argv)
+        flag_values = flags.FlagValues()
+        config_flag = config_flags.DEFINE_config_file(
+            "config",
+            default=resolve_config_path(default_config),
+            help_string="Config file and preset, e.g. configs/pretrain.py:tiny. Any field can be "
+            "overridden with --config.<field>=<value>.",
+            flag_values=flag_values,
+            lock_config=True,
+        )
+        workdir_flag = flags.DEFINE_string(
+            "workdir", None, "Directory for this job's outputs, checkpoints and logs.",
+            flag_values=flag_values,
+        )
+        flags.DEFINE_bool("help", False, "Show this help.", flag_values=flag_values, short_name="h")
+        try:
+            flag_values(_resolve_config_argument(argv))
+            if flag_values["help"].value:
+                print(f"{doc.strip()}\n\nFlags:\n{flag_values.main_module_help() or _help(flag_values)}")
+                return
+            if not workdir_flag.value:
+                raise JobError("--workdir is required")
+            config = config_flag.value
+        except (flags.Error, JobError, ValueError, FileNotFoundError, KeyError) as e:
+            _fail(e)
+        logging.set_verbosity(logging.INFO)
+        try:
+            run(config, workdir_flag.value)
+        except JobError as e:
+            _fail(e)
+
+    return main
+
+
+def _help(flag_values: flags.FlagValues) -> str:
+    return "\n".join(
+        f"  --{name}: {flag_values[name].help}" for name in ("config", "workdir", "help")
+    )
+
+
+def _fail(error: Exception) -> None:
+    message = str(error).strip().splitlines()
+    print(f"error: {message[-1] if message else type(error).__name__}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run_main(main: Callable[[Sequence[str]], None]) -> None:
+    """Entry point for `python -m busgen_jax.<job>` (absl app for logging set-up)."""
+    app.run(lambda argv: main(argv), flags_parser=lambda argv: argv)

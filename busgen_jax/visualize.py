@@ -1,0 +1,65 @@
+"""Labelled image grids (PNG) for datasets and samples."""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Maps model-space images in [-1, 1] to uint8."""
+    return np.clip(np.round((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def labelled_grid(
+    cells: Mapping[tuple[str, str], Sequence[np.ndarray]],
+    *,
+    row_labels: Sequence[str],
+    col_labels: Sequence[str],
+    per_cell: int,
+    path: str | pathlib.Path,
+    title: str | None = None,
+    boxes: Mapping[tuple[str, str], Sequence[np.ndarray]] | None = None,
+) -> pathlib.Path:
+    """Saves a grid: one row per row label, `per_cell` uint8 images per (row, column) cell.
+
+    Missing cells stay blank. `boxes`, when given, outlines normalized xyxy boxes per image.
+    """
+    rows, cols = len(row_labels), len(col_labels) * per_cell
+    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.4 * rows + 0.4), squeeze=False)
+    for r, row in enumerate(row_labels):
+        for c, col in enumerate(col_labels):
+            images = cells.get((row, col), [])
+            cell_boxes = (boxes or {}).get((row, col), [])
+            for k in range(per_cell):
+                ax = axes[r, c * per_cell + k]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                if k < len(images):
+                    image = images[k]
+                    ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+                    height, width = image.shape[:2]
+                    for x1, y1, x2, y2 in cell_boxes[k] if k < len(cell_boxes) else []:
+                        ax.add_patch(plt.Rectangle((x1 * width - 0.5, y1 * height - 0.5),
+                                                   (x2 - x1) * width, (y2 - y1) * height,
+                                                   fill=False, edgecolor="yellow", linewidth=0.8))
+                if r == 0 and k == 0:
+                    ax.set_title(col, fontsize=7, loc="left")
+                if c == 0 and k == 0:
+                    ax.set_ylabel(row, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout(pad=0.3)
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
