@@ -159,10 +159,3 @@ def test_missing_split_and_missing_classes_are_errors(dataset_dir):
         pipeline.make_dataset(_config(dataset_dir), split="val", seed=0)
     with pytest.raises(shards.DatasetError, match="of classes"):
         pipeline.make_dataset(_config(dataset_dir, class_names=["lymphoma"]), split="train", seed=0)
-
-
-def test_render_box_mask_matches_pixel_centres():
-    mask = pipeline.render_box_mask([[0.25, 0.5, 0.75, 1.0]], 4, 8)[..., 0]
-    expected = np.zeros((4, 8))
-    expected[2:4, 2:6] = 1
-    np.testing.assert_array_equal(mask, expected)

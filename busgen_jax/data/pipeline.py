@@ -26,7 +26,7 @@ import ml_collections
 import numpy as np
 from PIL import Image
 
-from busgen_jax.data import schema, shards
+from busgen_jax.data import box_priors, schema, shards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,22 +38,6 @@ class _Take:
 
     def __call__(self, position: int) -> dict[str, Any]:
         return schema.deserialize(self.source[int(self.indices[position])])
-
-
-def render_box_mask(boxes: Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
-    """Renders normalized xyxy boxes as a float32 [H, W, 1] mask, 1 inside any box.
-
-    A pixel belongs to a box when its centre lies inside it, so rendering commutes with resizing
-    up to pixel rounding.
-    """
-    mask = np.zeros((height, width, 1), np.float32)
-    ys = (np.arange(height) + 0.5) / height
-    xs = (np.arange(width) + 0.5) / width
-    for x1, y1, x2, y2 in boxes:
-        rows = (ys >= y1) & (ys < y2)
-        cols = (xs >= x1) & (xs < x2)
-        mask[np.ix_(rows, cols, [0])] = 1.0
-    return mask
 
 
 def _lesion_preserving_crop(
@@ -113,7 +97,7 @@ class Preprocess:
             boxes = boxes[:, [2, 1, 0, 3]] * [-1, 1, -1, 1] + [1, 0, 1, 0]
         return {
             "image": (pixels / 127.5 - 1.0)[..., None],
-            "box_mask": render_box_mask(boxes, self.image_size, self.image_size),
+            "box_mask": box_priors.box_mask(boxes, self.image_size, self.image_size),
             "class_id": np.int32(self.class_index[record["pathology"]]),
             "device_id": np.int32(self.device_index.get(record["device"], 0)),
         }
