@@ -1,0 +1,1 @@
+"""Privacy of synthetic data: nearest-neighbour audit against the training images."""

@@ -1,0 +1,188 @@
+"""Privacy audit: NCC nearest neighbours, threshold calibration, copy rejection, report."""
+
+import json
+
+import numpy as np
+import pytest
+import scipy.ndimage
+import scipy.stats
+from PIL import Image
+
+from busgen_jax.privacy import audit
+
+
+def _textures(num: int, seed: int, size: int = 48) -> np.ndarray:
+    """Smooth random textures: independent images with realistic NN similarities (~0.4)."""
+    rng = np.random.default_rng(seed)
+    x = scipy.ndimage.gaussian_filter(rng.normal(size=(num, size, size)), sigma=(0, 3, 3))
+    return (x / x.std()).astype(np.float32)
+
+
+def _brute_force_nn(candidates, reference, size):
+    """Pearson correlation of PIL-resized channel means, every pair, reference and mirrors."""
+
+    def vector(image):
+        gray = image.mean(-1) if image.ndim == 3 else image
+        small = Image.fromarray(gray.astype(np.float32), mode="F").resize(
+            (size, size), Image.BILINEAR
+        )
+        return np.asarray(small, np.float64).ravel()
+
+    refs = [vector(r) for r in reference] + [vector(r[:, ::-1]) for r in reference]
+    sims = np.array([[np.corrcoef(vector(c), r)[0, 1] for r in refs] for c in candidates])
+    return sims.max(1), sims.argmax(1) % len(reference)
+
+
+@pytest.fixture(scope="module")
+def train():
+    return _textures(60, seed=0)
+
+
+@pytest.fixture(scope="module")
+def threshold(train):
+    return audit.calibrate_threshold(train, _textures(60, seed=1))
+
+
+@pytest.mark.parametrize("chunk", [4, 1024])
+def test_ncc_matches_brute_force(chunk):
+    rng = np.random.default_rng(0)
+    candidates = rng.uniform(0, 255, size=(9, 40, 30, 3)).astype(np.float32)
+    reference = rng.uniform(0, 255, size=(7, 40, 30, 3)).astype(np.float32)
+    candidates[:3] = reference[[4, 0, 6]] * 0.5 + 10  # affine copies
+    candidates[3] = reference[2, :, ::-1]  # a mirrored copy
+    sims, idx = audit.nearest_neighbours(candidates, reference, size=16, chunk=chunk)
+    expected_sims, expected_idx = _brute_force_nn(candidates, reference, 16)
+    np.testing.assert_allclose(sims, expected_sims, atol=1e-5)
+    np.testing.assert_array_equal(idx, expected_idx)
+    np.testing.assert_array_equal(idx[:4], [4, 0, 6, 2])
+
+
+def test_flat_image_has_zero_similarity(train):
+    sims, _ = audit.nearest_neighbours(np.full((2, 48, 48), 7.0), train)
+    np.testing.assert_array_equal(sims, 0.0)
+
+
+def test_threshold_is_numpy_quantile_of_heldout_nn(train):
+    heldout = _textures(12, seed=1, size=48)
+    brute, _ = _brute_force_nn(heldout, train[:10], 32)
+    for q in (0.5, 0.9):
+        threshold = audit.calibrate_threshold(train[:10], heldout, quantile=q)
+        assert threshold == pytest.approx(np.quantile(brute, q), abs=1e-5)
+
+
+def test_tiny_heldout_set_warns_and_gives_near_maximum(caplog):
+    sims = np.linspace(0.1, 0.5, 20)
+    with caplog.at_level("WARNING"):
+        threshold = audit.quantile_threshold(sims, 0.999)
+    assert "Only 20 held-out" in caplog.text
+    assert threshold == pytest.approx(np.quantile(sims, 0.999)) and 0.499 < threshold <= 0.5
+    with pytest.raises(ValueError, match="heldout_sims"):
+        audit.quantile_threshold(np.array([]))
+
+
+def test_planted_copies_are_rejected_and_new_images_pass(train, threshold):
+    rng = np.random.default_rng(5)
+    source = train[:10]
+    copies = {
+        "verbatim": source,
+        "contrast": 0.3 * source - 2.0,
+        "noise": source + 0.3 * rng.normal(size=source.shape),
+        "mirror": source[:, :, ::-1],
+        "shift": np.roll(source, 1, axis=2),
+        "blur": scipy.ndimage.gaussian_filter(source, sigma=(0, 1.5, 1.5)),
+    }
+    for name, planted in copies.items():
+        keep, sims, idx = audit.filter_candidates(planted, train, threshold)
+        assert not keep.any(), (name, sims)
+        np.testing.assert_array_equal(idx, np.arange(10), err_msg=name)
+    keep, _, _ = audit.filter_candidates(_textures(100, seed=2), train, threshold)
+    assert keep.mean() >= 0.95
+
+
+def test_feature_fn_catches_rotated_copies_that_ncc_misses(train, threshold):
+    def rotation_invariant(images):  # sum of the four 90-degree rotations, centred
+        summed = sum(np.rot90(images, k, axes=(1, 2)) for k in range(4))
+        flat = summed.reshape(len(images), -1)
+        return flat - flat.mean(1, keepdims=True)
+
+    rotated = np.rot90(train[:10], 1, axes=(1, 2))
+    ncc_sims, _ = audit.nearest_neighbours(rotated, train)
+    assert (ncc_sims <= threshold).all()
+    feature_sims, idx = audit.nearest_neighbours(rotated, train, feature_fn=rotation_invariant)
+    np.testing.assert_allclose(feature_sims, 1.0, atol=1e-5)
+    np.testing.assert_array_equal(idx, np.arange(10))
+
+
+def test_audited_generate_regenerates_rejected_candidates(train, threshold):
+    calls = []
+
+    def generate(num, round_index):
+        calls.append((num, round_index))
+        fresh = _textures(num, seed=100 + round_index)
+        if round_index == 0:  # the first round memorizes three training images
+            fresh[[1, 4, 7]] = train[[3, 5, 8]]
+        return fresh
+
+    images, stats = audit.audited_generate(generate, 12, train, threshold)
+    assert calls[:2] == [(12, 0), (3, 1)]
+    assert images.shape == (12, 48, 48)
+    assert stats["rejected"] >= 3 and stats["generated"] == 12 + sum(n for n, _ in calls[1:])
+    sims, _ = audit.nearest_neighbours(images, train)
+    assert (sims <= threshold).all()
+    np.testing.assert_allclose(np.sort(stats["accepted_sims"]), np.sort(sims), atol=1e-6)
+    assert [p[2] for p in stats["closest_pairs"][:3]] == pytest.approx([1.0] * 3, abs=1e-5)
+
+
+def test_audited_generate_fails_clearly_on_a_copying_generator(train, threshold):
+    def copier(num, round_index):
+        return train[:num]
+
+    with pytest.raises(audit.AuditError, match="0 of 5 images passed.*after 3 rounds"):
+        audit.audited_generate(copier, 5, train, threshold, max_rounds=3)
+
+
+def test_memorization_test_direction_and_u_statistic():
+    rng = np.random.default_rng(0)
+    heldout = rng.normal(0.4, 0.05, 300)
+    copying = audit.memorization_test(rng.normal(0.6, 0.05, 200), heldout)
+    assert copying["z_u"] < -5 and copying["p_copying"] < 1e-6
+    assert copying["interpretation"].startswith("copying")
+    underfit = audit.memorization_test(rng.normal(0.3, 0.05, 200), heldout)
+    assert underfit["z_u"] > 5 and underfit["interpretation"].startswith("under-fitting")
+    same = audit.memorization_test(rng.normal(0.4, 0.05, 200), heldout)
+    assert same["interpretation"] == "no evidence of data copying"
+    # U against its definition on distances 1 - sim, with ties counted 1/2.
+    gen, held = np.array([0.9, 0.5, 0.5, 0.2]), np.array([0.5, 0.3, 0.1])
+    d_gen, d_held = 1 - gen[:, None], 1 - held[None, :]
+    expected_u = (d_gen > d_held).sum() + 0.5 * (d_gen == d_held).sum()
+    result = audit.memorization_test(gen, held)
+    assert result["u"] == expected_u
+    assert result["z_u"] == pytest.approx((expected_u - 6) / np.sqrt(12 * 8 / 12))
+
+
+def test_report_files_and_numbers(tmp_path, train, threshold):
+    candidates = np.concatenate([_textures(30, seed=3), train[:2]])
+    keep, sims, idx = audit.filter_candidates(candidates, train, threshold)
+    heldout_sims, _ = audit.nearest_neighbours(_textures(40, seed=4), train)
+    pairs = audit.select_closest_pairs(candidates, train, sims, idx, k=4)
+    report = audit.write_audit_report(
+        tmp_path,
+        sims=sims,
+        heldout_sims=heldout_sims,
+        threshold=threshold,
+        rejected_count=int((~keep).sum()),
+        closest_pairs=pairs,
+    )
+    on_disk = json.loads((tmp_path / "audit.json").read_text())
+    assert on_disk == report
+    assert on_disk["threshold"] == pytest.approx(threshold)
+    assert on_disk["num_candidates"] == 32 and on_disk["rejected_count"] == (~keep).sum() >= 2
+    assert on_disk["candidate_similarity"]["q99"] == pytest.approx(np.quantile(sims, 0.99))
+    assert on_disk["heldout_similarity"]["mean"] == pytest.approx(heldout_sims.mean())
+    assert on_disk["closest_pair_similarities"] == pytest.approx(np.sort(sims)[::-1][:4])
+    expected_u = scipy.stats.mannwhitneyu(1 - sims, 1 - heldout_sims).statistic
+    assert on_disk["memorization_test"]["u"] == pytest.approx(expected_u)
+    for name, min_height in [("audit_similarity_hist.png", 300), ("audit_closest_pairs.png", 600)]:
+        with Image.open(tmp_path / name) as image:
+            assert image.height >= min_height
+            assert np.asarray(image.convert("L")).std() > 10  # not a blank canvas
