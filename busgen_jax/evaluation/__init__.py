@@ -1,0 +1,1 @@
+"""Evaluation: clinical statistics, reader studies, MRMC analysis and figures."""
