@@ -153,7 +153,10 @@ def write_dicom(
         pixels = np.stack([pixels] * frames)
     bits = 16 if pixels.dtype == np.uint16 else 8
     ds.set_pixel_data(
-        pixels, photometric_interpretation=photometric, bits_stored=bits, generate_instance_uid=False
+        pixels,
+        photometric_interpretation=photometric,
+        bits_stored=bits,
+        generate_instance_uid=False,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)
