@@ -26,7 +26,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 from busgen_jax.evaluation.statistics import Result, check_scores, check_truth, delong_components
 
@@ -134,10 +134,12 @@ def _t_test(
     analysis: str, estimate: float, std_err: float, df: float, alpha: float, null: float = 0.0
 ) -> ORTest:
     """1-df test of estimate = null and interval; df = inf gives the normal (z, chi-square) form."""
-    half = stats.t.ppf(1 - alpha / 2, df) * std_err
+    # scipy.special's Student t functions: the same values as scipy.stats.t at a fraction of
+    # its per-call cost, which matters in simulation studies of many small analyses.
+    half = special.stdtrit(df, 1 - alpha / 2) * std_err
     shift = estimate - null
     t_value = shift / std_err if std_err > 0 else np.copysign(np.inf, shift)
-    p_value = float(2 * stats.t.sf(abs(t_value), df)) if np.isfinite(t_value) else 0.0
+    p_value = float(2 * special.stdtr(df, -abs(t_value))) if np.isfinite(t_value) else 0.0
     return ORTest(
         analysis=analysis,
         estimate=float(estimate),
