@@ -9,7 +9,9 @@ pathology. A prior holds, per class:
   correlated (a large box is never centred at an image edge); the published BUSGen code sampled
   centre, aspect and area independently. Logs keep sampled widths and areas positive.
 * the distribution of the number of boxes per image (empirical frequencies), so multi-lesion
-  images are reproduced and classes without lesions ("normal") yield no boxes.
+  images are reproduced and classes without lesions ("normal") yield no boxes. An image of a
+  lesion class without boxes counts as 0 boxes; drop such records first when their boxes were
+  merely not annotated.
 
 Sampling a Gaussian KDE is sampling a mixture: pick a training box uniformly, add kernel noise
 ``N(0, H)``. Hence the sample covariance is ``Cov_emp(f) + H`` (biased empirical covariance),
