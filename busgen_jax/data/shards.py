@@ -165,19 +165,35 @@ def _write_staged(
     if not meta:
         raise DatasetError(f"no records to write for dataset '{name}' (empty dataset)")
 
-    splits = {}
-    for split in sorted(meta):
+    for split in sorted(shards):
         total = len(shards[split])
         for i, shard in enumerate(shards[split]):
             shard["file"] = f"{name}-{split}-{i:05d}-of-{total:05d}.array_record"
+    return build_manifest(name, shards, meta)
+
+
+def build_manifest(
+    name: str,
+    split_shards: dict[str, list[dict[str, Any]]],
+    split_meta: dict[str, list[dict[str, str]]],
+) -> dict[str, Any]:
+    """The manifest of shards already written, given each split's records' pathology and device.
+
+    Args:
+      name: dataset name.
+      split_shards: per split, shard entries as returned by `write_shard`, in reading order.
+      split_meta: per split, one {'pathology', 'device'} dict per record, in reading order.
+    """
+    splits = {}
+    for split in sorted(split_meta):
         splits[split] = {
-            **_summary(meta[split]),
-            "shards": shards[split],
+            **_summary(split_meta[split]),
+            "shards": split_shards[split],
             # Per-record labels let readers balance classes without decoding images.
-            "record_pathology": [m["pathology"] for m in meta[split]],
-            "record_device": [m["device"] for m in meta[split]],
+            "record_pathology": [m["pathology"] for m in split_meta[split]],
+            "record_device": [m["device"] for m in split_meta[split]],
         }
-    all_meta = [m for split in sorted(meta) for m in meta[split]]
+    all_meta = [m for split in sorted(split_meta) for m in split_meta[split]]
     return {
         "schema_version": schema.SCHEMA_VERSION,
         "name": name,
@@ -236,6 +252,16 @@ def verify_dataset(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
+def read_shard(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Yields the decoded records of one shard file in storage order."""
+    reader = ArrayRecordReader(str(path))
+    try:
+        for payload in reader.read_all():
+            yield schema.deserialize(payload)
+    finally:
+        reader.close()
+
+
 def read_records(
     dataset_dir: str | os.PathLike, split: str | None = None
 ) -> Iterator[dict[str, Any]]:
@@ -244,9 +270,4 @@ def read_records(
     splits = [split] if split is not None else sorted(manifest["splits"])
     for name in splits:
         for path in shard_paths(dataset_dir, name):
-            reader = ArrayRecordReader(path)
-            try:
-                for payload in reader.read_all():
-                    yield schema.deserialize(payload)
-            finally:
-                reader.close()
+            yield from read_shard(path)

@@ -1,0 +1,156 @@
+"""A trained generator on disk, and sampling from it.
+
+An exported generator is a directory with
+  params/               orbax checkpoint of the U-Net params (`torch_convert.save_params`)
+  model_config.json     the U-Net config
+  generator.json        what sampling needs besides the network: the noise schedule, the
+                        prediction target, the class and device vocabularies and image size.
+Pretraining exports its EMA params in this form, the PyTorch converter writes the published
+weights in it, and adaptation writes its adapters next to a reference to one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from busgen_jax.diffusion import guidance, samplers, schedules
+from busgen_jax.models import torch_convert
+from busgen_jax.models.unet import UNet
+
+SPEC_FILE = "generator.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class GeneratorSpec:
+    """Everything besides the weights that turns a U-Net into a sampler."""
+
+    schedule: dict[str, Any]
+    prediction: str
+    class_names: tuple[str, ...]
+    device_names: tuple[str, ...]
+    image_size: int
+    source: str = "pretrain"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> GeneratorSpec:
+        raw = json.loads(text)
+        raw["class_names"] = tuple(raw["class_names"])
+        raw["device_names"] = tuple(raw["device_names"])
+        return cls(**raw)
+
+
+def export_generator(
+    directory: str | pathlib.Path,
+    model: nnx.Module,
+    model_config: ml_collections.ConfigDict,
+    spec: GeneratorSpec,
+) -> pathlib.Path:
+    """Writes `model`'s params, its config and `spec` to `directory`."""
+    directory = pathlib.Path(directory).absolute()
+    directory.mkdir(parents=True, exist_ok=True)
+    torch_convert.save_params(nnx.state(model, nnx.Param), directory, config=model_config)
+    (directory / SPEC_FILE).write_text(spec.to_json())
+    return directory
+
+
+def load_generator(directory: str | pathlib.Path) -> tuple[UNet, GeneratorSpec]:
+    """Restores an exported generator; errors name the directory and what is missing."""
+    directory = pathlib.Path(directory)
+    spec_path = directory / SPEC_FILE
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{spec_path}: not an exported generator (no {SPEC_FILE})")
+    spec = GeneratorSpec.from_json(spec_path.read_text())
+    model_config = torch_convert.load_model_config(directory)
+    model = nnx.eval_shape(lambda: UNet(model_config, rngs=nnx.Rngs(0)))
+    model = _materialize(model)
+    torch_convert.load_params(model, directory)
+    return model, spec
+
+
+def _materialize(abstract_model: nnx.Module) -> nnx.Module:
+    """Zero-filled concrete arrays for an abstract model, to be overwritten by a restore."""
+    graphdef, state = nnx.split(abstract_model)
+    state = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), state)
+    return nnx.merge(graphdef, state)
+
+
+def to_model_channels(images: jax.Array, channels: int) -> jax.Array:
+    """Grayscale [B, H, W, 1] -> the model's channels (the published model takes RGB copies)."""
+    return jnp.repeat(images, channels, axis=-1) if channels != images.shape[-1] else images
+
+
+def sample_images(
+    model: nnx.Module,
+    spec: GeneratorSpec,
+    rng: jax.Array,
+    class_ids: jax.Array,
+    device_ids: jax.Array,
+    box_mask: jax.Array,
+    *,
+    sampler: str,
+    steps: int,
+    guidance_weight: float,
+    eta: float = 0.0,
+    clip_x0: float | None = 1.0,
+) -> jax.Array:
+    """Samples grayscale images [B, H, W, 1] in [-1, 1] for the given conditions.
+
+    Traceable: call it under `nnx.jit` (see `make_sample_fn`) so the sampler loop compiles once.
+    """
+    schedule = schedules.make_schedule(ml_collections.ConfigDict(spec.schedule))
+    channels = model.head.in_features - 1
+
+    def model_fn(x, t, classes, devices, masks):
+        return model(x, t, classes, devices, masks)
+
+    denoise_fn = guidance.guided_denoise_fn(
+        model_fn, class_ids, device_ids, box_mask, guidance_weight=guidance_weight
+    )
+    size = spec.image_size
+    images = samplers.sample(
+        denoise_fn,
+        (class_ids.shape[0], size, size, channels),
+        rng,
+        schedule,
+        sampler=sampler,
+        steps=steps,
+        eta=eta,
+        prediction=spec.prediction,
+        clip_x0=clip_x0,
+    )
+    return jnp.clip(images.mean(axis=-1, keepdims=True), -1.0, 1.0)
+
+
+def make_sample_fn(spec: GeneratorSpec, **sampler_kw: Any):
+    """A compiled `fn(model, rng, class_ids, device_ids, box_mask) -> images` for one setting."""
+
+    @nnx.jit
+    def sample_fn(model, rng, class_ids, device_ids, box_mask):
+        return sample_images(model, spec, rng, class_ids, device_ids, box_mask, **sampler_kw)
+
+    return sample_fn
+
+
+def ids_for(
+    names: list[str] | tuple[str, ...], vocabulary: tuple[str, ...], what: str
+) -> np.ndarray:
+    """1-based ids of `names` in a generator's vocabulary, with an error naming unknown ones."""
+    index = {name: k + 1 for k, name in enumerate(vocabulary)}
+    unknown = sorted(set(names) - set(index))
+    if unknown:
+        raise ValueError(
+            f"{what} {unknown} not known to this generator (it knows {list(vocabulary)})"
+        )
+    return np.asarray([index[n] for n in names], np.int32)

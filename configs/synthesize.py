@@ -1,0 +1,61 @@
+"""Synthesis of an audited, labelled dataset from a (possibly adapted) generator.
+
+    busgen synthesize --config=configs/synthesize.py:default --workdir=DIR \
+        --config.generator=PRETRAIN_WORKDIR/export --config.adapter=ADAPT_WORKDIR/adapter \
+        --config.audit.train_paths=ADAPTATION_DATA_DIR
+
+Presets: `default` (DPM-Solver single-step order 3, 50 steps, w = 1.8: the published sampler),
+`tiny` (tests: 10 steps, small shards), `fast` (DPM-Solver++ 2M, 20 steps).
+"""
+
+import ml_collections
+
+
+def get_config(preset: str = "default") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.name = "synthetic"
+    # Exported generator (pretrain's `export/`) and optional adapter (adapt's `adapter/`).
+    config.generator = ""
+    config.adapter = ""
+    config.num_images = 512
+    # Mix of classes and devices as name -> weight; empty means uniform over the generator's.
+    config.classes = {}
+    config.devices = {}
+    # A real dataset directory: synthesize exactly what its minority classes and devices lack
+    # (overrides num_images, classes and devices).
+    config.balance_dataset = ""
+    config.sampler = "dpm_solver_3s"
+    config.steps = 50
+    config.guidance_weight = 1.8
+    config.eta = 0.0
+    config.batch_size = 16
+    config.records_per_shard = 256
+    # Lesion boxes: a saved prior (.npz), else fitted to the train split of these datasets
+    # (default: the audit's training data).
+    config.box_prior = ""
+    config.box_prior_from = []
+    config.box_bandwidth = ml_collections.config_dict.placeholder(float)
+    config.mesh = {"data": -1}
+    config.finalize_timeout_s = 3600.0
+
+    config.audit = ml_collections.ConfigDict()
+    # The data the generator was trained or adapted on: candidates are audited against its train
+    # split, and the rejection threshold is calibrated on its held-out split.
+    config.audit.train_paths = []
+    config.audit.heldout_split = "test"
+    config.audit.threshold = ml_collections.config_dict.placeholder(float)
+    config.audit.quantile = 0.999
+    config.audit.max_rounds = 5
+
+    if preset == "tiny":
+        config.num_images = 24
+        config.steps = 6
+        config.batch_size = 8
+        config.records_per_shard = 8
+    elif preset == "fast":
+        config.sampler = "dpm_solver_pp_2m"
+        config.steps = 20
+    elif preset != "default":
+        raise ValueError(f"unknown preset '{preset}' (choose default, fast or tiny)")
+    return config
