@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from busgen_jax.data.importers import READERS, DatasetImportError, import_dataset
+from busgen_jax.data.importers import READERS, import_dataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
             split_fractions=[float(f) for f in args.split_fractions.split(",")],
             device=args.device,
         )
-    except (DatasetImportError, ValueError) as e:
+    except ValueError as e:  # DatasetImportError, SchemaError, a bad --split_fractions
         print(f"error: {e}", file=sys.stderr)
         return 1
     summary = {k: manifest[k] for k in ("name", "num_records", "pathology", "device")}

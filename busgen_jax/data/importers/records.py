@@ -46,7 +46,9 @@ def _preset_splits(cases: Sequence[RawCase]) -> dict[str, str]:
     return {patient: split for patient, (split, _) in assignment.items()}
 
 
-def _computed_splits(cases: Sequence[RawCase], fractions, seed: int) -> dict[str, str]:
+def _computed_splits(
+    cases: Sequence[RawCase], fractions: Sequence[float], seed: int
+) -> dict[str, str]:
     pathologies: dict[str, set[str]] = {}
     for case in cases:
         pathologies.setdefault(case.patient_key, set()).add(case.pathology)
