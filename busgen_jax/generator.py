@@ -65,8 +65,13 @@ def export_generator(
     return directory
 
 
-def load_generator(directory: str | pathlib.Path) -> tuple[UNet, GeneratorSpec]:
-    """Restores an exported generator; errors name the directory and what is missing."""
+def load_generator(
+    directory: str | pathlib.Path, adapter: str | pathlib.Path | None = None
+) -> tuple[UNet, GeneratorSpec]:
+    """Restores an exported generator, with an adaptation job's adapter merged in if given.
+
+    Errors name the directory and what is missing.
+    """
     directory = pathlib.Path(directory)
     spec_path = directory / SPEC_FILE
     if not spec_path.is_file():
@@ -76,6 +81,10 @@ def load_generator(directory: str | pathlib.Path) -> tuple[UNet, GeneratorSpec]:
     model = nnx.eval_shape(lambda: UNet(model_config, rngs=nnx.Rngs(0)))
     model = _materialize(model)
     torch_convert.load_params(model, directory)
+    if adapter is not None:
+        from busgen_jax.models import lora  # the adapter machinery is only needed here
+
+        model, spec = lora.load_adapter(model, spec, adapter)
     return model, spec
 
 

@@ -7,6 +7,7 @@ A job module defines `run(config, workdir)` and ends with `main = job.command(ru
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import sys
@@ -30,6 +31,17 @@ def resolve_config_path(spec: str) -> str:
     if not os.path.exists(path) and (REPO_ROOT / path).exists():
         path = str(REPO_ROOT / path)
     return f"{path}:{preset}" if preset else path
+
+
+def load_config(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path.py:preset` (as `--config` would) for use from Python, e.g. the demo."""
+    path, _, preset = resolve_config_path(spec).partition(":")
+    if not os.path.isfile(path):
+        raise JobError(f"config file {path} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"_config_{pathlib.Path(path).stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(preset) if preset else module.get_config()
 
 
 def _resolve_config_argument(argv: Sequence[str]) -> list[str]:

@@ -47,6 +47,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.audit.threshold = ml_collections.config_dict.placeholder(float)
     config.audit.quantile = 0.999
     config.audit.max_rounds = 5
+    # Closest candidate/training pairs shown in the audit figure.
+    config.audit.num_closest = 8
 
     if preset == "tiny":
         config.num_images = 24
