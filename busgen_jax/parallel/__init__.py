@@ -1,0 +1,1 @@
+"""Device mesh and partition rules shared by every training job."""

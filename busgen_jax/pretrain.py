@@ -1,0 +1,254 @@
+"""Sharded diffusion pretraining of the conditional U-Net on BUS shards.
+
+  python -m busgen_jax.pretrain --config=configs/pretrain.py:tiny --workdir=/tmp/pretrain \
+      --config.data.paths="('/data/phantom',)" --config.train.steps=20
+
+`train_and_evaluate` builds the mesh, creates the sharded state (or restores the newest readable
+checkpoint together with the input iterator), runs the jitted `train_step`, logs metrics and
+sample grids, checkpoints periodically, and exports the final EMA params to `workdir/export`
+(`models.torch_convert.save_params` format, read by the adaptation job).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import pathlib
+import shutil
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from clu import metric_writers, parameter_overview, periodic_actions
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from busgen_jax import checkpoints, sample_grid, train_state
+from busgen_jax.diffusion import guidance, losses, samplers, schedules
+from busgen_jax.models import torch_convert, unet
+from busgen_jax.parallel import mesh as mesh_lib
+from busgen_jax.parallel import partition
+
+COMPUTE_DTYPES = ("float32", "bfloat16")
+BATCH_NDIMS = {"image": 4, "box_mask": 4, "class_id": 1, "device_id": 1}
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError with one line naming the first bad field of a pretraining config."""
+    unet.validate_config(config.model)
+    model, data, diffusion, train = config.model, config.data, config.diffusion, config.train
+    checks = [
+        ("data.paths", len(data.paths) > 0, "must name at least one dataset directory"),
+        ("data.image_size", data.image_size == model.image_size, f"must equal model.image_size"
+         f"={model.image_size}"),
+        ("data.class_names", len(data.class_names) == model.num_classes,
+         f"must list model.num_classes={model.num_classes} classes"),
+        ("data.device_names", len(data.device_names) <= model.num_devices,
+         f"lists more devices than model.num_devices={model.num_devices}"),
+        ("data.batch_size", data.batch_size >= 1, "must be >= 1"),
+        ("diffusion.num_timesteps", diffusion.num_timesteps == model.num_timesteps,
+         f"must equal model.num_timesteps={model.num_timesteps}"),
+        ("diffusion.prediction", diffusion.prediction in losses.PREDICTIONS,
+         f"must be one of {losses.PREDICTIONS}"),
+        ("diffusion.weighting", diffusion.weighting in losses.WEIGHTINGS,
+         f"must be one of {losses.WEIGHTINGS}"),
+        ("diffusion.reduction", diffusion.reduction in losses.REDUCTIONS,
+         f"must be one of {losses.REDUCTIONS}"),
+        ("train.steps", train.steps >= 1, "must be >= 1"),
+        ("train.learning_rate", train.learning_rate > 0, "must be > 0"),
+        ("train.warmup_steps", 0 <= train.warmup_steps <= train.steps, "must be in [0, steps]"),
+        ("train.ema_decay", 0.0 <= train.ema_decay < 1.0, "must be in [0, 1)"),
+        ("train.cond_drop_prob", 0.0 <= train.cond_drop_prob <= 1.0, "must be in [0, 1]"),
+        ("train.cond_drop_mode", train.cond_drop_mode in train_state.COND_DROP_MODES,
+         f"must be one of {train_state.COND_DROP_MODES}"),
+        ("train.compute_dtype", train.compute_dtype in COMPUTE_DTYPES,
+         f"must be one of {COMPUTE_DTYPES}"),
+        ("checkpoint.every_steps", config.checkpoint.every_steps >= 1, "must be >= 1"),
+        ("checkpoint.max_to_keep", config.checkpoint.max_to_keep >= 1, "must be >= 1"),
+        ("sample.sampler", config.sample.sampler in samplers.SAMPLERS,
+         f"must be one of {samplers.SAMPLERS}"),
+    ]  # fmt: skip
+    for field, ok, requirement in checks:
+        if not ok:
+            section, name = field.split(".")
+            raise ValueError(f"config.{field} = {config[section][name]!r} {requirement}")
+    partition.validate_rules(config.partition.rules)
+    train_state.trainable_filter(config.train.trainable)
+
+
+def abstract_state_and_shardings(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> tuple[Any, Any, Any]:
+    """The state's init function, its abstract shapes and its shardings (nothing allocated)."""
+    tx = train_state.make_optimizer(config.train)
+    model_fn = lambda: unet.UNet(config.model, rngs=nnx.Rngs(config.train.seed))
+    wrt = train_state.trainable_filter(config.train.trainable)
+    init_fn = functools.partial(train_state.init_train_state, model_fn, tx, wrt)
+    abstract = jax.eval_shape(init_fn)
+    rules = [tuple(rule) for rule in config.partition.rules]
+    shardings = partition.state_shardings(abstract, rules, mesh, min_size=config.partition.min_size)
+    return init_fn, abstract, shardings
+
+
+def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, shardings: Any):
+    """`train_step` jitted with explicit shardings; the state argument is donated."""
+    step = functools.partial(
+        train_state.train_step,
+        cfg=train_state.step_config(config),
+        schedule=schedules.make_schedule(config.diffusion),
+    )
+    batch_shardings = {k: mesh_lib.batch_sharding(mesh, n) for k, n in BATCH_NDIMS.items()}
+    return jax.jit(
+        step,
+        in_shardings=(shardings, batch_shardings, mesh_lib.replicated(mesh)),
+        out_shardings=(shardings, mesh_lib.replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def grid_conditions(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
+    """`per_class` samples per class, null device, a central lesion box except for 'normal'."""
+    size, per_class = config.model.image_size, config.sample.per_class
+    class_ids = np.repeat(np.arange(1, len(config.data.class_names) + 1), per_class)
+    box = np.zeros((size, size, 1), np.float32)
+    box[size // 3 : 2 * size // 3, size // 3 : 2 * size // 3] = 1.0
+    has_box = np.array([name != "normal" for name in config.data.class_names])[class_ids - 1]
+    return {
+        "class_id": class_ids.astype(np.int32),
+        "device_id": np.zeros_like(class_ids, np.int32),
+        "box_mask": box[None] * has_box[:, None, None, None],
+    }
+
+
+def make_sample_fn(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    """Jitted (state, rng) -> guided samples [classes * per_class, H, W, C] from the EMA params."""
+    cond = grid_conditions(config)
+    schedule = schedules.make_schedule(config.diffusion)
+    shape = (len(cond["class_id"]), config.model.image_size, config.model.image_size,
+             config.model.image_channels)  # fmt: skip
+
+    def sample(state: train_state.TrainState, rng: jax.Array) -> jax.Array:
+        model = state.model(state.ema_params)
+        denoise = guidance.guided_denoise_fn(
+            lambda x, t, c, d, m: model(x, t, c, d, m),
+            jnp.asarray(cond["class_id"]),
+            jnp.asarray(cond["device_id"]),
+            jnp.asarray(cond["box_mask"]),
+            guidance_weight=config.sample.guidance_weight,
+            drop_box_mask=config.train.drop_box_mask,
+        )
+        return samplers.sample(
+            denoise, shape, rng, schedule, sampler=config.sample.sampler,
+            steps=config.sample.steps, prediction=config.diffusion.prediction, clip_x0=1.0,
+        )  # fmt: skip
+
+    # Replicated output: every process can read the whole grid.
+    return jax.jit(sample, out_shardings=mesh_lib.replicated(mesh))
+
+
+def check_finite(metrics: dict[str, float], step: int, manager: Any) -> None:
+    """Stops the run on a non-finite loss or gradient; the last good checkpoint stays."""
+    bad = {k: v for k, v in metrics.items() if k in ("loss", "grad_norm") and not np.isfinite(v)}
+    if bad:
+        manager.wait_until_finished()
+        raise FloatingPointError(
+            f"non-finite {bad} at step {step}; stopping without saving this state "
+            f"(last good checkpoint: step {manager.latest_step()})"
+        )
+
+
+def export_params(state: train_state.TrainState, config, directory: pathlib.Path) -> None:
+    """Writes the EMA params (all nnx.Param leaves) in the pretrained-params export format."""
+    if jax.process_index() == 0 and directory.exists():
+        shutil.rmtree(directory)
+    multihost_utils.sync_global_devices("export_params")
+    params = nnx.state(state.model(state.ema_params), nnx.Param)
+    torch_convert.save_params(params, directory, config=config.model)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Runs pretraining to `config.train.steps`, resuming from `workdir` if it has checkpoints.
+
+    Returns:
+      {'state': the final TrainState, 'history': [(step, metrics dict), ...] of this run}.
+    """
+    from busgen_jax.data import pipeline  # the input stack (grain, PIL) only when training
+
+    validate_config(config)
+    workdir = pathlib.Path(workdir)
+    mesh = mesh_lib.make_mesh(config.mesh)
+    if config.data.batch_size % mesh_lib.num_batch_shards(mesh):
+        raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by "
+                         f"the {mesh_lib.num_batch_shards(mesh)} batch shards of the mesh")  # fmt: skip
+    init_fn, abstract, shardings = abstract_state_and_shardings(config, mesh)
+    data_iter = iter(pipeline.make_dataset(config.data, split="train", seed=config.train.seed))
+    manager = checkpoints.make_manager(
+        workdir / "checkpoints",
+        max_to_keep=config.checkpoint.max_to_keep,
+        async_save=config.checkpoint.async_save,
+    )
+    target = checkpoints.abstract_like(abstract, shardings)
+    restored = checkpoints.restore_latest(manager, target, data_iter)
+    state = restored[0] if restored else jax.jit(init_fn, out_shardings=shardings)()
+    step = int(state.step)
+
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    parameter_overview.log_parameter_overview(nnx.to_pure_dict(state.params), include_stats=False)
+    report = periodic_actions.ReportProgress(num_train_steps=config.train.steps, writer=writer)
+    train_step, sample_fn = make_train_step(config, mesh, shardings), make_sample_fn(config, mesh)
+    rng = jax.random.key(config.train.seed)
+    history, images_seen, tick = [], 0, time.perf_counter()
+    while step < config.train.steps:
+        batch = mesh_lib.host_batch_to_global(next(data_iter), mesh)
+        state, metrics = train_step(state, batch, rng)
+        step += 1
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        check_finite(metrics, step, manager)
+        history.append((step, metrics))
+        report(step)
+        images_seen += config.data.batch_size
+        if step % config.log_every_steps == 0 or step == config.train.steps:
+            elapsed, tick = time.perf_counter() - tick, time.perf_counter()
+            metrics["images_per_sec"] = images_seen / elapsed
+            images_seen = 0
+            writer.write_scalars(step, metrics)
+        if step % config.checkpoint.every_steps == 0 or step == config.train.steps:
+            checkpoints.save(manager, step, state, data_iter)
+        if step % config.sample.every_steps == 0 or step == config.train.steps:
+            rng_sample = jax.random.key(config.sample.seed)
+            images = np.asarray(jax.device_get(sample_fn(state, rng_sample)))
+            writer.write_images(step, {"samples": sample_grid.make_grid(
+                images, config.sample.per_class)[None, ..., None]})  # fmt: skip
+            if jax.process_index() == 0:
+                sample_grid.save_grid(images, workdir / "samples" / f"step_{step:07d}.png",
+                                      ncols=config.sample.per_class)  # fmt: skip
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+    export_params(state, config, workdir / "export")
+    return {"state": state, "history": history}
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from absl import flags
+
+    flags_ = flags.FLAGS
+    if flags_.multiprocess:
+        jax.distributed.initialize()  # coordinator, process count and id from the environment
+    logging.getLogger().setLevel(logging.INFO)
+    train_and_evaluate(flags_.config, flags_.workdir)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", None, "pretraining config file:preset")
+    flags.DEFINE_string("workdir", None, "directory for checkpoints, logs, samples, export")
+    flags.DEFINE_bool("multiprocess", False, "call jax.distributed.initialize() first")
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(main)
