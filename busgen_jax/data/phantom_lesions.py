@@ -1,0 +1,313 @@
+"""Lesions of the ultrasound phantom, drawn from BI-RADS ultrasound descriptors.
+
+Descriptors follow the ACR BI-RADS Atlas, 5th edition, ultrasound lexicon (shape, orientation,
+margin, echo pattern, posterior features, calcifications). Each pathology draws them from its own
+distribution; the distributions overlap on purpose (some benign masses are lobulated and shadow,
+some cancers are fairly circumscribed), so classifying the phantom is not trivial. The lesion is
+then rendered into the tissue maps of `phantom_tissue`: its echogenicity replaces the tissue's, its
+attenuation makes the posterior enhancement or shadowing through the physics of image formation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from busgen_jax.data.phantom_tissue import smooth_fields
+
+SHAPES = ("oval", "round", "irregular", "non-mass")
+ORIENTATIONS = ("parallel", "not parallel")
+MARGINS = ("circumscribed", "indistinct", "angular", "microlobulated", "spiculated")
+ECHO_PATTERNS = (
+    "anechoic",
+    "hyperechoic",
+    "complex cystic and solid",
+    "hypoechoic",
+    "isoechoic",
+    "heterogeneous",
+)
+POSTERIOR = ("no posterior features", "enhancement", "shadowing", "combined pattern")
+CALCIFICATIONS = ("none", "in a mass", "outside of a mass", "intraductal")
+DESCRIPTORS = {
+    "shape": SHAPES,
+    "orientation": ORIENTATIONS,
+    "margin": MARGINS,
+    "echo_pattern": ECHO_PATTERNS,
+    "posterior_features": POSTERIOR,
+    "calcifications": CALCIFICATIONS,
+}
+
+# P(descriptor value | pathology), rows in the order of schema.PATHOLOGIES; the normal row is never
+# used but keeps the draws vectorized. Frequencies loosely follow Stavros et al., Radiology 1995,
+# and Hong et al., AJR 2005 (descriptor frequencies among benign and malignant masses).
+_PROBS = {
+    "shape": [
+        [0.6, 0.2, 0.2, 0],
+        [0.62, 0.2, 0.18, 0],
+        [0.12, 0.1, 0.78, 0],
+        [0.15, 0.05, 0.2, 0.6],
+    ],
+    "orientation": [[0.85, 0.15]] * 2 + [[0.45, 0.55], [0.75, 0.25]],
+    "margin": [[0.6, 0.15, 0.07, 0.15, 0.03]] * 2
+    + [[0.1, 0.22, 0.25, 0.15, 0.28], [0.1, 0.45, 0.1, 0.3, 0.05]],
+    "echo_pattern": [[0.25, 0.03, 0.1, 0.45, 0.1, 0.07]] * 2
+    + [[0, 0.02, 0.1, 0.5, 0.08, 0.3], [0, 0.02, 0.1, 0.55, 0.08, 0.25]],
+    "posterior_features": [[0.35, 0.45, 0.1, 0.1]] * 2
+    + [[0.32, 0.1, 0.45, 0.13], [0.6, 0.15, 0.15, 0.1]],
+    "calcifications": [[0.92, 0.08, 0, 0]] * 2 + [[0.6, 0.32, 0.08, 0], [0.3, 0.5, 0.05, 0.15]],
+}
+# Median longest diameter (mm) and log-normal spread per pathology (Stavros 1995: benign masses
+# median ~1.2 cm, invasive cancers ~1.7 cm; DCIS masses smaller, non-mass extents longer).
+_SIZE_MEDIAN_MM = np.array([12.0, 12.0, 17.0, 10.0])
+_SIZE_SPREAD = 0.42
+# Suspicion points of each descriptor value for the latent malignancy score (log-odds scale);
+# the signs follow the positive and negative predictive descriptors of Stavros 1995.
+_POINTS = {
+    "shape": [-0.6, -0.3, 0.9, 0.6],
+    "orientation": [0.0, 0.9],
+    "margin": [-0.9, 0.5, 0.9, 0.6, 1.3],
+    "echo_pattern": [-1.8, -0.8, 0.4, 0.1, 0.0, 0.4],
+    "posterior_features": [0.0, -0.4, 0.7, 0.3],
+    "calcifications": [0.0, 0.7, 0.3, 0.9],
+}
+_ANGLES = 360  # resolution of the tabulated margin r(theta)
+MAX_CALCIFICATIONS = 16
+
+
+def _categorical(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
+    """One draw per row of `probs` [n, k] (rows sum to 1)."""
+    u = rng.random(probs.shape[0])[:, None]
+    return np.minimum((u > np.cumsum(probs, axis=1)).sum(1), probs.shape[1] - 1)
+
+
+def draw_descriptors(rng: np.random.Generator, pathology: np.ndarray) -> dict[str, np.ndarray]:
+    """Draws descriptor indices [n] and `size_mm`, `halo` per sample of pathology index [n]."""
+    desc = {key: _categorical(rng, np.asarray(_PROBS[key])[pathology]) for key in DESCRIPTORS}
+    cyst = desc["echo_pattern"] == 0
+    # A simple cyst is circumscribed with enhancement; non-mass lesions are parallel, indistinct.
+    desc["margin"] = np.where(cyst, 0, desc["margin"])
+    desc["posterior_features"] = np.where(cyst, 1, desc["posterior_features"])
+    non_mass = desc["shape"] == 3
+    desc["orientation"] = np.where(non_mass, 0, desc["orientation"])
+    desc["margin"] = np.where(non_mass, 1, desc["margin"])
+    desc["calcifications"] = np.where(
+        non_mass & (desc["calcifications"] > 0), 3, desc["calcifications"]
+    )
+    desc["calcifications"] = np.where(
+        ~non_mass & (desc["calcifications"] == 3), 1, desc["calcifications"]
+    )
+    median = _SIZE_MEDIAN_MM[pathology] * np.where(non_mass, 1.8, 1.0)
+    desc["size_mm"] = median * np.exp(_SIZE_SPREAD * rng.standard_normal(pathology.shape))
+    halo_prob = np.where(pathology >= 2, 0.35, 0.04) * (desc["margin"] != 0) * ~non_mass
+    desc["halo"] = rng.random(pathology.shape) < halo_prob
+    return desc
+
+
+def descriptor_dict(desc: dict[str, np.ndarray], i: int) -> dict:
+    """The BI-RADS descriptors of sample `i` as plain strings and numbers."""
+    out = {key: values[int(desc[key][i])] for key, values in DESCRIPTORS.items()}
+    out["size_mm"] = round(float(desc["size_mm"][i]), 1)
+    out["echogenic_halo"] = bool(desc["halo"][i])
+    return out
+
+
+def malignancy_score(
+    rng: np.random.Generator, desc: dict[str, np.ndarray], has_lesion: np.ndarray
+) -> np.ndarray:
+    """Latent malignancy score in [0, 1]: logistic of descriptor points, size and noise.
+
+    The noise term stands for what a reader sees that the descriptors do not capture, so the
+    score is informative about pathology without identifying it.
+    """
+    points = sum(np.asarray(_POINTS[key])[desc[key]] for key in DESCRIPTORS)
+    points = points + 0.04 * (desc["size_mm"] - 12.0) + 0.7 * desc["halo"] - 0.4
+    logit = np.where(has_lesion, points, -4.0) + 1.1 * rng.standard_normal(has_lesion.shape)
+    return (1 / (1 + np.exp(-logit))).astype(np.float32)
+
+
+def _margin_table(rng: np.random.Generator, desc: dict[str, np.ndarray]) -> np.ndarray:
+    """Relative boundary radius r(theta) [n, _ANGLES] of each mass, in units of its ellipse.
+
+    Low harmonics make the shape (oval, round, irregular); high harmonics make microlobulations;
+    triangular peaks make angular corners (wide) or spicules (narrow).
+    """
+    n = desc["shape"].shape[0]
+    theta = np.linspace(-np.pi, np.pi, _ANGLES, endpoint=False)
+    low_amp = np.where(desc["shape"] == 2, rng.uniform(0.08, 0.17, n), 0.035)
+    k = np.arange(2, 6)[None, :, None]
+    low = rng.uniform(0.3, 1.0, (n, 4, 1)) * np.cos(k * theta + rng.uniform(0, 7, (n, 4, 1)))
+    micro_amp = np.where(desc["margin"] == 3, rng.uniform(0.04, 0.08, n), 0.0)
+    k_micro = rng.integers(9, 17, (n, 2, 1))
+    micro = np.cos(k_micro * theta + rng.uniform(0, 7, (n, 2, 1))).sum(1)
+    angular, spiculated = desc["margin"] == 2, desc["margin"] == 4
+    peaks = rng.integers(3, 7, n) * angular + rng.integers(6, 15, n) * spiculated
+    height = np.where(angular, 0.25, 0.6)[:, None] * rng.uniform(0.5, 1.5, (n, 14))
+    height *= np.arange(14)[None] < peaks[:, None]
+    width = np.where(angular, 0.3, 0.05)[:, None] * rng.uniform(0.7, 1.3, (n, 14))
+    gap = np.angle(np.exp(1j * (theta[None, None] - rng.uniform(-np.pi, np.pi, (n, 14, 1)))))
+    tents = (height[..., None] * np.maximum(0, 1 - np.abs(gap) / width[..., None])).max(1)
+    r = 1 + low_amp[:, None] * low.sum(1) + micro_amp[:, None] * micro + tents
+    return np.maximum(r, 0.35).astype(np.float32)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1 + np.tanh(0.5 * x))
+
+
+def _mass(z, x, zc, xc, ax, az, tilt, table, soft):
+    """Inside weight, normalized radius and boundary radius of tabulated-margin masses."""
+    u = (x - xc) * np.cos(tilt) + (z - zc) * np.sin(tilt)
+    v = (z - zc) * np.cos(tilt) - (x - xc) * np.sin(tilt)
+    rho = np.hypot(u / ax, v / az)
+    theta = np.arctan2(v / az, u / ax)
+    index = ((theta + np.pi) * (_ANGLES / (2 * np.pi))).astype(np.int32) % _ANGLES
+    r = np.take_along_axis(table, index.reshape(len(table), -1), axis=1).reshape(rho.shape)
+    return _sigmoid((r - rho) / soft), rho, r, np.cos(theta)
+
+
+def _ducts(rng, z, x, zc, xc, size):
+    """Non-mass lesions: a chain of small ellipses along a wandering duct (ductal extension)."""
+    n, m = len(zc), 6
+    heading = rng.uniform(-0.35, 0.35, (n, 1)) + np.pi * (rng.random((n, 1)) < 0.5)
+    heading = heading + np.cumsum(rng.normal(0, 0.3, (n, m)), axis=1)
+    step = (size / m)[:, None]
+    path_x = np.cumsum(step * np.cos(heading), 1) - 0.5 * size[:, None] * np.cos(heading[:, :1])
+    path_z = np.cumsum(step * np.sin(heading), 1) * 0.5
+    path_x, path_z = path_x + xc[:, None], path_z + zc[:, None]
+    along = step * rng.uniform(0.6, 0.9, (n, m))
+    across = rng.uniform(0.8, 1.8, (n, m))
+    weight = np.zeros(z.shape[:1] + (z.shape[1], x.shape[2]), np.float32)
+    for j in range(m):
+        c, s = np.cos(heading[:, j, None, None]), np.sin(heading[:, j, None, None])
+        dx, dz = x - path_x[:, j, None, None], z - path_z[:, j, None, None]
+        rho = np.hypot(
+            (dx * c + dz * s) / along[:, j, None, None],
+            (dz * c - dx * s) / across[:, j, None, None],
+        )
+        weight = np.maximum(weight, _sigmoid((1 - rho) / 0.15))
+    return weight, path_z, path_x
+
+
+def _echo_level(rng: np.random.Generator, echo: np.ndarray, field: np.ndarray) -> np.ndarray:
+    """Lesion reflectivity [n, rows, cols] for each echo pattern (glandular tissue = 1)."""
+    n = len(echo)
+    pick = lambda lo, hi: rng.uniform(lo, hi, (n, 1, 1)).astype(np.float32)  # noqa: E731
+    cystic = field < pick(-0.4, 0.5)
+    # Levels relative to subcutaneous fat (0.13), the reference of the BI-RADS echo pattern.
+    levels = [
+        np.full_like(field, 0.004),
+        pick(1.2, 2.0) * np.exp(0.15 * field),
+        np.where(cystic, 0.004, pick(0.04, 0.12)),
+        pick(0.012, 0.05) * np.exp(0.15 * field),
+        pick(0.09, 0.18) * np.exp(0.15 * field),
+        pick(0.015, 0.06) * np.exp(0.9 * field),
+    ]
+    return np.choose(echo[:, None, None], levels)
+
+
+def _alpha(rng: np.random.Generator, posterior: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Lesion attenuation (dB/cm/MHz) giving each posterior feature through the physics."""
+    n = len(posterior)
+    low, none, high = rng.uniform(0.0, 0.3, n), rng.uniform(0.6, 0.85, n), rng.uniform(1.2, 2.5, n)
+    alpha = np.choose(posterior, [none, low, high, low])[:, None, None].astype(np.float32)
+    # Combined pattern: shadowing behind one side of the mass, enhancement behind the other.
+    high = high[:, None, None].astype(np.float32)
+    return np.where((posterior[:, None, None] == 3) & right, high, alpha)
+
+
+def render_lesions(
+    rng: np.random.Generator,
+    desc: dict[str, np.ndarray],
+    has_lesion: np.ndarray,
+    tissue: dict[str, np.ndarray],
+    x_mm: np.ndarray,
+    depth_mm: np.ndarray,
+    lateral_mm: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Places one lesion per flagged sample into the tissue maps (in place).
+
+    Args:
+      desc: descriptors from `draw_descriptors`; `size_mm` is clipped to fit the field of view.
+      has_lesion: [n] bool; other samples are left untouched.
+      tissue: maps from `phantom_tissue.breast_tissue`, updated in place.
+      x_mm: [n, 1, cols] lateral beam positions; depth_mm, lateral_mm: [n] field of view.
+
+    Returns:
+      lesion weight [n, rows, cols] in [0, 1] (the mask is weight >= 0.5) and echogenic foci
+      [n, MAX_CALCIFICATIONS, 3] as (depth mm, lateral mm, amplitude; 0 when unused).
+    """
+    z, (n, rows, cols) = tissue["z_mm"], tissue["reflectivity"].shape
+    size = np.clip(desc["size_mm"], 4.0, 0.5 * np.minimum(depth_mm, lateral_mm))
+    desc["size_mm"] = size
+    parallel = desc["orientation"] == 0
+    aspect = np.choose(
+        np.minimum(desc["shape"], 2),
+        [rng.uniform(1.3, 2.1, n), rng.uniform(1.0, 1.15, n), rng.uniform(1.0, 1.7, n)],
+    )
+    ax = np.where(parallel, size / 2, size / 2 / rng.uniform(1.05, 1.5, n))
+    az = np.where(parallel, size / 2 / aspect, size / 2)
+    fat, gland = tissue["fat_bottom"][:, 0, cols // 2], tissue["gland_bottom"][:, 0, cols // 2]
+    zc = np.clip(fat + rng.uniform(0.3, 0.8, n) * (gland - fat), az + 5.0, 0.8 * depth_mm - az)
+    xc = rng.uniform(-0.22, 0.22, n) * lateral_mm
+    tilt = rng.uniform(-0.25, 0.25, n)
+    soft = np.choose(desc["margin"], [0.03, rng.uniform(0.06, 0.12, n), 0.04, 0.04, 0.04])
+    table = _margin_table(rng, desc)
+    field = smooth_fields(rng, n, (rows, cols), (24, 12))
+    echo = _echo_level(rng, desc["echo_pattern"], field)
+    alpha = _alpha(rng, desc["posterior_features"], x_mm > xc[:, None, None])
+    cap = (desc["margin"] == 0) & (rng.random(n) < 0.5)
+    edge = (desc["margin"] == 0) * (desc["shape"] <= 1) * rng.uniform(1.5, 4.0, n)
+    calc_u, calc_v = rng.random((2, n, MAX_CALCIFICATIONS))
+    calc_amp = rng.uniform(5.0, 12.0, (n, MAX_CALCIFICATIONS))
+    count = np.choose(
+        desc["calcifications"],
+        [0, rng.integers(3, 11, n), rng.integers(2, 6, n), rng.integers(5, 17, n)],
+    )
+    calc_amp *= (np.arange(MAX_CALCIFICATIONS)[None] < count[:, None]) & has_lesion[:, None]
+
+    weight = np.zeros((n, rows, cols), np.float32)
+    mass = np.flatnonzero(has_lesion & (desc["shape"] != 3))
+    duct = np.flatnonzero(has_lesion & (desc["shape"] == 3))
+    e = lambda a, i: a[i][:, None, None].astype(np.float32)  # noqa: E731
+    if len(mass):
+        w, rho, r, cos = _mass(
+            z[mass],
+            x_mm[mass],
+            e(zc, mass),
+            e(xc, mass),
+            e(ax, mass),
+            e(az, mass),
+            e(tilt, mass),
+            table[mass],
+            e(soft, mass),
+        )
+        weight[mass] = w
+        d = rho - r
+        hw = 1.8 / np.sqrt(ax * az)  # echogenic halo about 1.8 mm thick
+        halo = e(desc["halo"], mass) * (d > 0) * np.exp(-0.5 * (d / e(hw, mass)) ** 2)
+        ring = np.exp(-0.5 * (d / 0.04) ** 2)
+        tissue["reflectivity"][mass] += (1.3 * halo + 0.9 * e(cap, mass) * ring) * (1 - w)
+        tissue["attenuation"][mass] += e(edge, mass) * ring * cos**4  # refraction edge shadows
+    if len(duct):
+        w, path_z, path_x = _ducts(rng, z[duct], x_mm[duct], zc[duct], xc[duct], size[duct])
+        weight[duct] = w
+        pick = (calc_u[duct] * path_z.shape[1]).astype(int)
+        calc_z = np.take_along_axis(path_z, pick, 1) + rng.normal(0, 0.4, pick.shape)
+        calc_x = np.take_along_axis(path_x, pick, 1) + rng.normal(0, 0.8, pick.shape)
+    # Foci in (or around) a mass: uniform in the inner ellipse, or in a ring outside it.
+    radius = np.where(
+        desc["calcifications"][:, None] == 2, 1.2 + 0.6 * calc_u, 0.7 * np.sqrt(calc_u)
+    )
+    u, v = radius * np.cos(2 * np.pi * calc_v) * ax[:, None], radius * np.sin(2 * np.pi * calc_v)
+    v = v * az[:, None]
+    foci_x = xc[:, None] + u * np.cos(tilt)[:, None] - v * np.sin(tilt)[:, None]
+    foci_z = zc[:, None] + u * np.sin(tilt)[:, None] + v * np.cos(tilt)[:, None]
+    if len(duct):
+        foci_z[duct], foci_x[duct] = calc_z, calc_x
+
+    # Echogenicity blends geometrically (in dB, as the eye reads it), the rest linearly.
+    tissue["reflectivity"] = (tissue["reflectivity"] ** (1 - weight) * echo**weight).astype(
+        np.float32
+    )
+    for key, lesion in (("attenuation", alpha), ("density", 1.0)):
+        tissue[key] = (tissue[key] * (1 - weight) + lesion * weight).astype(np.float32)
+    return weight, np.stack([foci_z, foci_x, calc_amp], axis=-1).astype(np.float32)
