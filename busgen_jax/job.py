@@ -57,7 +57,7 @@ def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config
     """Builds the `main(argv)` of a job whose work is `run(config, workdir)`."""
 
     def main(argv: Sequence[str] | None = None) -> None:
-        argv = list(sys.argv if argv is None else argv)
+        argv = _resolve_config_argument(list(sys.argv if argv is None else argv))
         flag_values = flags.FlagValues()
         config_flag = config_flags.DEFINE_config_file(
             "config",
@@ -66,16 +66,21 @@ def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config
             "overridden with --config.<field>=<value>.",
             flag_values=flag_values,
             lock_config=True,
+            sys_argv=argv,  # overrides come from this argv, not from sys.argv
         )
         workdir_flag = flags.DEFINE_string(
-            "workdir", None, "Directory for this job's outputs, checkpoints and logs.",
+            "workdir",
+            None,
+            "Directory for this job's outputs, checkpoints and logs.",
             flag_values=flag_values,
         )
         flags.DEFINE_bool("help", False, "Show this help.", flag_values=flag_values, short_name="h")
         try:
-            flag_values(_resolve_config_argument(argv))
+            flag_values(argv)
             if flag_values["help"].value:
-                print(f"{doc.strip()}\n\nFlags:\n{flag_values.main_module_help() or _help(flag_values)}")
+                print(
+                    f"{doc.strip()}\n\nFlags:\n{flag_values.main_module_help() or _help(flag_values)}"
+                )
                 return
             if not workdir_flag.value:
                 raise JobError("--workdir is required")

@@ -25,7 +25,7 @@ from busgen_jax.data.importers import (
     read_table,
     read_udiat,
 )
-from busgen_jax.data.importers.__main__ import main as cli_main
+from busgen_jax import import_data
 from busgen_jax.data.importers.splits import split_counts
 
 
@@ -261,10 +261,20 @@ def test_import_dataset_shards_round_trip(tmp_path):
     assert SALT not in (tmp_path / "out" / "manifest.json").read_text()
 
 
-def test_cli_imports_udiat(tmp_path, capsys):
+def test_cli_imports_udiat(tmp_path, capsys, monkeypatch):
     fake_trees.make_udiat(tmp_path / "src")
-    argv = ["--layout=udiat", f"--source={tmp_path / 'src'}", f"--out={tmp_path / 'out'}"]
-    assert cli_main([*argv, f"--salt={SALT}", "--seed=1"]) == 0
-    assert json.loads(capsys.readouterr().out)["num_records"] == 3
-    assert cli_main([*argv[:2], f"--out={tmp_path / 'out2'}", "--salt="]) == 1
-    assert "salt" in capsys.readouterr().err and not (tmp_path / "out2").exists()
+    argv = [
+        "busgen import",
+        "--config=configs/import_data.py:udiat",
+        f"--config.source={tmp_path / 'src'}",
+        "--config.seed=1",
+    ]
+    monkeypatch.setenv("BUSGEN_SALT", SALT)
+    import_data.main([*argv, f"--workdir={tmp_path / 'out'}"])
+    assert '"num_records": 3' in capsys.readouterr().out
+    monkeypatch.setenv("BUSGEN_SALT", "")
+    with pytest.raises(SystemExit) as exit_info:
+        import_data.main([*argv, f"--workdir={tmp_path / 'out2'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "salt" in err and not (tmp_path / "out2" / "data").exists()

@@ -1,0 +1,26 @@
+"""Import of real data (BUSI, BUS-BRA, UDIAT dataset B, a CSV table, DICOM through the table).
+
+    BUSGEN_SALT=<secret> busgen import --config=configs/import_data.py:busi --workdir=DIR \
+        --config.source=/data/Dataset_BUSI_with_GT
+
+Writes DIR/data/<name>/. The salt keys the pseudonyms of case and patient ids; it is read from
+$BUSGEN_SALT when `salt` is empty and is never stored. Presets name the layout.
+"""
+
+import ml_collections
+
+LAYOUTS = ("busi", "busbra", "udiat", "table")
+
+
+def get_config(layout: str = "busi") -> ml_collections.ConfigDict:
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown preset '{layout}' (choose one of {', '.join(LAYOUTS)})")
+    config = ml_collections.ConfigDict()
+    config.layout = layout
+    config.source = ""  # dataset folder, or the CSV file for 'table'
+    config.name = layout
+    config.salt = ""
+    config.seed = 0
+    config.split_fractions = (0.7, 0.15, 0.15)
+    config.device = ""  # overrides the device the source gives
+    return config
