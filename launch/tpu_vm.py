@@ -53,6 +53,10 @@ _SINGLE_HOST_MAX_CHIPS = {"v5litepod": 8, "v6e": 8}
 REMOTE_SOURCE = "busgen_jax"
 REMOTE_ARCHIVE = "busgen_jax-src.tar.gz"
 REMOTE_LOGS = "busgen_logs"
+PIP_INSTALL = ["python3", "-m", "pip", "install", "--quiet", "-e"]
+# --privileged exposes the TPU devices (/dev/accel*, /dev/vfio); --net=host lets the JAX
+# coordinator on worker 0 and the metadata server be reached as from the VM itself.
+DOCKER_RUN = ["sudo", "docker", "run", "--rm", "--privileged", "--net=host"]
 
 
 class LaunchError(ValueError):
@@ -174,20 +178,7 @@ def worker_script(argv: Sequence[str], env: dict[str, str], log: str, image: str
     """
     if image:
         env_flags = [f for key, value in env.items() for f in ("--env", f"{key}={value}")]
-        # --privileged exposes /dev/accel*; --net=host lets the JAX coordinator reach the peers.
-        command = shlex.join(
-            [
-                "sudo",
-                "docker",
-                "run",
-                "--rm",
-                "--privileged",
-                "--net=host",
-                *env_flags,
-                image,
-                *argv,
-            ]
-        )
+        command = shlex.join([*DOCKER_RUN, *env_flags, image, *argv])
     else:
         env_args = [f"{key}={value}" for key, value in env.items()]
         command = f"cd {REMOTE_SOURCE} && {shlex.join(['env', *env_args, *argv])}"
@@ -207,18 +198,7 @@ def install_script(image: str | None) -> str:
             f"rm -rf {REMOTE_SOURCE}",
             f"tar -xzf {REMOTE_ARCHIVE}",
             "python3 -m pip install --quiet --upgrade pip",
-            shlex.join(
-                [
-                    "python3",
-                    "-m",
-                    "pip",
-                    "install",
-                    "--quiet",
-                    "-e",
-                    f"./{REMOTE_SOURCE}",
-                    "jax[tpu]",
-                ]
-            ),
+            shlex.join([*PIP_INSTALL, f"./{REMOTE_SOURCE}", "jax[tpu]"]),
         ]
     )
 
@@ -256,6 +236,11 @@ def make_plan(args: argparse.Namespace, overrides: Sequence[str]) -> Plan:
     tpu = parse_accelerator(args.accelerator_type, args.topology)
     check_hosts(tpu, args.hosts)
     argv = job_argv(args.job, args.workdir, args.config, overrides, tpu.hosts)
+    if args.image and not args.workdir.startswith("gs://"):
+        raise LaunchError(
+            f"--workdir '{args.workdir}' must be a gs:// path with --image: "
+            "the container's disk is discarded when the job ends"
+        )
     run_name = args.run_name or args.job
     if not re.fullmatch(r"[\w.-]+", run_name):
         raise LaunchError(f"--run-name '{run_name}' may only hold letters, digits, '.', '_', '-'")

@@ -13,6 +13,7 @@ import pytest
 from fake_trees import PHI, SALT
 from PIL import Image
 
+from busgen_jax import import_data
 from busgen_jax.data import schema, shards
 from busgen_jax.data.importers import (
     DatasetImportError,
@@ -25,7 +26,6 @@ from busgen_jax.data.importers import (
     read_table,
     read_udiat,
 )
-from busgen_jax import import_data
 from busgen_jax.data.importers.splits import split_counts
 
 

@@ -154,7 +154,7 @@ def test_tpu_vm_single_host_image_launch(capsys):
             "--project=my-proj",
             "--accelerator-type=v4-8",
             "--job=classify",
-            "--workdir=/tmp/wd",
+            "--workdir=gs://b/runs/classify/c1",
             f"--image={image}",
             "--run-name=clf-1",
         ],
@@ -175,7 +175,12 @@ def test_tpu_vm_single_host_image_launch(capsys):
         "--env",
         "PYTHONUNBUFFERED=1",
     ]  # single host: no BUSGEN_DISTRIBUTED
-    assert _python_argv(script) == ["python3", "-m", "busgen_jax.classify", "--workdir=/tmp/wd"]
+    assert _python_argv(script) == [
+        "python3",
+        "-m",
+        "busgen_jax.classify",
+        "--workdir=gs://b/runs/classify/c1",
+    ]
     assert fetch[4:6] == ["scp", "b1:busgen_logs/clf-1.log"] and fetch[-1] == "--worker=0"
 
 
@@ -214,6 +219,7 @@ def test_worker_script_runs_in_bash_with_argv_intact(tmp_path):
         (["--job=pretrain"], "--workdir is required"),
         (["--job=pretrain", "--workdir=gs://b/w", "--hosts=2"], "--hosts=2 does not match v4-32"),
         (["--job=pretrain", "--workdir=/local/w"], "must be a gs:// path"),
+        (["--job=adapt", "--workdir=/w", "--accelerator-type=v4-8", "--image=i"], "with --image"),
         (["--job=pretrain", "--workdir=gs://b/w", "--", "--lr=1"], "override '--lr=1'"),
     ],
 )
