@@ -11,11 +11,10 @@ import pathlib
 import time
 
 import ml_collections
-import numpy as np
 from absl import logging
 
 from busgen_jax import job, visualize
-from busgen_jax.data import phantom, schema, shards
+from busgen_jax.data import phantom, shards
 
 
 def generate(config: ml_collections.ConfigDict, out_dir: str | pathlib.Path) -> dict:
@@ -37,8 +36,13 @@ def generate(config: ml_collections.ConfigDict, out_dir: str | pathlib.Path) -> 
         extra={"generator": "phantom", "config": config.to_dict()},
     )
     elapsed = time.perf_counter() - start
-    logging.info("wrote %d phantom images in %.1f s (%.1f images/s) to %s",
-                 manifest["num_records"], elapsed, manifest["num_records"] / elapsed, out_dir)
+    logging.info(
+        "wrote %d phantom images in %.1f s (%.1f images/s) to %s",
+        manifest["num_records"],
+        elapsed,
+        manifest["num_records"] / elapsed,
+        out_dir,
+    )
     return manifest
 
 
@@ -47,34 +51,20 @@ def _with_progress(records, total: int, every: int = 500):
     for index, record in enumerate(records, 1):
         if index % every == 0 or index == total:
             rate = index / (time.perf_counter() - start)
-            logging.info("phantom %d/%d images (%.1f images/s, ETA %.0f s)",
-                         index, total, rate, (total - index) / rate)
+            logging.info(
+                "phantom %d/%d images (%.1f images/s, ETA %.0f s)",
+                index,
+                total,
+                rate,
+                (total - index) / rate,
+            )
         yield record
-
-
-def class_device_grid(dataset_dir: str | pathlib.Path, path: str | pathlib.Path, per_cell: int = 2):
-    """Saves a grid of stored images, one row per pathology and a column block per device."""
-    manifest = shards.read_manifest(dataset_dir)
-    devices = sorted(manifest["device"])
-    pathologies = [p for p in schema.PATHOLOGIES if p in manifest["pathology"]]
-    cells: dict[tuple[str, str], list[np.ndarray]] = {}
-    for record in shards.read_records(dataset_dir):
-        cell = cells.setdefault((record["pathology"], record["device"]), [])
-        if len(cell) < per_cell:
-            cell.append(schema.decode_png(record["image"]))
-        if len(cells) == len(devices) * len(pathologies) and all(
-            len(c) == per_cell for c in cells.values()
-        ):
-            break
-    return visualize.labelled_grid(
-        cells, row_labels=pathologies, col_labels=devices, per_cell=per_cell, path=path
-    )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     out_dir = pathlib.Path(workdir) / "data" / config.name
     manifest = generate(config, out_dir)
-    grid = class_device_grid(out_dir, out_dir.parent / f"{config.name}_grid.png")
+    grid = visualize.dataset_grid(out_dir, out_dir.parent / f"{config.name}_grid.png")
     print(f"phantom dataset: {out_dir} ({manifest['num_records']} images); grid: {grid}")
     return manifest
 

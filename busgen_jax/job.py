@@ -19,6 +19,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+# Set to "1" by the launchers on multi-host slices.
+DISTRIBUTED_ENV = "BUSGEN_DISTRIBUTED"
 
 
 class JobError(RuntimeError):
@@ -88,12 +90,31 @@ def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config
         except (flags.Error, JobError, ValueError, FileNotFoundError, KeyError) as e:
             _fail(e)
         logging.set_verbosity(logging.INFO)
+        maybe_initialize_distributed()
         try:
             run(config, workdir_flag.value)
         except JobError as e:
             _fail(e)
 
     return main
+
+
+def maybe_initialize_distributed() -> None:
+    """Joins a multi-process run when a launcher asks for one (see launch/README.md).
+
+    On Cloud TPU VMs `jax.distributed.initialize()` finds the pod's coordinates by itself; on
+    other clusters the usual JAX_COORDINATOR_ADDRESS / process count and id variables apply.
+    """
+    if os.environ.get(DISTRIBUTED_ENV) == "1" and not _distributed_initialized():
+        import jax
+
+        jax.distributed.initialize()
+
+
+def _distributed_initialized() -> bool:
+    from jax._src import distributed
+
+    return distributed.global_state.client is not None
 
 
 def _help(flag_values: flags.FlagValues) -> str:

@@ -11,6 +11,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from busgen_jax.data import schema, shards  # noqa: E402
+
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Maps model-space images in [-1, 1] to uint8."""
@@ -48,9 +50,16 @@ def labelled_grid(
                     ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
                     height, width = image.shape[:2]
                     for x1, y1, x2, y2 in cell_boxes[k] if k < len(cell_boxes) else []:
-                        ax.add_patch(plt.Rectangle((x1 * width - 0.5, y1 * height - 0.5),
-                                                   (x2 - x1) * width, (y2 - y1) * height,
-                                                   fill=False, edgecolor="yellow", linewidth=0.8))
+                        ax.add_patch(
+                            plt.Rectangle(
+                                (x1 * width - 0.5, y1 * height - 0.5),
+                                (x2 - x1) * width,
+                                (y2 - y1) * height,
+                                fill=False,
+                                edgecolor="yellow",
+                                linewidth=0.8,
+                            )
+                        )
                 if r == 0 and k == 0:
                     ax.set_title(col, fontsize=7, loc="left")
                 if c == 0 and k == 0:
@@ -63,3 +72,32 @@ def labelled_grid(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def dataset_grid(
+    dataset_dir: str | pathlib.Path,
+    path: str | pathlib.Path,
+    per_cell: int = 2,
+    title: str | None = None,
+):
+    """Saves a grid of stored images, one row per pathology and a column block per device."""
+    manifest = shards.read_manifest(dataset_dir)
+    devices = sorted(manifest["device"])
+    pathologies = [p for p in schema.PATHOLOGIES if p in manifest["pathology"]]
+    cells: dict[tuple[str, str], list[np.ndarray]] = {}
+    for record in shards.read_records(dataset_dir):
+        cell = cells.setdefault((record["pathology"], record["device"]), [])
+        if len(cell) < per_cell:
+            cell.append(schema.decode_png(record["image"]))
+        if len(cells) == len(devices) * len(pathologies) and all(
+            len(c) == per_cell for c in cells.values()
+        ):
+            break
+    return labelled_grid(
+        cells,
+        row_labels=pathologies,
+        col_labels=devices,
+        per_cell=per_cell,
+        path=path,
+        title=title,
+    )
