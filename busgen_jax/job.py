@@ -105,16 +105,11 @@ def maybe_initialize_distributed() -> None:
     On Cloud TPU VMs `jax.distributed.initialize()` finds the pod's coordinates by itself; on
     other clusters the usual JAX_COORDINATOR_ADDRESS / process count and id variables apply.
     """
-    if os.environ.get(DISTRIBUTED_ENV) == "1" and not _distributed_initialized():
+    if os.environ.get(DISTRIBUTED_ENV) == "1":
         import jax
 
-        jax.distributed.initialize()
-
-
-def _distributed_initialized() -> bool:
-    from jax._src import distributed
-
-    return distributed.global_state.client is not None
+        if not jax.distributed.is_initialized():
+            jax.distributed.initialize()
 
 
 def _help(flag_values: flags.FlagValues) -> str:
