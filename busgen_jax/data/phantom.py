@@ -16,8 +16,9 @@ and the scanners of `PHANTOM_DEVICES` differ in speckle size, dynamic range, gai
 
 Samples are drawn in fixed chunks of `CHUNK`, each from `np.random.default_rng([seed, chunk])`, so
 sample i is the same however many samples are generated. Default class mix (DEFAULT_CLASS_PROBS):
-normal 0.2, benign 0.4, malignant 0.25, DCIS 0.15. About 15% of patients have two images (two
-views of the same lesion: same pathology, device and descriptors).
+normal 0.2, benign 0.4, malignant 0.25, DCIS 0.15. About one patient in eight has two images
+(two views of the same lesion: same pathology, device and descriptors), so splits must be drawn
+per patient.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from busgen_jax.data.phantom_tissue import DEVICE_BY_NAME, DEVICES, Device, brea
 PHANTOM_DEVICES: tuple[str, ...] = tuple(device.name for device in DEVICES)
 DEFAULT_CLASS_PROBS = {"normal": 0.2, "benign": 0.4, "malignant": 0.25, "dcis": 0.15}
 CHUNK = 8
-PAIR_PROBABILITY = 0.15
+PAIR_PROBABILITY = 0.15  # chance that an image opens a two-image patient
 GENERATOR = "busgen_jax.phantom/1"
 # The display maps 0 dB to this far above the image's mean echo, so glands sit near mid-grey.
 DISPLAY_HEADROOM_DB = 28.0

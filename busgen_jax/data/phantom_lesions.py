@@ -11,8 +11,9 @@ attenuation makes the posterior enhancement or shadowing through the physics of 
 from __future__ import annotations
 
 import numpy as np
+from scipy import special
 
-from busgen_jax.data.phantom_tissue import smooth_fields
+from busgen_jax.data.phantom_tissue import FAT_ECHO, smooth_fields
 
 SHAPES = ("oval", "round", "irregular", "non-mass")
 ORIENTATIONS = ("parallel", "not parallel")
@@ -121,7 +122,7 @@ def malignancy_score(
     points = sum(np.asarray(_POINTS[key])[desc[key]] for key in DESCRIPTORS)
     points = points + 0.04 * (desc["size_mm"] - 12.0) + 0.7 * desc["halo"] - 0.4
     logit = np.where(has_lesion, points, -4.0) + 1.1 * rng.standard_normal(has_lesion.shape)
-    return (1 / (1 + np.exp(-logit))).astype(np.float32)
+    return special.expit(logit).astype(np.float32)
 
 
 def _margin_table(rng: np.random.Generator, desc: dict[str, np.ndarray]) -> np.ndarray:
@@ -149,10 +150,6 @@ def _margin_table(rng: np.random.Generator, desc: dict[str, np.ndarray]) -> np.n
     return np.maximum(r, 0.35).astype(np.float32)
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1 + np.tanh(0.5 * x))
-
-
 def _mass(z, x, zc, xc, ax, az, tilt, table, soft):
     """Inside weight, normalized radius and boundary radius of tabulated-margin masses."""
     u = (x - xc) * np.cos(tilt) + (z - zc) * np.sin(tilt)
@@ -161,7 +158,7 @@ def _mass(z, x, zc, xc, ax, az, tilt, table, soft):
     theta = np.arctan2(v / az, u / ax)
     index = ((theta + np.pi) * (_ANGLES / (2 * np.pi))).astype(np.int32) % _ANGLES
     r = np.take_along_axis(table, index.reshape(len(table), -1), axis=1).reshape(rho.shape)
-    return _sigmoid((r - rho) / soft), rho, r, np.cos(theta)
+    return special.expit((r - rho) / soft), rho, r, np.cos(theta)
 
 
 def _ducts(rng, z, x, zc, xc, size):
@@ -183,23 +180,24 @@ def _ducts(rng, z, x, zc, xc, size):
             (dx * c + dz * s) / along[:, j, None, None],
             (dz * c - dx * s) / across[:, j, None, None],
         )
-        weight = np.maximum(weight, _sigmoid((1 - rho) / 0.15))
+        weight = np.maximum(weight, special.expit((1 - rho) / 0.15))
     return weight, path_z, path_x
 
 
 def _echo_level(rng: np.random.Generator, echo: np.ndarray, field: np.ndarray) -> np.ndarray:
-    """Lesion reflectivity [n, rows, cols] for each echo pattern (glandular tissue = 1)."""
+    """Lesion reflectivity [n, rows, cols] for each echo pattern."""
     n = len(echo)
     pick = lambda lo, hi: rng.uniform(lo, hi, (n, 1, 1)).astype(np.float32)  # noqa: E731
     cystic = field < pick(-0.4, 0.5)
-    # Levels relative to subcutaneous fat (0.13), the reference of the BI-RADS echo pattern.
+    fluid = np.float32(0.03 * FAT_ECHO)
+    # In units of subcutaneous fat, the reference of the BI-RADS echo pattern.
     levels = [
-        np.full_like(field, 0.004),
-        pick(1.2, 2.0) * np.exp(0.15 * field),
-        np.where(cystic, 0.004, pick(0.04, 0.12)),
-        pick(0.012, 0.05) * np.exp(0.15 * field),
-        pick(0.09, 0.18) * np.exp(0.15 * field),
-        pick(0.015, 0.06) * np.exp(0.9 * field),
+        np.full_like(field, fluid),
+        FAT_ECHO * pick(9.0, 15.0) * np.exp(0.15 * field),
+        np.where(cystic, fluid, FAT_ECHO * pick(0.3, 0.9)),
+        FAT_ECHO * pick(0.1, 0.4) * np.exp(0.15 * field),
+        FAT_ECHO * pick(0.7, 1.4) * np.exp(0.15 * field),
+        FAT_ECHO * pick(0.12, 0.45) * np.exp(0.9 * field),
     ]
     return np.choose(echo[:, None, None], levels)
 
@@ -207,11 +205,56 @@ def _echo_level(rng: np.random.Generator, echo: np.ndarray, field: np.ndarray) -
 def _alpha(rng: np.random.Generator, posterior: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Lesion attenuation (dB/cm/MHz) giving each posterior feature through the physics."""
     n = len(posterior)
-    low, none, high = rng.uniform(0.0, 0.3, n), rng.uniform(0.6, 0.85, n), rng.uniform(1.2, 2.5, n)
+    low, none, high = rng.uniform(0.0, 0.15, n), rng.uniform(0.6, 0.85, n), rng.uniform(1.2, 2.5, n)
     alpha = np.choose(posterior, [none, low, high, low])[:, None, None].astype(np.float32)
     # Combined pattern: shadowing behind one side of the mass, enhancement behind the other.
     high = high[:, None, None].astype(np.float32)
     return np.where((posterior[:, None, None] == 3) & right, high, alpha)
+
+
+def _place(rng, desc, tissue, depth_mm, lateral_mm) -> dict[str, np.ndarray]:
+    """Centre (mm), semi-axes (mm) and tilt of each lesion, from its size and orientation.
+
+    Masses sit in the mammary zone, where cancers arise (terminal duct lobular units); parallel
+    ones are wider than tall, not-parallel ones taller than wide.
+    """
+    n, cols = len(depth_mm), tissue["reflectivity"].shape[2]
+    size = np.clip(desc["size_mm"], 4.0, 0.5 * np.minimum(depth_mm, lateral_mm))
+    desc["size_mm"] = size
+    parallel = desc["orientation"] == 0
+    aspect = np.choose(
+        np.minimum(desc["shape"], 2),
+        [rng.uniform(1.3, 2.1, n), rng.uniform(1.0, 1.15, n), rng.uniform(1.0, 1.7, n)],
+    )
+    ax = np.where(parallel, size / 2, size / 2 / rng.uniform(1.05, 1.5, n))
+    az = np.where(parallel, size / 2 / aspect, size / 2)
+    fat, gland = tissue["fat_bottom"][:, 0, cols // 2], tissue["gland_bottom"][:, 0, cols // 2]
+    zc = np.clip(fat + rng.uniform(0.3, 0.8, n) * (gland - fat), az + 5.0, 0.8 * depth_mm - az)
+    xc = rng.uniform(-0.22, 0.22, n) * lateral_mm
+    return {"zc": zc, "xc": xc, "ax": ax, "az": az, "tilt": rng.uniform(-0.25, 0.25, n)}
+
+
+def _foci(rng, desc, has_lesion, place) -> np.ndarray:
+    """Echogenic foci [n, MAX_CALCIFICATIONS, 3] as (depth mm, lateral mm, amplitude).
+
+    Inside a mass they are uniform over its inner ellipse; outside one, in a ring around it.
+    Unused slots have amplitude 0.
+    """
+    n = len(has_lesion)
+    u, v = rng.random((2, n, MAX_CALCIFICATIONS))
+    amplitude = rng.uniform(3.0, 7.0, (n, MAX_CALCIFICATIONS))
+    count = np.choose(
+        desc["calcifications"],
+        [0, rng.integers(3, 11, n), rng.integers(2, 6, n), rng.integers(5, 17, n)],
+    )
+    amplitude *= (np.arange(MAX_CALCIFICATIONS)[None] < count[:, None]) & has_lesion[:, None]
+    radius = np.where(desc["calcifications"][:, None] == 2, 1.2 + 0.6 * u, 0.7 * np.sqrt(u))
+    a = radius * np.cos(2 * np.pi * v) * place["ax"][:, None]
+    b = radius * np.sin(2 * np.pi * v) * place["az"][:, None]
+    cos, sin = np.cos(place["tilt"])[:, None], np.sin(place["tilt"])[:, None]
+    z = place["zc"][:, None] + a * sin + b * cos
+    x = place["xc"][:, None] + a * cos - b * sin
+    return np.stack([z, x, amplitude], axis=-1).astype(np.float32)
 
 
 def render_lesions(
@@ -236,73 +279,39 @@ def render_lesions(
       [n, MAX_CALCIFICATIONS, 3] as (depth mm, lateral mm, amplitude; 0 when unused).
     """
     z, (n, rows, cols) = tissue["z_mm"], tissue["reflectivity"].shape
-    size = np.clip(desc["size_mm"], 4.0, 0.5 * np.minimum(depth_mm, lateral_mm))
-    desc["size_mm"] = size
-    parallel = desc["orientation"] == 0
-    aspect = np.choose(
-        np.minimum(desc["shape"], 2),
-        [rng.uniform(1.3, 2.1, n), rng.uniform(1.0, 1.15, n), rng.uniform(1.0, 1.7, n)],
-    )
-    ax = np.where(parallel, size / 2, size / 2 / rng.uniform(1.05, 1.5, n))
-    az = np.where(parallel, size / 2 / aspect, size / 2)
-    fat, gland = tissue["fat_bottom"][:, 0, cols // 2], tissue["gland_bottom"][:, 0, cols // 2]
-    zc = np.clip(fat + rng.uniform(0.3, 0.8, n) * (gland - fat), az + 5.0, 0.8 * depth_mm - az)
-    xc = rng.uniform(-0.22, 0.22, n) * lateral_mm
-    tilt = rng.uniform(-0.25, 0.25, n)
+    place = _place(rng, desc, tissue, depth_mm, lateral_mm)
     soft = np.choose(desc["margin"], [0.03, rng.uniform(0.06, 0.12, n), 0.04, 0.04, 0.04])
     table = _margin_table(rng, desc)
-    field = smooth_fields(rng, n, (rows, cols), (24, 12))
-    echo = _echo_level(rng, desc["echo_pattern"], field)
-    alpha = _alpha(rng, desc["posterior_features"], x_mm > xc[:, None, None])
-    cap = (desc["margin"] == 0) & (rng.random(n) < 0.5)
+    echo = _echo_level(rng, desc["echo_pattern"], smooth_fields(rng, n, (rows, cols), (24, 12)))
+    alpha = _alpha(rng, desc["posterior_features"], x_mm > place["xc"][:, None, None])
+    capsule = (desc["margin"] == 0) & (rng.random(n) < 0.5)
     edge = (desc["margin"] == 0) * (desc["shape"] <= 1) * rng.uniform(1.5, 4.0, n)
-    calc_u, calc_v = rng.random((2, n, MAX_CALCIFICATIONS))
-    calc_amp = rng.uniform(5.0, 12.0, (n, MAX_CALCIFICATIONS))
-    count = np.choose(
-        desc["calcifications"],
-        [0, rng.integers(3, 11, n), rng.integers(2, 6, n), rng.integers(5, 17, n)],
-    )
-    calc_amp *= (np.arange(MAX_CALCIFICATIONS)[None] < count[:, None]) & has_lesion[:, None]
+    foci = _foci(rng, desc, has_lesion, place)
 
     weight = np.zeros((n, rows, cols), np.float32)
     mass = np.flatnonzero(has_lesion & (desc["shape"] != 3))
     duct = np.flatnonzero(has_lesion & (desc["shape"] == 3))
-    e = lambda a, i: a[i][:, None, None].astype(np.float32)  # noqa: E731
     if len(mass):
-        w, rho, r, cos = _mass(
-            z[mass],
-            x_mm[mass],
-            e(zc, mass),
-            e(xc, mass),
-            e(ax, mass),
-            e(az, mass),
-            e(tilt, mass),
-            table[mass],
-            e(soft, mass),
-        )
+        e = lambda a: a[mass][:, None, None].astype(np.float32)  # noqa: E731
+        geometry = [e(place[k]) for k in ("zc", "xc", "ax", "az", "tilt")]
+        w, rho, r, cos = _mass(z[mass], x_mm[mass], *geometry, table[mass], e(soft))
         weight[mass] = w
         d = rho - r
-        hw = 1.8 / np.sqrt(ax * az)  # echogenic halo about 1.8 mm thick
-        halo = e(desc["halo"], mass) * (d > 0) * np.exp(-0.5 * (d / e(hw, mass)) ** 2)
+        halo_width = 1.8 / np.sqrt(place["ax"] * place["az"])  # about 1.8 mm, in units of rho
+        halo = e(desc["halo"]) * (d > 0) * np.exp(-0.5 * (d / e(halo_width)) ** 2)
         ring = np.exp(-0.5 * (d / 0.04) ** 2)
-        tissue["reflectivity"][mass] += (1.3 * halo + 0.9 * e(cap, mass) * ring) * (1 - w)
-        tissue["attenuation"][mass] += e(edge, mass) * ring * cos**4  # refraction edge shadows
+        tissue["reflectivity"][mass] += (1.3 * halo + 0.9 * e(capsule) * ring) * (1 - w)
+        # Refraction at the steep lateral walls of smooth masses casts thin edge shadows.
+        tissue["attenuation"][mass] += e(edge) * ring * cos**4
     if len(duct):
-        w, path_z, path_x = _ducts(rng, z[duct], x_mm[duct], zc[duct], xc[duct], size[duct])
+        w, path_z, path_x = _ducts(
+            rng, z[duct], x_mm[duct], place["zc"][duct], place["xc"][duct], desc["size_mm"][duct]
+        )
         weight[duct] = w
-        pick = (calc_u[duct] * path_z.shape[1]).astype(int)
-        calc_z = np.take_along_axis(path_z, pick, 1) + rng.normal(0, 0.4, pick.shape)
-        calc_x = np.take_along_axis(path_x, pick, 1) + rng.normal(0, 0.8, pick.shape)
-    # Foci in (or around) a mass: uniform in the inner ellipse, or in a ring outside it.
-    radius = np.where(
-        desc["calcifications"][:, None] == 2, 1.2 + 0.6 * calc_u, 0.7 * np.sqrt(calc_u)
-    )
-    u, v = radius * np.cos(2 * np.pi * calc_v) * ax[:, None], radius * np.sin(2 * np.pi * calc_v)
-    v = v * az[:, None]
-    foci_x = xc[:, None] + u * np.cos(tilt)[:, None] - v * np.sin(tilt)[:, None]
-    foci_z = zc[:, None] + u * np.sin(tilt)[:, None] + v * np.cos(tilt)[:, None]
-    if len(duct):
-        foci_z[duct], foci_x[duct] = calc_z, calc_x
+        # Intraductal calcifications lie along the duct.
+        pick = (rng.random(path_z.shape[:1] + (MAX_CALCIFICATIONS,)) * path_z.shape[1]).astype(int)
+        foci[duct, :, 0] = np.take_along_axis(path_z, pick, 1) + rng.normal(0, 0.4, pick.shape)
+        foci[duct, :, 1] = np.take_along_axis(path_x, pick, 1) + rng.normal(0, 0.8, pick.shape)
 
     # Echogenicity blends geometrically (in dB, as the eye reads it), the rest linearly.
     tissue["reflectivity"] = (tissue["reflectivity"] ** (1 - weight) * echo**weight).astype(
@@ -310,4 +319,4 @@ def render_lesions(
     )
     for key, lesion in (("attenuation", alpha), ("density", 1.0)):
         tissue[key] = (tissue[key] * (1 - weight) + lesion * weight).astype(np.float32)
-    return weight, np.stack([foci_z, foci_x, calc_amp], axis=-1).astype(np.float32)
+    return weight, foci

@@ -4,7 +4,7 @@ Tissue is described on the *beam grid* of a scanner: rows are depth along the be
 columns are beam positions (lateral; beam angle for a convex probe). Every map is a batch
 `[n, rows, cols]` of per-sample values:
 
-  reflectivity  root-mean-square scatterer amplitude (echogenicity), glandular tissue = 1
+  reflectivity  root-mean-square scatterer amplitude (echogenicity; FAT_ECHO, GLAND_ECHO)
   density       fraction of resolution cells holding a scatterer (< 1 gives non-Rayleigh speckle)
   attenuation   alpha in dB/cm/MHz (Szabo, "Diagnostic Ultrasound Imaging", table B.1)
 
@@ -19,12 +19,17 @@ import dataclasses
 import functools
 
 import numpy as np
+from scipy import special
 
 # Attenuation in dB/cm/MHz of the tissue classes (Szabo 2014, table B.1; Goss et al. 1978).
 ALPHA_FAT = 0.45
 ALPHA_GLAND = 0.75
 ALPHA_SKIN = 0.8
 ALPHA_MUSCLE = 1.0
+# Echogenicity of subcutaneous fat and of fibroglandular tissue (about 21 dB apart, so fat reads
+# hypoechoic and glands hyperechoic); BI-RADS grades lesion echo patterns against fat.
+FAT_ECHO = 0.13
+GLAND_ECHO = 1.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +54,7 @@ class Device:
     dynamic_range_db: float = 60.0
     gain_db: float = 0.0  # brightness offset of the display map
     gamma: float = 1.0  # grey-level map exponent
-    noise_db: float = -62.0  # electronic noise relative to glandular echo, before TGC
+    noise_db: float = -62.0  # electronic noise relative to unit reflectivity, before TGC
     smoothing_px: float = 0.0  # speckle reduction filter of the scanner, in output pixels
     tgc_alpha: float = 0.55  # attenuation the default time-gain compensation undoes
 
@@ -110,8 +115,8 @@ DEVICES = (
         probe="convex",
         center_mhz=3.5,
         bandwidth=0.6,
-        axial_sigma_mm=0.8,
-        lateral_sigma_mm=2.0,
+        axial_sigma_mm=0.55,
+        lateral_sigma_mm=1.4,
         depth_mm=50.0,
         width_mm=0.0,
         sector_deg=50.0,
@@ -196,9 +201,8 @@ def breast_tissue(
     )
     muscle_top = gland_bottom + rng.uniform(0.8, 3.0, (n, 1, 1))
     muscle_bottom = muscle_top + rng.uniform(6.0, 12.0, (n, 1, 1))
-    fat_islands = rng.uniform(-0.6, 0.4, (n, 1, 1)).astype(
-        np.float32
-    )  # threshold: fatty vs dense glands
+    # Level of the lobule field below which the mammary zone is fat: fatty vs dense breasts.
+    fat_islands = rng.uniform(-0.6, 0.4, (n, 1, 1)).astype(np.float32)
 
     lobules, ducts, fibres = np.split(smooth_fields(rng, 3 * n, (rows, cols), (9, 4)), 3)
     fine = smooth_fields(rng, n, (rows, cols), (22, 10))
@@ -213,15 +217,14 @@ def breast_tissue(
     # Fat lobules with Cooper's ligaments along their borders (level lines of a smooth field),
     # which also thread into the mammary zone.
     ligament = _band(lobules - 0.2, 0.09)
-    fat = 0.13 * np.exp(0.2 * fine) + 2.2 * ligament
-    island = 1 / (1 + np.exp(-(fat_islands - lobules - 0.3 * fine) / 0.08))
-    gland = (1.5 * np.exp(0.3 * fine)) * (1 - island) + (0.3 + 1.5 * ligament) * island
+    fat = FAT_ECHO * np.exp(0.2 * fine) + 2.2 * ligament
+    island = special.expit((fat_islands - lobules - 0.3 * fine) / 0.08)
+    gland = GLAND_ECHO * np.exp(0.3 * fine) * (1 - island) + (0.3 + 1.5 * ligament) * island
     gland = gland * (1 - 0.85 * _band(ducts, 0.05))  # anechoic ducts
     slope = rng.uniform(-0.15, 0.15, (n, 1, 1)).astype(np.float32)
     period = rng.uniform(1.4, 2.6, (n, 1, 1)).astype(np.float32)
-    cols_mm = (depth_mm[:, None, None] * x01[None, None, :]).astype(
-        np.float32
-    )  # lateral position at depth scale
+    # Lateral position in depth units, so the striation slope is an angle.
+    cols_mm = (depth_mm[:, None, None] * x01[None, None, :]).astype(np.float32)
     phase = 2 * np.pi * (z + slope * cols_mm + 0.8 * fibres) / period
     muscle = 0.35 * np.exp(0.15 * fine) + 0.9 * np.maximum(np.cos(phase), 0) ** 10
     deep = 0.25 * np.exp(0.3 * fine)
