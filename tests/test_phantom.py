@@ -13,7 +13,7 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from busgen_jax.data import phantom, schema
+from busgen_jax.data import phantom, phantom_lesions, schema
 from busgen_jax.data.phantom_tissue import DEVICE_BY_NAME
 
 
@@ -274,3 +274,10 @@ def test_records_follow_schema_with_patient_level_splits():
     per_patient = collections.Counter(r["patient_id"] for r in records)
     assert max(per_patient.values()) == 2 and 20 < len(per_patient) < 40
     assert {r["split"] for r in records} == set(schema.SPLITS)
+
+
+def test_satellite_masses_give_a_second_box(monkeypatch):
+    monkeypatch.setattr(phantom_lesions, "SATELLITE_PROBABILITY", 1.0)
+    out = phantom.generate(16, seed=8, image_size=48, class_probs={"benign": 1.0})
+    assert all(b["lesion_count"] == 2 for b in out["birads"])
+    assert np.mean([len(boxes) >= 2 for boxes in out["boxes"]]) >= 0.75

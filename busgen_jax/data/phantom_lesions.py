@@ -72,6 +72,7 @@ _POINTS = {
 }
 _ANGLES = 360  # resolution of the tabulated margin r(theta)
 MAX_CALCIFICATIONS = 16
+SATELLITE_PROBABILITY = 0.05
 
 
 def _categorical(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
@@ -100,6 +101,9 @@ def draw_descriptors(rng: np.random.Generator, pathology: np.ndarray) -> dict[st
     desc["size_mm"] = median * np.exp(_SIZE_SPREAD * rng.standard_normal(pathology.shape))
     halo_prob = np.where(pathology >= 2, 0.35, 0.04) * (desc["margin"] != 0) * ~non_mass
     desc["halo"] = rng.random(pathology.shape) < halo_prob
+    # A few benign masses come with a smaller satellite (BUSI: ~3% of lesion images, two boxes).
+    second = (pathology == 1) & ~non_mass & (rng.random(pathology.shape) < SATELLITE_PROBABILITY)
+    desc["lesion_count"] = 1 + second
     return desc
 
 
@@ -108,6 +112,7 @@ def descriptor_dict(desc: dict[str, np.ndarray], i: int) -> dict:
     out = {key: values[int(desc[key][i])] for key, values in DESCRIPTORS.items()}
     out["size_mm"] = round(float(desc["size_mm"][i]), 1)
     out["echogenic_halo"] = bool(desc["halo"][i])
+    out["lesion_count"] = int(desc["lesion_count"][i])
     return out
 
 
@@ -234,6 +239,19 @@ def _place(rng, desc, tissue, depth_mm, lateral_mm) -> dict[str, np.ndarray]:
     return {"zc": zc, "xc": xc, "ax": ax, "az": az, "tilt": rng.uniform(-0.25, 0.25, n)}
 
 
+def _satellite(rng, z, x, place, index) -> np.ndarray:
+    """Weight of a small oval beside the main mass (same echo pattern), for samples `index`."""
+    m = len(index)
+    side = np.where(rng.random(m) < 0.5, -1.0, 1.0)
+    a = rng.uniform(2.0, 4.0, m)
+    xc = place["xc"][index] + side * (place["ax"][index] + a + rng.uniform(2.0, 6.0, m))
+    zc = place["zc"][index] + rng.uniform(-3.0, 3.0, m)
+    e = lambda v: v[:, None, None].astype(np.float32)  # noqa: E731
+    table = np.ones((m, _ANGLES), np.float32)
+    geometry = [e(zc), e(xc), e(a), e(a / rng.uniform(1.2, 1.8, m)), e(rng.uniform(-0.2, 0.2, m))]
+    return _mass(z[index], x[index], *geometry, table, np.float32(0.03))[0]
+
+
 def _foci(rng, desc, has_lesion, place) -> np.ndarray:
     """Echogenic foci [n, MAX_CALCIFICATIONS, 3] as (depth mm, lateral mm, amplitude).
 
@@ -296,6 +314,11 @@ def render_lesions(
         geometry = [e(place[k]) for k in ("zc", "xc", "ax", "az", "tilt")]
         w, rho, r, cos = _mass(z[mass], x_mm[mass], *geometry, table[mass], e(soft))
         weight[mass] = w
+        satellite = np.flatnonzero(desc["lesion_count"] == 2)
+        if len(satellite):
+            weight[satellite] = np.maximum(
+                weight[satellite], _satellite(rng, z, x_mm, place, satellite)
+            )
         d = rho - r
         halo_width = 1.8 / np.sqrt(place["ax"] * place["az"])  # about 1.8 mm, in units of rho
         halo = e(desc["halo"]) * (d > 0) * np.exp(-0.5 * (d / e(halo_width)) ** 2)

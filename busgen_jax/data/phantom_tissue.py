@@ -78,8 +78,8 @@ DEVICES = (
         depth_mm=30.0,
         width_mm=34.0,
         dynamic_range_db=66.0,
-        gain_db=-1.0,
-        gamma=1.05,
+        gain_db=0.5,
+        gamma=1.0,
         noise_db=-68.0,
     ),
     # General-purpose breast linear array.
@@ -92,6 +92,8 @@ DEVICES = (
         lateral_sigma_mm=0.6,
         depth_mm=40.0,
         width_mm=38.0,
+        gain_db=-0.5,
+        gamma=1.12,
     ),
     # Older low-frequency linear array with speckle-reduction filtering and a bright, flat map.
     Device(
