@@ -1,4 +1,4 @@
-"""Figures for reader studies: the model's ROC curve with each reader's operating point."""
+"""Figures for reader studies: models' ROC curves with each reader's operating point."""
 
 from __future__ import annotations
 
@@ -28,29 +28,54 @@ def plot_roc_with_readers(
     simulated: bool = False,
     dpi: int = 150,
 ) -> None:
-    """Writes a PNG of the model's ROC curve (with DeLong 95% CI of its AUC in the legend) and
+    """Writes a PNG of one model's ROC curve and the readers' points (see `plot_roc_curves`)."""
+    plot_roc_curves(
+        path,
+        {model_label: model_scores},
+        truth,
+        reader_points,
+        title=title,
+        simulated=simulated,
+        dpi=dpi,
+    )
+
+
+def plot_roc_curves(
+    path: str | os.PathLike,
+    models: Mapping[str, Any],
+    truth: Any,
+    reader_points: Mapping[str, tuple[float, float]],
+    *,
+    title: str = "",
+    simulated: bool = False,
+    dpi: int = 150,
+) -> None:
+    """Writes a PNG of every model's ROC curve (with DeLong 95% CI of its AUC in the legend) and
     every reader's (1 - specificity, sensitivity) point.
 
     Args:
       path: output PNG path.
-      model_scores: [N] model scores.
+      models: model name -> [N] scores, in legend order.
       truth: [N] 0/1 labels.
       reader_points: reader_id -> (sensitivity, specificity).
       simulated: adds "SIMULATED READERS" to the title, so simulated figures are never mistaken
         for a real reader study.
     """
+    if not models:
+        raise ValueError("'models' is empty: no ROC curve to plot")
     truth = statistics.check_truth(truth)
-    scores = statistics.check_scores(model_scores, truth.size, "model_scores")
-    fpr, tpr, _ = metrics.roc_curve(truth, scores)
-    auc = statistics.roc_auc_ci(truth, scores)
     figure, axis = plt.subplots(figsize=(5, 5))
-    axis.plot(
-        fpr,
-        tpr,
-        color="tab:blue",
-        linewidth=2,
-        label=f"{model_label} (AUC {auc.auc:.3f}, 95% CI {auc.ci_low:.3f}-{auc.ci_high:.3f})",
-    )
+    for k, (name, model_scores) in enumerate(models.items()):
+        scores = statistics.check_scores(model_scores, truth.size, f"scores of {name}")
+        fpr, tpr, _ = metrics.roc_curve(truth, scores)
+        auc = statistics.roc_auc_ci(truth, scores)
+        axis.plot(
+            fpr,
+            tpr,
+            color=plt.cm.tab10(k % 10),
+            linewidth=2,
+            label=f"{name} (AUC {auc.auc:.3f}, 95% CI {auc.ci_low:.3f}-{auc.ci_high:.3f})",
+        )
     axis.plot([0, 1], [0, 1], color="0.7", linestyle="--", linewidth=1)
     if reader_points:
         sens = [point[0] for point in reader_points.values()]
@@ -59,8 +84,8 @@ def plot_roc_with_readers(
         # readers cluster, as they usually do.
         if len(reader_points) <= _MAX_LEGEND_READERS:
             for k, (name, x, y) in enumerate(zip(reader_points, fprs, sens, strict=True)):
-                # tab10 colour 0 is the model's curve.
-                color = plt.cm.tab10((k + 1) % 10)
+                # tab10 colours after the model curves' ones.
+                color = plt.cm.tab10((len(models) + k) % 10)
                 axis.scatter([x], [y], color=color, marker="o", zorder=3, label=str(name))
         else:
             axis.scatter(fprs, sens, color="tab:red", marker="o", zorder=3, label="Readers")

@@ -1,0 +1,565 @@
+"""Clinical evaluation of classifiers on the same test cases, with a reader study.
+
+    busgen evaluate --config=configs/evaluate.py:default --workdir=DIR \
+        --config.predictions="('real-only=RUN_A/predictions/test.csv', 'mixed=RUN_B/...')" \
+        --config.validation="('real-only=RUN_A/predictions/val.csv', ...)" \
+        --config.reader_study.csv=READS.csv
+
+Inputs are the per-case CSVs of `busgen predict` (`case_id`, `pathology`, `probability`, ...),
+one per named model; the ground truth is the `pathology` column (positive and negative classes
+from the config; cases of other classes are left out). Per model: ROC AUC with a DeLong and a
+bootstrap interval, and sensitivity, specificity, PPV, NPV and accuracy at a threshold chosen on
+the model's validation predictions (or, flagged `chosen_on: test`, on the test set itself);
+every pair of models: a paired DeLong test. With a reader study (a CSV of BI-RADS reads, or for
+the phantom a study *simulated* from its latent malignancy score, labelled so everywhere): each
+reader's operating point, each model at each reader's specificity and sensitivity with McNemar
+tests, the mean improvement over readers, the OR MRMC model-vs-readers analysis, and with two
+modalities the OR MRMC modality comparison. Writes DIR/evaluation/{results.json, roc.png,
+evaluation.md}.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import os
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+from sklearn import metrics
+
+from busgen_jax import job
+from busgen_jax.data import shards
+from busgen_jax.evaluation import mrmc, plots, reader_study, statistics
+
+THRESHOLD_RULES = ("target_specificity", "target_sensitivity", "youden", "fixed")
+SIMULATED_LABEL = "SIMULATED reader study (readers simulated from the phantom's latent score)"
+
+
+def read_predictions(path: str | os.PathLike) -> dict[str, list]:
+    """Columns of a predictions CSV (`case_id`, `probability`, optional `pathology` ...).
+
+    Raises JobError naming the file, line and field on a missing column, a probability that is
+    not a finite number, or a repeated case_id.
+    """
+    if not os.path.isfile(path):
+        raise job.JobError(f"{path}: predictions file does not exist")
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"case_id", "probability"} - set(reader.fieldnames or ())
+        if missing:
+            raise job.JobError(f"{path}: missing column(s) {sorted(missing)}")
+        columns: dict[str, list] = {name: [] for name in reader.fieldnames}
+        seen: dict[str, int] = {}
+        for row in reader:
+            where = f"{path}:{reader.line_num}"
+            case = row["case_id"].strip()
+            if case in seen:
+                raise job.JobError(f"{where}: case_id {case!r} repeats line {seen[case]}")
+            seen[case] = reader.line_num
+            try:
+                probability = float(row["probability"])
+            except ValueError:
+                probability = math.nan
+            if not math.isfinite(probability):
+                raise job.JobError(
+                    f"{where}: field 'probability' {row['probability']!r} is not a finite number"
+                )
+            for name in columns:
+                columns[name].append(row[name].strip() if name != "probability" else probability)
+            columns["case_id"][-1] = case
+    if not seen:
+        raise job.JobError(f"{path}: no predictions")
+    return columns
+
+
+def truth_from_pathology(
+    tables_: Mapping[str, Mapping[str, Sequence]], positive: Sequence[str], negative: Sequence[str]
+) -> dict[str, int]:
+    """case_id -> 1 (positive class) / 0 (negative class) from the `pathology` column of every
+    table; cases of other classes are left out. Raises JobError on a table without the column
+    or on tables that disagree about a case."""
+    truth: dict[str, int] = {}
+    origin: dict[str, str] = {}
+    for name, columns in tables_.items():
+        if "pathology" not in columns:
+            raise job.JobError(f"predictions of {name!r} have no 'pathology' column (the truth)")
+        for case, pathology in zip(columns["case_id"], columns["pathology"], strict=True):
+            label = 1 if pathology in positive else 0 if pathology in negative else None
+            if label is None:
+                continue
+            if truth.setdefault(case, label) != label:
+                raise job.JobError(
+                    f"case {case!r}: pathology {pathology!r} in {name!r} "
+                    f"disagrees with {origin[case]!r}"
+                )
+            origin.setdefault(case, name)
+    return truth
+
+
+def aligned_scores(
+    columns: Mapping[str, Sequence], case_ids: Sequence[str], name: str
+) -> np.ndarray:
+    """The `probability` column reordered to `case_ids`; raises naming the missing cases."""
+    by_case = dict(zip(columns["case_id"], columns["probability"], strict=True))
+    missing = [case for case in case_ids if case not in by_case]
+    if missing:
+        raise job.JobError(
+            f"predictions of {name!r} lack {len(missing)} evaluated case(s), e.g. {missing[:3]}"
+        )
+    return np.array([by_case[case] for case in case_ids], np.float64)
+
+
+def choose_threshold(truth: Any, scores: Any, rule: str, *, target: float = 0.9) -> float:
+    """Operating threshold: highest sensitivity at specificity >= target, highest specificity at
+    sensitivity >= target, Youden's J = max(TPR - FPR), or `target` itself ("fixed")."""
+    if rule == "target_specificity":
+        return statistics.threshold_for_specificity(truth, scores, target)
+    if rule == "target_sensitivity":
+        return statistics.threshold_for_sensitivity(truth, scores, target)
+    if rule == "youden":
+        fpr, tpr, thresholds = metrics.roc_curve(truth, scores)
+        return float(thresholds[np.argmax(tpr - fpr)])
+    if rule == "fixed":
+        return float(target)
+    raise ValueError(f"threshold rule {rule!r} is not one of {THRESHOLD_RULES}")
+
+
+def _evaluate_model(truth, scores, threshold, *, n_boot, seed, alpha, method) -> dict[str, Any]:
+    return {
+        "auc": statistics.roc_auc_ci(truth, scores, alpha=alpha).to_dict(),
+        "auc_bootstrap": statistics.bootstrap_ci(
+            metrics.roc_auc_score, truth, scores, n_boot=n_boot, seed=seed, alpha=alpha
+        ).to_dict(),
+        "operating_point": statistics.binary_metrics(
+            truth, scores, threshold, method=method, alpha=alpha
+        ).to_dict(),
+    }
+
+
+def _reader_analysis(study, models, *, modality, threshold, method, alpha, cov_method):
+    """Readers' operating points, and each model (case_id -> score) against the readers."""
+    modality = modality or study.modalities[0]
+    out: dict[str, Any] = {
+        "simulated": study.simulated,
+        "label": SIMULATED_LABEL if study.simulated else "reader study",
+        "n_cases": len(study.case_ids),
+        "n_readers": len(study.reader_ids),
+        "modalities": list(study.modalities),
+        "compared_modality": modality,
+        "readers": {
+            m: [
+                p.to_dict()
+                for p in reader_study.reader_performance(
+                    study, threshold=threshold, modality=m, method=method, alpha=alpha
+                )
+            ]
+            for m in study.modalities
+        },
+        "models": {},
+        "modality_comparison": None,
+    }
+    for name, by_case in models.items():
+        scores = [by_case[case] for case in study.case_ids]
+        vs_readers = reader_study.compare_model_to_readers(
+            study, scores, threshold=threshold, modality=modality, method=method, alpha=alpha
+        )
+        or_test = mrmc.or_model_vs_readers(
+            study.truth, scores, study.modality_scores(modality), cov_method=cov_method, alpha=alpha
+        )
+        out["models"][name] = {"vs_readers": vs_readers.to_dict(), "mrmc": or_test.to_dict()}
+    if len(study.modalities) == 2:
+        out["modality_comparison"] = mrmc.or_modalities(
+            study.truth,
+            study.scores,
+            modalities=study.modalities,
+            cov_method=cov_method,
+            alpha=alpha,
+        ).to_dict()
+    return out
+
+
+def evaluate_predictions(
+    predictions: Mapping[str, Mapping[str, Sequence]],
+    truth: Mapping[str, int],
+    study: reader_study.ReaderStudy | None = None,
+    *,
+    validation: Mapping[str, Mapping[str, Sequence]] | None = None,
+    threshold_rule: str = "target_specificity",
+    threshold_target: float = 0.9,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+    method: str = "clopper-pearson",
+    reader_threshold: str = reader_study.DEFAULT_THRESHOLD,
+    reader_modality: str | None = None,
+    cov_method: str = "jackknife",
+) -> dict[str, Any]:
+    """All the numbers of the evaluation, as a JSON-ready dict (see the module docstring).
+
+    Args:
+      predictions: model name -> columns with `case_id` and `probability` (a dict of lists, or
+        anything indexable by column name). The evaluated cases are the first model's cases
+        that have a truth; every model must score them.
+      truth: case_id -> 0/1 for the test cases and any validation cases.
+      study: a reader study on (a subset of) the evaluated cases, or None.
+      validation: model name -> validation columns; a model's threshold is chosen there by
+        `threshold_rule`, else on the test cases (flagged as such).
+    """
+    if not predictions:
+        raise job.JobError("no predictions to evaluate")
+    first = next(iter(predictions.values()))
+    case_ids = [case for case in first["case_id"] if case in truth]
+    y = statistics.check_truth([truth[case] for case in case_ids], "truth of the test cases")
+    scores = {name: aligned_scores(cols, case_ids, name) for name, cols in predictions.items()}
+    results: dict[str, Any] = {
+        "cases": {
+            "n": len(case_ids),
+            "n_positive": int(y.sum()),
+            "n_negative": int(y.size - y.sum()),
+            "n_left_out": len(first["case_id"]) - len(case_ids),
+        },
+        "models": {},
+        "pairwise": [],
+        "reader_study": None,
+    }
+    for name, s in scores.items():
+        val = (validation or {}).get(name)
+        if val is not None:
+            val_cases = [case for case in val["case_id"] if case in truth]
+            val_truth = [truth[case] for case in val_cases]
+            threshold = choose_threshold(
+                val_truth,
+                aligned_scores(val, val_cases, name),
+                threshold_rule,
+                target=threshold_target,
+            )
+        else:
+            threshold = choose_threshold(y, s, threshold_rule, target=threshold_target)
+        model = _evaluate_model(
+            y, s, threshold, n_boot=n_boot, seed=seed, alpha=alpha, method=method
+        )
+        chosen_on = "fixed" if threshold_rule == "fixed" else "validation" if val else "test"
+        model["threshold"] = {
+            "value": threshold,
+            "rule": threshold_rule,
+            "target": threshold_target,
+            "chosen_on": chosen_on,
+        }
+        results["models"][name] = model
+    for a, b in itertools.combinations(scores, 2):
+        paired = statistics.delong_test(y, scores[a], scores[b], alpha=alpha).to_dict()
+        results["pairwise"].append({"model_a": a, "model_b": b, **paired})
+    if study is not None:
+        _check_study_truth(study, truth, set(case_ids))
+        by_case = {name: dict(zip(case_ids, s, strict=True)) for name, s in scores.items()}
+        results["reader_study"] = _reader_analysis(
+            study,
+            by_case,
+            modality=reader_modality,
+            threshold=reader_threshold,
+            method=method,
+            alpha=alpha,
+            cov_method=cov_method,
+        )
+    return results
+
+
+def _check_study_truth(study: reader_study.ReaderStudy, truth, evaluated: set[str]) -> None:
+    for case, label in zip(study.case_ids, study.truth, strict=True):
+        if case not in evaluated:
+            raise job.JobError(f"reader-study case {case!r} is not among the evaluated cases")
+        if truth[case] != label:
+            raise job.JobError(
+                f"reader-study case {case!r}: truth {label} differs from {truth[case]}"
+            )
+
+
+def latent_scores(dataset_dirs: Sequence[str], split: str) -> dict[str, float]:
+    """case_id -> latent malignancy score of a split's records (phantom data only)."""
+    scores = {}
+    for directory in dataset_dirs:
+        for record in shards.read_records(directory, split):
+            if record.get("malignancy_score") is None:
+                raise job.JobError(
+                    f"{directory}: case {record['case_id']!r} has no latent "
+                    "malignancy_score; give reader_study.csv instead"
+                )
+            scores[record["case_id"]] = float(record["malignancy_score"])
+    return scores
+
+
+def make_reader_study(
+    config: ml_collections.ConfigDict, truth: Mapping[str, int], case_ids: Sequence[str]
+) -> reader_study.ReaderStudy | None:
+    """The study the config names: a reads CSV, a simulated study, or None."""
+    cfg = config.reader_study
+    if cfg.csv:
+        if not os.path.isfile(cfg.csv):
+            raise job.JobError(f"reader_study.csv: {cfg.csv} does not exist")
+        try:
+            return reader_study.load_reader_study(cfg.csv, truth)
+        except ValueError as e:
+            raise job.JobError(str(e)) from e
+    if not cfg.simulate:
+        return None
+    latent = latent_scores(cfg.data_paths, cfg.split)
+    missing = [case for case in case_ids if case not in latent]
+    if missing:
+        raise job.JobError(
+            f"reader_study.data_paths has no latent score for {len(missing)} "
+            f"evaluated case(s), e.g. {missing[:3]}"
+        )
+    return reader_study.simulate_reader_study(
+        [truth[case] for case in case_ids],
+        [latent[case] for case in case_ids],
+        n_readers=cfg.n_readers,
+        seed=cfg.seed,
+        modalities=tuple(cfg.modalities) or None,
+        case_ids=case_ids,
+    )
+
+
+def _named_paths(entries: Sequence[str], field: str) -> dict[str, str]:
+    named = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise job.JobError(f"config.{field}: {entry!r} is not 'name=path'")
+        if name.strip() in named:
+            raise job.JobError(f"config.{field}: model name {name.strip()!r} repeats")
+        named[name.strip()] = path.strip()
+    return named
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+    """Raises JobError with one line naming the first bad field."""
+    if not config.predictions:
+        raise job.JobError("config.predictions is empty: name at least one 'model=predictions.csv'")
+    if config.threshold.rule not in THRESHOLD_RULES:
+        raise job.JobError(
+            f"config.threshold.rule = {config.threshold.rule!r} is not one of {THRESHOLD_RULES}"
+        )
+    if set(config.positive_classes) & set(config.negative_classes):
+        raise job.JobError("config.positive_classes and config.negative_classes overlap")
+    study = config.reader_study
+    if study.csv and study.simulate:
+        raise job.JobError("config.reader_study: give either csv or simulate=True, not both")
+    if study.simulate and not study.data_paths:
+        raise job.JobError(
+            "config.reader_study.data_paths is empty: a simulated study needs the "
+            "dataset holding the latent malignancy scores"
+        )
+
+
+def _jsonable(value: Any) -> Any:
+    """Strict JSON: NaN and infinities (an undefined PPV, a degenerate test) become null."""
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Reads the predictions, evaluates them and writes results.json, roc.png, evaluation.md."""
+    validate_config(config)
+    test_paths = _named_paths(config.predictions, "predictions")
+    val_paths = _named_paths(config.validation, "validation")
+    unknown = set(val_paths) - set(test_paths)
+    if unknown:
+        raise job.JobError(
+            f"config.validation names model(s) {sorted(unknown)} without test predictions"
+        )
+    tests = {name: read_predictions(path) for name, path in test_paths.items()}
+    vals = {name: read_predictions(path) for name, path in val_paths.items()}
+    all_tables = {
+        **{f"{n} (test)": t for n, t in tests.items()},
+        **{f"{n} (validation)": t for n, t in vals.items()},
+    }
+    truth = truth_from_pathology(all_tables, config.positive_classes, config.negative_classes)
+    case_ids = [case for case in next(iter(tests.values()))["case_id"] if case in truth]
+    study = make_reader_study(config, truth, case_ids)
+    try:
+        results = evaluate_predictions(
+            tests,
+            truth,
+            study,
+            validation=vals,
+            threshold_rule=config.threshold.rule,
+            threshold_target=config.threshold.target,
+            n_boot=config.bootstrap.n_boot,
+            seed=config.bootstrap.seed,
+            alpha=config.alpha,
+            method=config.binomial_method,
+            reader_threshold=config.reader_study.threshold,
+            reader_modality=config.reader_study.modality or None,
+            cov_method=config.cov_method,
+        )
+    except ValueError as e:
+        raise job.JobError(str(e)) from e
+    results["config"] = config.to_dict()
+    out = pathlib.Path(workdir) / "evaluation"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2, allow_nan=False))
+    plot_cases = list(study.case_ids) if study is not None else case_ids
+    write_roc(out / "roc.png", tests, truth, plot_cases, results["reader_study"])
+    (out / "evaluation.md").write_text(markdown_report(results))
+    print(f"evaluation of {len(tests)} model(s) on {len(case_ids)} cases: {out}")
+    return results
+
+
+def write_roc(path, tests, truth, case_ids, readers: dict[str, Any] | None) -> None:
+    """Every model's ROC curve with the readers' points of the compared modality."""
+    models = {name: aligned_scores(cols, case_ids, name) for name, cols in tests.items()}
+    points = {}
+    if readers is not None:
+        for p in readers["readers"][readers["compared_modality"]]:
+            points[p["reader_id"]] = (p["sensitivity"]["estimate"], p["specificity"]["estimate"])
+    plots.plot_roc_curves(
+        path,
+        models,
+        [truth[case] for case in case_ids],
+        points,
+        simulated=bool(readers and readers["simulated"]),
+    )
+
+
+def _num(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+
+
+def _ci(estimate: float, low: float, high: float) -> str:
+    return f"{_num(estimate)} ({_num(low)} to {_num(high)})"
+
+
+def _prop(p: Mapping[str, Any]) -> str:
+    return f"{_ci(p['estimate'], p['ci_low'], p['ci_high'])} [{p['successes']}/{p['n']}]"
+
+
+def _table(header: str, rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table; `header` is the column names joined by '|'."""
+    lines = [f"| {header.replace('|', ' | ')} |", "|" + "---|" * (header.count("|") + 1)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
+
+
+def _reader_markdown(study: Mapping[str, Any]) -> list[str]:
+    lines = [
+        f"## {study['label']}",
+        "",
+        f"{study['n_readers']} readers, {study['n_cases']} "
+        f"cases; models compared with modality '{study['compared_modality']}'.",
+        "",
+    ]
+    for modality, readers in study["readers"].items():
+        rows = [
+            [r["reader_id"], _prop(r["sensitivity"]), _prop(r["specificity"]), _num(r["auc"])]
+            for r in readers
+        ]
+        lines += [f"### Readers, modality '{modality}'", ""]
+        lines += _table("Reader|Sensitivity|Specificity|AUC", rows)
+    for name, model in study["models"].items():
+        vs, rrrc = model["vs_readers"], model["mrmc"]["rrrc"]
+        rows = [
+            [
+                c["reader_id"],
+                _num(c["reader_sensitivity"]),
+                _prop(c["model_sensitivity_at_spec"]),
+                _num(c["mcnemar_at_spec"]["p_value"], 4),
+                _num(c["reader_specificity"]),
+                _prop(c["model_specificity_at_sens"]),
+                _num(c["mcnemar_at_sens"]["p_value"], 4),
+            ]
+            for c in vs["readers"]
+        ]
+        lines += [f"### {name} vs readers", ""]
+        lines += _table(
+            "Reader|Reader sens.|Model sens. at reader spec.|McNemar p|Reader spec."
+            "|Model spec. at reader sens.|McNemar p",
+            rows,
+        )
+        sens_gain = _ci(vs["mean_sensitivity_gain"], *vs["sensitivity_gain_ci"])
+        spec_gain = _ci(vs["mean_specificity_gain"], *vs["specificity_gain_ci"])
+        lines += [
+            f"Mean sensitivity gain {sens_gain}, p = {_num(vs['sensitivity_gain_p'], 4)}; "
+            f"mean specificity gain {spec_gain}, p = {_num(vs['specificity_gain_p'], 4)} "
+            f"({vs['test']}).",
+            "",
+            f"OR MRMC model - reader mean AUC (RRRC): "
+            f"{_ci(rrrc['estimate'], rrrc['ci_low'], rrrc['ci_high'])}, "
+            f"p = {_num(rrrc['p_value'], 4)}.",
+            "",
+        ]
+    if study["modality_comparison"]:
+        comparison, rrrc = study["modality_comparison"], study["modality_comparison"]["rrrc"]
+        lines += [
+            "### Modality comparison (OR MRMC, RRRC)",
+            "",
+            f"AUC {comparison['comparison']}: "
+            f"{_ci(rrrc['estimate'], rrrc['ci_low'], rrrc['ci_high'])}, "
+            f"p = {_num(rrrc['p_value'], 4)}.",
+            "",
+        ]
+    return lines
+
+
+def markdown_report(results: Mapping[str, Any]) -> str:
+    """The evaluation's tables in Markdown."""
+    cases = results["cases"]
+    lines = [
+        "# Evaluation",
+        "",
+        f"{cases['n']} test cases ({cases['n_positive']} positive, "
+        f"{cases['n_negative']} negative; {cases['n_left_out']} of other classes left out). "
+        "Proportions show [successes/n].",
+        "",
+        "## Models",
+        "",
+    ]
+    rows = []
+    for name, model in results["models"].items():
+        auc, boot, op, thr = (
+            model[k] for k in ("auc", "auc_bootstrap", "operating_point", "threshold")
+        )
+        rows.append(
+            [
+                name,
+                _ci(auc["auc"], auc["ci_low"], auc["ci_high"]),
+                f"{_num(boot['ci_low'])} to {_num(boot['ci_high'])}",
+                f"{_num(thr['value'], 4)} ({thr['rule']}, on {thr['chosen_on']})",
+                *(_prop(op[k]) for k in ("sensitivity", "specificity", "ppv", "npv", "accuracy")),
+            ]
+        )
+    lines += _table(
+        "Model|AUC (DeLong CI)|AUC bootstrap CI|Threshold|Sensitivity|Specificity|PPV|NPV|Accuracy",
+        rows,
+    )
+    if results["pairwise"]:
+        rows = [
+            [
+                p["model_a"],
+                p["model_b"],
+                _ci(p["difference"], p["ci_low"], p["ci_high"]),
+                _num(p["z"], 2),
+                _num(p["p_value"], 4),
+            ]
+            for p in results["pairwise"]
+        ]
+        lines += ["## Paired DeLong tests", ""]
+        lines += _table("Model A|Model B|AUC B - A (CI)|z|p", rows)
+    if results["reader_study"]:
+        lines += _reader_markdown(results["reader_study"])
+    return "\n".join(lines)
+
+
+main = job.command(run, "configs/evaluate.py:default", __doc__)
+
+if __name__ == "__main__":
+    job.run_main(main)
