@@ -1,0 +1,106 @@
+"""Model presets: `model_config(name)` for 'tiny', 'small', 'busgen_toy' and 'busgen'.
+
+'busgen_toy' and 'busgen' are the published architectures exactly (so the released PyTorch
+weights import one to one); 'tiny' and 'small' are this project's own choices for tests and demos.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from busgen_jax.data.schema import PATHOLOGIES
+
+# Published device tables (index 0 is the null device, so it is not listed).
+BUSGEN_TOY_DEVICES = ("GE-LOGIQ-E9", "Mindray-M9", "Siemens-ACUSON-NX3-Elite")
+BUSGEN_DEVICES = (
+    "Siemens-ACUSON-Oxana", "GE-LOGIQ-E9", "Esaote-MyLab90", "Esaote-MyLabClassC",
+    "Philips-EPIQ7", "Sonoscape-S60", "GE-EDVoluson-E8-Expert", "Samsung-RS80A",
+    "Sonoscape-Clinic", "TOSHIBA-Aplio-i700", "Mindray-M9", "Canon-Aplio-i800",
+    "Siemens-ACUSON-NX3-Elite", "VINNO-G86", "Mindray-Resona-R9", "SonoScape-Clinic",
+    "Mindray-NuewaI9", "Mindray-Resona7", "Samsung-Heraw10",
+)  # fmt: skip
+PRESETS = ("tiny", "small", "busgen_toy", "busgen")
+
+
+def _busgen_toy() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "image_size": 128,
+            "image_channels": 3,  # grayscale repeated to RGB, as published
+            "base_channels": 128,
+            "channel_mults": (1, 2, 2, 2),
+            "num_res_blocks": 2,
+            "attention_levels": (0, 1, 2, 3),  # every down block, full resolution included
+            "attention_in_up_path": False,
+            "middle_attention": True,
+            "num_heads": 1,
+            "attention_impl": "chunked",  # same numbers as 'plain' without the 16384^2 matrix
+            "attention_chunk": 1024,
+            "dropout": 0.15,
+            "norm_groups": 32,
+            "class_names": ("benign", "malignant"),
+            "num_classes": 2,
+            "device_names": BUSGEN_TOY_DEVICES,
+            "num_devices": len(BUSGEN_TOY_DEVICES),
+            "num_timesteps": 500,
+            "time_embedding": "table",
+        }
+    )
+
+
+def _busgen() -> ml_collections.ConfigDict:
+    config = _busgen_toy()
+    config.image_size = 160
+    config.device_names = BUSGEN_DEVICES
+    config.num_devices = len(BUSGEN_DEVICES)
+    return config
+
+
+def _small() -> ml_collections.ConfigDict:
+    config = _busgen_toy()
+    del config["class_names"], config["device_names"]
+    config.update(
+        image_size=64,
+        image_channels=1,  # ultrasound is grayscale: three identical channels add nothing
+        base_channels=64,
+        channel_mults=(1, 2, 2),
+        # Attention at 16 px only, on both paths: full-resolution attention costs (HW)^2 and
+        # mostly mixes speckle; global context is cheap and useful at low resolution.
+        attention_levels=(2,),
+        attention_in_up_path=True,
+        num_heads=4,
+        attention_impl="xla",
+        dropout=0.1,
+        num_classes=len(PATHOLOGIES),
+        num_devices=4,
+        # Fixed sinusoids are exact at any fractional t, which continuous-time samplers use.
+        time_embedding="sinusoidal",
+    )
+    return config
+
+
+def _tiny() -> ml_collections.ConfigDict:
+    config = _small()
+    config.update(
+        image_size=32,
+        base_channels=16,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_levels=(1,),
+        attention_in_up_path=False,
+        num_heads=2,
+        attention_impl="plain",
+        norm_groups=8,
+        dropout=0.0,
+        num_devices=2,
+        time_embedding="table",
+    )
+    return config
+
+
+def model_config(name: str) -> ml_collections.ConfigDict:
+    """Returns a fresh model ConfigDict for preset `name` (one of PRESETS)."""
+    builders = {"tiny": _tiny, "small": _small, "busgen_toy": _busgen_toy, "busgen": _busgen}
+    if name not in builders:
+        raise ValueError(f"unknown model preset {name!r}; expected one of {PRESETS}")
+    return builders[name]()

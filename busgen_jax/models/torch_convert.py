@@ -1,0 +1,215 @@
+"""Import of the published BUSGen PyTorch U-Net weights, and the pretrained-params export format.
+
+Convert a released checkpoint (`ckpt_*.pt`) to a params directory:
+
+  python -m busgen_jax.models.torch_convert --checkpoint ckpt.pt --preset busgen_toy --out DIR
+
+Params directory format (written by `save_params`, read by `load_params`; the trainer uses the
+same format for its pretrained-params export):
+
+  DIR/params/              orbax StandardCheckpointer save of
+                           nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  DIR/model_config.json    the model ConfigDict as JSON (optional; `load_model_config`)
+
+Conversion is pure numpy; only reading a `.pt` file needs torch (the optional `torch` extra).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from busgen_jax.models.presets import model_config
+from busgen_jax.models.unet import UNet
+
+# Flax module / parameter names -> the published state_dict names.
+_RENAMES = {
+    "time_table": "time_embedding.timembedding.0.weight",
+    "time_dense1": "time_embedding.timembedding.1",
+    "time_dense2": "time_embedding.timembedding.3",
+    "class_embed": "cond_embedding.cls_condEmbedding",
+    "device_embed": "cond_embedding.dev_condEmbedding",
+    "cond_dense1": "cond_embedding.condEmbedding.0",
+    "cond_dense2": "cond_embedding.condEmbedding.2",
+    "down": "downblocks",
+    "middle": "middleblocks",
+    "up": "upblocks",
+    "norm1": "block1.0",
+    "conv1": "block1.2",
+    "temb_proj": "temb_proj.1",
+    "cond_proj": "cond_proj.1",
+    "norm2": "block2.0",
+    "conv2": "block2.3",
+    "norm": "group_norm",
+    "q": "proj_q",
+    "k": "proj_k",
+    "v": "proj_v",
+    "conv3": "c1",
+    "conv5": "c2",
+    "deconv": "t",
+    "conv": "c",
+    "tail_norm": "tail.0",
+    "tail_conv": "tail.2",
+    "kernel": "weight",
+    "scale": "weight",
+    "embedding": "weight",
+}
+
+
+def torch_name(path: tuple[Any, ...]) -> str:
+    """The published state_dict name of the Flax parameter at `path` (pure-dict keys)."""
+    return ".".join(_RENAMES.get(str(part), str(part)) for part in path)
+
+
+def _to_flax_layout(path: tuple[Any, ...], tensor: np.ndarray) -> np.ndarray:
+    """Rearranges a PyTorch tensor into the Flax layout of the parameter at `path`."""
+    if path[-1] != "kernel":
+        return tensor
+    if path[-2] == "deconv":
+        # ConvTranspose2d [in, out, kh, kw] is a dilated-input conv with the kernel flipped.
+        return np.flip(tensor.transpose(2, 3, 0, 1), axis=(0, 1))
+    if tensor.ndim == 4 and path[-2] in ("q", "k", "v", "proj"):
+        tensor = tensor[:, :, 0, 0]  # 1x1 conv [out, in, 1, 1] is a dense layer
+    return tensor.T if tensor.ndim == 2 else tensor.transpose(2, 3, 1, 0)
+
+
+def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:
+    """Removes the DistributedDataParallel `module.` prefix when every key has it."""
+    if state_dict and all(key.startswith(prefix) for key in state_dict):
+        return {key[len(prefix) :]: value for key, value in state_dict.items()}
+    return dict(state_dict)
+
+
+def convert_state_dict(state_dict: Mapping[str, np.ndarray], config) -> nnx.State:
+    """Converts a published U-Net state_dict to this project's UNet params for `config`.
+
+    Args:
+      state_dict: tensor name -> numpy array (a `module.` prefix is removed).
+      config: model config of the published layout (e.g. `model_config('busgen_toy')`).
+
+    Returns:
+      The nnx.Param state; apply with `nnx.update(UNet(config, rngs=...), state)`.
+
+    Raises:
+      ValueError naming the tensor that is missing, unmatched or of the wrong shape.
+    """
+    if config.num_heads != 1 or config.attention_in_up_path or not config.middle_attention:
+        raise ValueError("published weights need num_heads=1, no up-path and a middle attention")
+    tensors = strip_prefix(state_dict)
+    abstract = nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0)))
+    state = nnx.state(abstract, nnx.Param)
+    used = set()
+
+    def convert(key_path, leaf):
+        path = tuple(getattr(k, "key", getattr(k, "idx", k)) for k in key_path)
+        name = torch_name(path)
+        if name not in tensors:
+            raise ValueError(f"state_dict has no tensor '{name}' (for parameter {path})")
+        value = _to_flax_layout(path, np.asarray(tensors[name], dtype=np.float32))
+        if value.shape != leaf.shape:
+            raise ValueError(
+                f"tensor '{name}' has shape {np.shape(tensors[name])}, which does not give the "
+                f"expected {leaf.shape} of parameter {path}"
+            )
+        used.add(name)
+        return jax.numpy.asarray(value)
+
+    params = jax.tree_util.tree_map_with_path(convert, nnx.to_pure_dict(state))
+    unmatched = sorted(set(tensors) - used)
+    if unmatched:
+        raise ValueError(f"state_dict tensor '{unmatched[0]}' matches no parameter ({unmatched})")
+    nnx.replace_by_pure_dict(state, params)
+    return state
+
+
+def load_torch_checkpoint(
+    path: str | pathlib.Path, key: str | None = None
+) -> dict[str, np.ndarray]:
+    """Reads a PyTorch checkpoint into name -> float32 numpy arrays (needs torch).
+
+    The state_dict may be the whole file or nested under one key (e.g. 'net_model'); when several
+    entries hold state_dicts, `key` chooses one.
+    """
+    try:
+        import torch
+    except ImportError as error:
+        raise ImportError(
+            "reading .pt checkpoints needs torch: pip install 'busgen_jax[torch]'"
+        ) from error
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    is_tensor_dict = lambda d: (
+        isinstance(d, Mapping) and d and all(isinstance(v, torch.Tensor) for v in d.values())
+    )
+    if key is not None:
+        if not isinstance(obj, Mapping) or key not in obj:
+            raise KeyError(f"{path}: checkpoint has no entry '{key}'")
+        obj = obj[key]
+    elif not is_tensor_dict(obj):
+        nested = (
+            [k for k, v in obj.items() if is_tensor_dict(v)] if isinstance(obj, Mapping) else []
+        )
+        if len(nested) != 1:
+            raise ValueError(f"{path}: choose the state_dict with key=, candidates: {nested}")
+        obj = obj[nested[0]]
+    if not is_tensor_dict(obj):
+        raise ValueError(f"{path}: the selected entry is not a state_dict of tensors")
+    return {name: t.detach().to(torch.float32).numpy() for name, t in obj.items()}
+
+
+def save_params(state: nnx.State | Mapping, directory: str | pathlib.Path, *, config=None) -> None:
+    """Writes params (an nnx.State or its pure dict) and optionally the model config."""
+    directory = pathlib.Path(directory).absolute()
+    pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(directory / "params", pure)
+    if config is not None:
+        (directory / "model_config.json").write_text(config.to_json(indent=2))
+
+
+def load_params(model: nnx.Module, directory: str | pathlib.Path) -> nnx.Module:
+    """Restores params saved by `save_params` into `model` (in place; also returned)."""
+    directory = pathlib.Path(directory).absolute()
+    if not (directory / "params").is_dir():
+        raise FileNotFoundError(f"{directory}: no 'params' checkpoint directory")
+    state = nnx.state(model, nnx.Param)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
+    with ocp.StandardCheckpointer() as checkpointer:
+        restored = checkpointer.restore(directory / "params", target)
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(model, state)
+    return model
+
+
+def load_model_config(directory: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """Reads the model config written next to the params by `save_params`."""
+    path = pathlib.Path(directory) / "model_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no model config saved with these params")
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--checkpoint", required=True, help="published .pt file")
+    parser.add_argument("--preset", required=True, choices=("busgen_toy", "busgen"))
+    parser.add_argument("--out", required=True, help="params directory to write")
+    parser.add_argument("--key", default=None, help="entry holding the state_dict, if nested")
+    args = parser.parse_args(argv)
+    config = model_config(args.preset)
+    state = convert_state_dict(load_torch_checkpoint(args.checkpoint, args.key), config)
+    save_params(state, args.out, config=config)
+    count = sum(np.size(x) for x in jax.tree.leaves(state))
+    print(f"wrote {count:,} parameters of preset {args.preset} to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
