@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import ml_collections
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -125,5 +125,7 @@ def _fail(error: Exception) -> None:
 
 
 def run_main(main: Callable[[Sequence[str]], None]) -> None:
-    """Entry point for `python -m busgen_jax.<job>` (absl app for logging set-up)."""
-    app.run(lambda argv: main(argv), flags_parser=lambda argv: argv)
+    """Entry point for `python -m busgen_jax.<job>`: the same as `busgen <job>`."""
+    # Each job parses its own FlagValues; absl's global FLAGS only gate absl logging.
+    flags.FLAGS.mark_as_parsed()
+    main(sys.argv)

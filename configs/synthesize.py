@@ -34,7 +34,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     # Lesion boxes: a saved prior (.npz), else fitted to the train split of these datasets
     # (default: the audit's training data).
     config.box_prior = ""
-    config.box_prior_from = []
+    config.box_prior_from = ()
     config.box_bandwidth = ml_collections.config_dict.placeholder(float)
     config.mesh = {"data": -1}
     config.finalize_timeout_s = 3600.0
@@ -42,7 +42,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.audit = ml_collections.ConfigDict()
     # The data the generator was trained or adapted on: candidates are audited against its train
     # split, and the rejection threshold is calibrated on its held-out split.
-    config.audit.train_paths = []
+    config.audit.train_paths = ()
     config.audit.heldout_split = "test"
     config.audit.threshold = ml_collections.config_dict.placeholder(float)
     config.audit.quantile = 0.999

@@ -1,15 +1,17 @@
 """The grain input pipeline every job reads through.
 
 ArrayRecord shards (see `shards.py`) -> records -> class filter / class-balanced resampling ->
-shuffle and repeat -> per-process slice -> decode, crop, flip, resize, normalize to [-1, 1],
-render boxes into a mask channel -> batch. Every random choice is seeded by grain from the
-pipeline seed and the element index, so the stream is a pure function of (config, seed), and the
-iterator's `get_state()` / `set_state()` resume it exactly.
+shuffle and repeat -> mixing of datasets by weight -> per-process slice -> decode, crop, flip,
+resize, normalize to [-1, 1], render boxes into a mask channel -> batch. Every random choice is
+seeded by grain from the pipeline seed and the element index, so the stream is a pure function
+of (config, seed), and the iterator's `get_state()` / `set_state()` resume it exactly.
 
 Batches are dicts of numpy arrays, per process:
   image     float32 [b, H, W, 1] in [-1, 1]
   box_mask  float32 [b, H, W, 1] in {0, 1}
-  class_id  int32 [b], 1-based position of the pathology in `class_names` (0 is reserved for null)
+  class_id  int32 [b], 1-based position of the record's class in `class_names` (0 is reserved
+            for null); the class is the pathology, or the `labels[label_field]` value as a
+            string when the config names a `label_field`
   device_id int32 [b], 1-based position of the device in `device_names`; 0 for unknown devices
 """
 
@@ -62,6 +64,14 @@ def _lesion_preserving_crop(
     return float(x0), float(y0), float(width), float(height)
 
 
+def record_class(record: dict[str, Any], label_field: str = "") -> str | None:
+    """The class a record belongs to: its pathology, or `labels[label_field]` as a string."""
+    if not label_field:
+        return record["pathology"]
+    value = (record.get("labels") or {}).get(label_field)
+    return None if value is None else str(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocess:
     """Decodes a record into model inputs; random crop/flip only when `train`."""
@@ -73,6 +83,7 @@ class Preprocess:
     random_flip: bool = True
     random_crop: bool = True
     crop_min_scale: float = 0.8
+    label_field: str = ""
 
     def __call__(self, record: dict[str, Any], rng: np.random.Generator) -> dict[str, np.ndarray]:
         image = Image.fromarray(schema.decode_png(record["image"]))
@@ -98,42 +109,84 @@ class Preprocess:
         return {
             "image": (pixels / 127.5 - 1.0)[..., None],
             "box_mask": box_priors.box_mask(boxes, self.image_size, self.image_size),
-            "class_id": np.int32(self.class_index[record["pathology"]]),
+            "class_id": np.int32(self.class_index[record_class(record, self.label_field)]),
             "device_id": np.int32(self.device_index.get(record["device"], 0)),
         }
 
 
-def _labels(dataset_dirs: Sequence[str], split: str) -> tuple[list[str], list[str], list[str]]:
-    paths, pathologies, devices = [], [], []
+def _classes(dataset_dirs: Sequence[str], split: str, label_field: str) -> tuple[list, list]:
+    """The split's shard paths and each record's class (see `record_class`), in storage order."""
+    paths, classes = [], []
     for directory in dataset_dirs:
         info = shards.read_manifest(directory)["splits"].get(split)
         if info is None:
             continue
         paths += shards.shard_paths(directory, split)
-        pathologies += info["record_pathology"]
-        devices += info["record_device"]
-    return paths, pathologies, devices
+        classes += info["record_pathology"]
+    if label_field and paths:
+        # The manifest lists pathologies only; other label columns are read from the records.
+        source = grain.sources.ArrayRecordDataSource(paths)
+        classes = [
+            record_class(schema.deserialize(source[i]), label_field) for i in range(len(source))
+        ]
+    return paths, classes
 
 
 def make_source(
-    dataset_dirs: Sequence[str], split: str, class_names: Sequence[str]
+    dataset_dirs: Sequence[str], split: str, class_names: Sequence[str], label_field: str = ""
 ) -> tuple[grain.sources.ArrayRecordDataSource, np.ndarray, np.ndarray]:
     """The split's records across datasets, and the indices and class ids of those kept.
 
-    Records whose pathology is not in `class_names` are left out, so a task (e.g. benign vs
-    DCIS) reads the classes it names from a dataset that has more.
+    Records whose class is not in `class_names` are left out, so a task (e.g. benign vs DCIS)
+    reads the classes it names from a dataset that has more.
     """
-    paths, pathologies, _ = _labels(dataset_dirs, split)
+    paths, classes = _classes(dataset_dirs, split, label_field)
     if not paths:
         raise shards.DatasetError(f"no '{split}' records in {list(dataset_dirs)}")
     class_index = {name: k + 1 for k, name in enumerate(class_names)}
-    class_ids = np.array([class_index.get(p, 0) for p in pathologies], np.int32)
+    class_ids = np.array([class_index.get(c, 0) for c in classes], np.int32)
     kept = np.flatnonzero(class_ids)
     if not len(kept):
+        field = f"labels['{label_field}']" if label_field else "pathology"
         raise shards.DatasetError(
-            f"no '{split}' records of classes {list(class_names)} in {list(dataset_dirs)}"
+            f"no '{split}' records of classes {list(class_names)} (by {field}) in "
+            f"{list(dataset_dirs)}"
         )
     return grain.sources.ArrayRecordDataSource(paths), kept, class_ids[kept]
+
+
+def _train_view(
+    config: ml_collections.ConfigDict,
+    dataset_dirs: Sequence[str],
+    split: str,
+    seed: int,
+    num_epochs: int | None,
+) -> grain.MapDataset:
+    """Shuffled, repeated records of `dataset_dirs`, resampled per class if `balance_classes`."""
+    source, kept, class_ids = make_source(
+        dataset_dirs, split, config.class_names, config.label_field
+    )
+    view = lambda indices: grain.MapDataset.range(len(indices)).map(_Take(source, indices))
+    if not config.balance_classes:
+        return view(kept).shuffle(seed=seed).repeat(num_epochs)
+    present = np.unique(class_ids)
+    per_class = [
+        view(kept[class_ids == k]).shuffle(seed=seed + k).repeat(num_epochs) for k in present
+    ]
+    weights = [config.class_weights[k - 1] for k in present] if config.class_weights else None
+    return grain.MapDataset.mix(per_class, weights)
+
+
+def check_weights(config: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming `mix_weights` / `class_weights` if they do not fit the config."""
+    for field, count, of in (("mix_weights", len(config.paths), "paths"),
+                             ("class_weights", len(config.class_names), "class_names")):  # fmt: skip
+        weights = list(config[field])
+        if weights and (len(weights) != count or min(weights) < 0 or sum(weights) <= 0):
+            raise ValueError(
+                f"config.data.{field} = {weights} needs one non-negative weight per entry of "
+                f"data.{of} ({count}), not all zero"
+            )
 
 
 def make_dataset(
@@ -149,9 +202,10 @@ def make_dataset(
     """The batched per-process input stream described in the module docstring.
 
     Args:
-      config: data config with `paths`, `image_size`, `batch_size` (global), `class_names`,
-        `device_names`, `balance_classes`, `random_flip`, `random_crop`, `crop_min_scale`,
-        `num_workers`.
+      config: data config (see `default_data_config`). With `mix_weights`, training draws from
+        each path in proportion to its weight (a path of weight 0 is not read); without, the
+        paths are read as one dataset. `class_weights` weigh the classes when `balance_classes`
+        (default: equal).
       split: which split to read.
       seed: pipeline seed (shuffling, resampling, augmentation).
       train: augment and repeat (None epochs = forever); False reads each record once, in order.
@@ -164,21 +218,17 @@ def make_dataset(
         raise ValueError(
             f"data.batch_size={config.batch_size} is not divisible by {process_count} processes"
         )
-    source, kept, class_ids = make_source(config.paths, split, config.class_names)
-
-    def view(indices: np.ndarray) -> grain.MapDataset:
-        return grain.MapDataset.range(len(indices)).map(_Take(source, indices))
-
+    check_weights(config)
     if not train:
-        dataset = view(kept)
-    elif config.balance_classes:
-        per_class = [
-            view(kept[class_ids == k]).shuffle(seed=seed + k).repeat(num_epochs)
-            for k in np.unique(class_ids)
-        ]
-        dataset = grain.MapDataset.mix(per_class)
+        source, kept, _ = make_source(config.paths, split, config.class_names, config.label_field)
+        dataset = grain.MapDataset.range(len(kept)).map(_Take(source, kept))
+    elif config.mix_weights:
+        weighted = [(p, w) for p, w in zip(config.paths, config.mix_weights, strict=True) if w > 0]
+        parts = [_train_view(config, [p], split, seed + 7919 * i, num_epochs)
+                 for i, (p, _) in enumerate(weighted)]  # fmt: skip
+        dataset = grain.MapDataset.mix(parts, [w for _, w in weighted])
     else:
-        dataset = view(kept).shuffle(seed=seed).repeat(num_epochs)
+        dataset = _train_view(config, config.paths, split, seed, num_epochs)
     dataset = dataset[process_index::process_count]
     preprocess = Preprocess(
         image_size=config.image_size,
@@ -188,6 +238,7 @@ def make_dataset(
         random_flip=config.random_flip,
         random_crop=config.random_crop,
         crop_min_scale=config.crop_min_scale,
+        label_field=config.label_field,
     )
     dataset = dataset.random_map(preprocess, seed=seed).to_iter_dataset()
     if config.num_workers > 0:
@@ -198,15 +249,24 @@ def make_dataset(
 def default_data_config(
     paths: Sequence[str] = (), image_size: int = 64
 ) -> ml_collections.ConfigDict:
-    """The data section shared by every job's config; jobs override what they need."""
+    """The data section shared by every job's config; jobs override what they need.
+
+    `label_field` "" makes the classes pathologies; a key of the records' `labels` dict makes
+    them that column's values (as strings). `mix_weights` (one per path) and `class_weights`
+    (one per class name) are empty for equal weights.
+    """
     return ml_collections.ConfigDict(
         {
-            "paths": list(paths),
+            # Tuples, not lists: ml_collections can override tuples from the command line.
+            "paths": tuple(paths),
             "image_size": image_size,
             "batch_size": 16,
-            "class_names": list(schema.PATHOLOGIES),
-            "device_names": [],
+            "class_names": tuple(schema.PATHOLOGIES),
+            "device_names": (),
+            "label_field": "",
             "balance_classes": False,
+            "class_weights": (),
+            "mix_weights": (),
             "random_flip": True,
             "random_crop": True,
             "crop_min_scale": 0.8,
@@ -220,15 +280,18 @@ def load_split(
     split: str,
     image_size: int,
     class_names: Sequence[str] = schema.PATHOLOGIES,
+    label_field: str = "",
 ) -> dict[str, Any]:
     """Loads one split into memory for evaluation and audits (no augmentation, storage order).
 
-    Returns images float32 [N, H, W] in [-1, 1], box masks [N, H, W], `pathology`, `device`,
-    `case_id`, `patient_id` lists and `malignancy_score` (NaN where unknown).
+    Returns images float32 [N, H, W] in [-1, 1], box masks [N, H, W], `class_id` int32 [N]
+    (as in batches), `pathology`, `device`, `case_id`, `patient_id` lists and
+    `malignancy_score` (NaN where unknown).
     """
     dirs = [dataset_dirs] if isinstance(dataset_dirs, str | os.PathLike) else list(dataset_dirs)
-    preprocess = Preprocess(image_size, {n: k + 1 for k, n in enumerate(class_names)}, {}, False)
-    source, kept, _ = make_source(dirs, split, class_names)
+    class_index = {n: k + 1 for k, n in enumerate(class_names)}
+    preprocess = Preprocess(image_size, class_index, {}, False, label_field=label_field)
+    source, kept, class_ids = make_source(dirs, split, class_names, label_field)
     out: dict[str, list] = {
         k: []
         for k in (
@@ -252,4 +315,5 @@ def load_split(
         out["malignancy_score"].append(np.nan if score is None else score)
     arrays = {k: np.stack(out[k]) for k in ("image", "box_mask")}
     arrays["malignancy_score"] = np.asarray(out["malignancy_score"], np.float32)
+    arrays["class_id"] = class_ids
     return {**{k: out[k] for k in ("pathology", "device", "case_id", "patient_id")}, **arrays}
