@@ -5,9 +5,9 @@
         --config.validation="('real-only=RUN_A/predictions/val.csv', ...)" \
         --config.reader_study.csv=READS.csv
 
-Inputs are the per-case CSVs of `busgen predict` (`case_id`, `pathology`, `probability`, ...),
-one per named model; the ground truth is the `pathology` column (positive and negative classes
-from the config; cases of other classes are left out). Per model: ROC AUC with a DeLong and a
+Inputs are the per-case CSVs of `busgen predict` (`case_id`, `label`, `probability`, ...), one
+per named model; the ground truth is the `label` column (1 = the task's positive class), which
+all files must agree on. Per model: ROC AUC with a DeLong and a
 bootstrap interval, and sensitivity, specificity, PPV, NPV and accuracy at a threshold chosen on
 the model's validation predictions (or, flagged `chosen_on: test`, on the test set itself);
 every pair of models: a paired DeLong test. With a reader study (a CSV of BI-RADS reads, or for
@@ -42,7 +42,7 @@ SIMULATED_LABEL = "SIMULATED reader study (readers simulated from the phantom's 
 
 
 def read_predictions(path: str | os.PathLike) -> dict[str, list]:
-    """Columns of a predictions CSV (`case_id`, `probability`, optional `pathology` ...).
+    """Columns of a predictions CSV (`case_id`, `probability`, `label` ...).
 
     Raises JobError naming the file, line and field on a missing column, a probability that is
     not a finite number, or a repeated case_id.
@@ -78,25 +78,26 @@ def read_predictions(path: str | os.PathLike) -> dict[str, list]:
     return columns
 
 
-def truth_from_pathology(
-    tables_: Mapping[str, Mapping[str, Sequence]], positive: Sequence[str], negative: Sequence[str]
-) -> dict[str, int]:
-    """case_id -> 1 (positive class) / 0 (negative class) from the `pathology` column of every
-    table; cases of other classes are left out. Raises JobError on a table without the column
-    or on tables that disagree about a case."""
+def truth_from_labels(tables: Mapping[str, Mapping[str, Sequence]]) -> dict[str, int]:
+    """case_id -> 0/1 from the `label` column of every table (1 = the task's positive class).
+
+    Raises JobError on a table without the column, a label other than 0/1, or tables that
+    disagree about a case.
+    """
     truth: dict[str, int] = {}
     origin: dict[str, str] = {}
-    for name, columns in tables_.items():
-        if "pathology" not in columns:
-            raise job.JobError(f"predictions of {name!r} have no 'pathology' column (the truth)")
-        for case, pathology in zip(columns["case_id"], columns["pathology"], strict=True):
-            label = 1 if pathology in positive else 0 if pathology in negative else None
-            if label is None:
-                continue
-            if truth.setdefault(case, label) != label:
+    for name, columns in tables.items():
+        if "label" not in columns:
+            raise job.JobError(f"predictions of {name!r} have no 'label' column (the truth)")
+        for case, label in zip(columns["case_id"], columns["label"], strict=True):
+            if str(label) not in ("0", "1"):
                 raise job.JobError(
-                    f"case {case!r}: pathology {pathology!r} in {name!r} "
-                    f"disagrees with {origin[case]!r}"
+                    f"predictions of {name!r}, case {case!r}: field 'label' is "
+                    f"{label!r}, not 0 or 1"
+                )
+            if truth.setdefault(case, int(label)) != int(label):
+                raise job.JobError(
+                    f"case {case!r}: label {label} in {name!r} disagrees with {origin[case]!r}"
                 )
             origin.setdefault(case, name)
     return truth
@@ -204,8 +205,8 @@ def evaluate_predictions(
 
     Args:
       predictions: model name -> columns with `case_id` and `probability` (a dict of lists, or
-        anything indexable by column name). The evaluated cases are the first model's cases
-        that have a truth; every model must score them.
+        anything indexable by column name). The evaluated cases are the first model's; every
+        model must score them.
       truth: case_id -> 0/1 for the test cases and any validation cases.
       study: a reader study on (a subset of) the evaluated cases, or None.
       validation: model name -> validation columns; a model's threshold is chosen there by
@@ -214,7 +215,10 @@ def evaluate_predictions(
     if not predictions:
         raise job.JobError("no predictions to evaluate")
     first = next(iter(predictions.values()))
-    case_ids = [case for case in first["case_id"] if case in truth]
+    case_ids = list(first["case_id"])
+    no_truth = [case for case in case_ids if case not in truth]
+    if no_truth:
+        raise job.JobError(f"{len(no_truth)} test case(s) have no truth, e.g. {no_truth[:3]}")
     y = statistics.check_truth([truth[case] for case in case_ids], "truth of the test cases")
     scores = {name: aligned_scores(cols, case_ids, name) for name, cols in predictions.items()}
     results: dict[str, Any] = {
@@ -222,7 +226,6 @@ def evaluate_predictions(
             "n": len(case_ids),
             "n_positive": int(y.sum()),
             "n_negative": int(y.size - y.sum()),
-            "n_left_out": len(first["case_id"]) - len(case_ids),
         },
         "models": {},
         "pairwise": [],
@@ -231,7 +234,7 @@ def evaluate_predictions(
     for name, s in scores.items():
         val = (validation or {}).get(name)
         if val is not None:
-            val_cases = [case for case in val["case_id"] if case in truth]
+            val_cases = list(val["case_id"])
             val_truth = [truth[case] for case in val_cases]
             threshold = choose_threshold(
                 val_truth,
@@ -345,8 +348,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise job.JobError(
             f"config.threshold.rule = {config.threshold.rule!r} is not one of {THRESHOLD_RULES}"
         )
-    if set(config.positive_classes) & set(config.negative_classes):
-        raise job.JobError("config.positive_classes and config.negative_classes overlap")
     study = config.reader_study
     if study.csv and study.simulate:
         raise job.JobError("config.reader_study: give either csv or simulate=True, not both")
@@ -384,8 +385,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         **{f"{n} (test)": t for n, t in tests.items()},
         **{f"{n} (validation)": t for n, t in vals.items()},
     }
-    truth = truth_from_pathology(all_tables, config.positive_classes, config.negative_classes)
-    case_ids = [case for case in next(iter(tests.values()))["case_id"] if case in truth]
+    truth = truth_from_labels(all_tables)
+    case_ids = list(next(iter(tests.values()))["case_id"])
     study = make_reader_study(config, truth, case_ids)
     try:
         results = evaluate_predictions(
@@ -517,7 +518,7 @@ def markdown_report(results: Mapping[str, Any]) -> str:
         "# Evaluation",
         "",
         f"{cases['n']} test cases ({cases['n_positive']} positive, "
-        f"{cases['n_negative']} negative; {cases['n_left_out']} of other classes left out). "
+        f"{cases['n_negative']} negative). "
         "Proportions show [successes/n].",
         "",
         "## Models",

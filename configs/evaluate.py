@@ -23,9 +23,6 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.predictions = ()
     # 'name=path' of validation predictions; a model's threshold is chosen on them when given.
     config.validation = ()
-    # The task: positive vs negative pathologies; cases of other classes are left out.
-    config.positive_classes = ("malignant", "dcis")
-    config.negative_classes = ("normal", "benign")
     # Operating point: target_specificity | target_sensitivity (at `target`), youden, or fixed
     # (the threshold is `target`).
     config.threshold = ml_collections.ConfigDict({"rule": "target_specificity", "target": 0.9})
