@@ -103,6 +103,20 @@ def test_class_subset_reads_only_named_classes(dataset_dir):
     assert set(classes) == {1, 2}
 
 
+def test_process_batches_concatenate_to_the_single_process_batch(dataset_dir):
+    config = _config(dataset_dir, balance_classes=True)
+    single = iter(pipeline.make_dataset(config, split="train", seed=4))
+    parts = [
+        iter(pipeline.make_dataset(config, split="train", seed=4, process_index=p, process_count=2))
+        for p in range(2)
+    ]
+    for _ in range(3):
+        want = next(single)
+        halves = [next(it) for it in parts]
+        for key in want:
+            np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), want[key])
+
+
 def test_processes_read_disjoint_slices_that_cover_the_data(dataset_dir):
     config = _config(dataset_dir, batch_size=2)
 

@@ -42,6 +42,36 @@ class _Take:
         return schema.deserialize(self.source[int(self.indices[position])])
 
 
+class ProcessBatchSlice(grain.MapDataset):
+    """This process's part of every global batch: a contiguous block of `per_process` elements.
+
+    Global batch k is elements [k * B, (k + 1) * B) of the shared stream, and process p reads
+    [k * B + p * b, k * B + (p + 1) * b) with b = B / P. Concatenating the processes' batches in
+    process order gives exactly the single-process batch, so a run's numbers do not depend on
+    how many hosts feed it.
+    """
+
+    def __init__(self, parent: grain.MapDataset, index: int, count: int, per_process: int):
+        super().__init__(parent)
+        self._index, self._count, self._per_process = index, count, per_process
+        global_batch = count * per_process
+        full, rest = divmod(len(parent), global_batch)
+        self._length = full * per_process + min(max(rest - index * per_process, 0), per_process)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        block, offset = divmod(index, self._per_process)
+        global_index = (block * self._count + self._index) * self._per_process + offset
+        return self._parent[global_index]
+
+    def __str__(self) -> str:
+        return f"ProcessBatchSlice({self._index}/{self._count}, per_process={self._per_process})"
+
+
 def _lesion_preserving_crop(
     boxes: np.ndarray, min_scale: float, rng: np.random.Generator
 ) -> tuple[float, float, float, float]:
@@ -229,7 +259,6 @@ def make_dataset(
         dataset = grain.MapDataset.mix(parts, [w for _, w in weighted])
     else:
         dataset = _train_view(config, config.paths, split, seed, num_epochs)
-    dataset = dataset[process_index::process_count]
     preprocess = Preprocess(
         image_size=config.image_size,
         class_index={name: k + 1 for k, name in enumerate(config.class_names)},
@@ -240,10 +269,15 @@ def make_dataset(
         crop_min_scale=config.crop_min_scale,
         label_field=config.label_field,
     )
-    dataset = dataset.random_map(preprocess, seed=seed).to_iter_dataset()
+    # Augmentation is seeded by the global index, before slicing, so it does not depend on the
+    # number of processes either.
+    dataset = dataset.random_map(preprocess, seed=seed)
+    per_process = config.batch_size // process_count
+    dataset = ProcessBatchSlice(dataset, process_index, process_count, per_process)
+    dataset = dataset.to_iter_dataset()
     if config.num_workers > 0:
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
-    return dataset.batch(config.batch_size // process_count, drop_remainder=train)
+    return dataset.batch(per_process, drop_remainder=train)
 
 
 def default_data_config(
