@@ -102,14 +102,23 @@ def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config
 def maybe_initialize_distributed() -> None:
     """Joins a multi-process run when a launcher asks for one (see launch/README.md).
 
-    On Cloud TPU VMs `jax.distributed.initialize()` finds the pod's coordinates by itself; on
-    other clusters the usual JAX_COORDINATOR_ADDRESS / process count and id variables apply.
+    On Cloud TPU VMs (and SLURM, Open MPI, Kubernetes) `jax.distributed.initialize()` finds the
+    coordinates by itself. Elsewhere set JAX_COORDINATOR_ADDRESS (host:port of process 0),
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID, as the two-process test on localhost does.
     """
-    if os.environ.get(DISTRIBUTED_ENV) == "1":
-        import jax
+    if os.environ.get(DISTRIBUTED_ENV) != "1":
+        return
+    import jax
 
-        if not jax.distributed.is_initialized():
-            jax.distributed.initialize()
+    if jax.distributed.is_initialized():
+        return
+    explicit = {}
+    if "JAX_NUM_PROCESSES" in os.environ:
+        explicit = {
+            "num_processes": int(os.environ["JAX_NUM_PROCESSES"]),
+            "process_id": int(os.environ["JAX_PROCESS_ID"]),
+        }
+    jax.distributed.initialize(**explicit)
 
 
 def _help(flag_values: flags.FlagValues) -> str:
