@@ -1,0 +1,323 @@
+"""Synthesizes a labelled, privacy-audited dataset from a (possibly adapted) generator.
+
+    busgen synthesize --config=configs/synthesize.py:tiny --workdir=DIR \
+        --config.generator=RUN/export --config.audit.train_paths=DATA_DIR
+
+Record i of the dataset is fixed by the config alone: its (pathology, device) comes from the
+plan, its box and noise from keys folded from the seed, its shard from i. Shard k holds records
+[k * S, (k + 1) * S); process p of P writes the shards with k % P == p, each complete or absent
+(write then rename; a JSON sidecar written after the shard marks it done). A restarted job skips
+done shards and redoes the rest, so it finishes with exactly N records, no duplicates, no gaps,
+and the same bytes as an uninterrupted run. Process 0 writes the manifest and the audit report
+once every shard is done.
+
+Every candidate is compared with the generator's training images (`privacy.audit`); candidates
+more similar than the threshold (by default a quantile of held-out-to-training similarity) are
+rejected and drawn again with a new key and box.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from busgen_jax import generator as generator_lib
+from busgen_jax import job, synthesis_plan, visualize
+from busgen_jax.data import box_priors, pipeline, schema, shards
+from busgen_jax.parallel import mesh as mesh_lib
+from busgen_jax.privacy import audit
+
+OUTPUT = "synthetic"
+
+
+def make_plan(config: ml_collections.ConfigDict, spec: generator_lib.GeneratorSpec):
+    """(pathology, device) per record: balancing a real dataset, or the configured mix."""
+    if config.balance_dataset:
+        manifest = shards.read_manifest(config.balance_dataset)
+        plan = synthesis_plan.balance_plan(
+            manifest, list(spec.class_names), list(spec.device_names)
+        )
+    else:
+        classes = dict(config.classes) or {c: 1.0 for c in spec.class_names}
+        devices = dict(config.devices) or {d: 1.0 for d in spec.device_names}
+        generator_lib.ids_for(list(classes), spec.class_names, "classes")
+        generator_lib.ids_for(list(devices), spec.device_names, "devices")
+        plan = synthesis_plan.mix_plan(classes, devices, config.num_images)
+    return synthesis_plan.assignments(plan, config.seed)
+
+
+def load_box_prior(config: ml_collections.ConfigDict, class_names) -> box_priors.BoxPrior:
+    if config.box_prior:
+        return box_priors.load_box_prior(config.box_prior)
+    records = [
+        r
+        for r in _train_records(config.box_prior_from or config.audit.train_paths)
+        if r["pathology"] in class_names
+    ]
+    return box_priors.fit_box_prior(records, bandwidth=config.box_bandwidth)
+
+
+def _train_records(paths):
+    for path in paths:
+        yield from shards.read_records(path, "train")
+
+
+def audit_reference(
+    config: ml_collections.ConfigDict, spec
+) -> tuple[np.ndarray, float, np.ndarray]:
+    """Training images, the rejection threshold and held-out-to-training similarities."""
+    paths, size, classes = list(config.audit.train_paths), spec.image_size, spec.class_names
+    train = pipeline.load_split(paths, "train", size, classes)["image"]
+    heldout = pipeline.load_split(paths, config.audit.heldout_split, size, classes)["image"]
+    heldout_sims, _ = audit.nearest_neighbours(heldout, train)
+    threshold = config.audit.threshold
+    if threshold is None:
+        threshold = audit.quantile_threshold(heldout_sims, config.audit.quantile)
+    return train, float(threshold), heldout_sims
+
+
+def _shard_name(config, shard: int, num_shards: int) -> str:
+    return f"{config.name}-train-{shard:05d}-of-{num_shards:05d}.array_record"
+
+
+def _boxes_for(prior, pathology: str, seed: int, index: int, attempt: int) -> np.ndarray:
+    rng = np.random.default_rng([seed, index, attempt])
+    return box_priors.sample_boxes(prior, pathology, 1, rng)[0]
+
+
+def generate_shard(ctx: dict[str, Any], shard: int) -> tuple[list[dict], dict, dict]:
+    """One shard: accepted records, a sidecar (per-record metadata, every candidate's
+    similarity) and the shard's closest candidates (accepted or not) for the audit figure."""
+    config, plan = ctx["config"], ctx["plan"]
+    start = shard * config.records_per_shard
+    pending = list(range(start, min(start + config.records_per_shard, len(plan))))
+    accepted: dict[int, tuple[np.ndarray, np.ndarray, int, float]] = {}
+    candidate_sims: list[float] = []
+    closest = {"image": [], "train_index": [], "similarity": []}
+    for attempt in range(config.audit.max_rounds):
+        if not pending:
+            break
+        boxes = {i: _boxes_for(ctx["prior"], plan[i][0], config.seed, i, attempt) for i in pending}
+        images = _sample(ctx, pending, boxes, jax.random.fold_in(ctx["key"], shard), attempt)
+        sims, nearest = audit.nearest_neighbours(images, ctx["train_images"])
+        candidate_sims += sims.tolist()
+        for k in np.argsort(-sims, kind="stable")[: config.audit.num_closest]:
+            closest["image"].append(visualize.to_uint8(images[k, ..., 0]))
+            closest["train_index"].append(int(nearest[k]))
+            closest["similarity"].append(float(sims[k]))
+        still = []
+        for i, image, sim in zip(pending, images, sims, strict=True):
+            if sim <= ctx["threshold"]:
+                accepted[i] = (image, boxes[i], attempt, float(sim))
+            else:
+                still.append(i)
+        pending = still
+    if pending:
+        raise job.JobError(
+            f"shard {shard}: {len(pending)} candidates stayed above the privacy threshold "
+            f"{ctx['threshold']:.4f} after {config.audit.max_rounds} rounds; the generator may be "
+            "memorizing its training images (see audit settings)"
+        )
+    records, meta = [], []
+    for i in sorted(accepted):
+        image, boxes, attempt, sim = accepted[i]
+        pathology, device = plan[i]
+        records.append(
+            schema.make_record(
+                visualize.to_uint8(image[..., 0]),
+                pathology=pathology,
+                device=device,
+                case_id=f"{config.name}-{i:08d}",
+                patient_id=f"{config.name}-{i:08d}",
+                split="train",
+                boxes=boxes,
+                provenance={
+                    **ctx["provenance"],
+                    "index": i,
+                    "attempt": attempt,
+                    "nn_similarity": sim,
+                },
+            )
+        )
+        meta.append({"pathology": pathology, "device": device})
+    sidecar = {
+        "records": meta,
+        "candidate_sims": candidate_sims,
+        "rejected": len(candidate_sims) - len(records),
+    }
+    return records, sidecar, {k: np.asarray(v) for k, v in closest.items()}
+
+
+def _sample(ctx, indices: list[int], boxes: dict, shard_key: jax.Array, attempt: int) -> np.ndarray:
+    """Images for `indices`, in fixed-size batches sharded over the local devices."""
+    config, spec, plan = ctx["config"], ctx["spec"], ctx["plan"]
+    size, batch = spec.image_size, config.batch_size
+    out = []
+    for b, first in enumerate(range(0, len(indices), batch)):
+        chunk = indices[first : first + batch]
+        padded = chunk + [chunk[-1]] * (batch - len(chunk))  # one compiled shape
+        classes = generator_lib.ids_for([plan[i][0] for i in padded], spec.class_names, "classes")
+        devices = generator_lib.ids_for([plan[i][1] for i in padded], spec.device_names, "devices")
+        masks = np.stack([box_priors.box_mask(boxes[i], size, size) for i in padded])
+        key = jax.random.fold_in(jax.random.fold_in(shard_key, attempt), b)
+        inputs = mesh_lib.host_batch_to_global(
+            {"class_id": classes, "device_id": devices, "box_mask": masks}, ctx["mesh"]
+        )
+        images = ctx["sample_fn"](
+            ctx["model"], key, inputs["class_id"], inputs["device_id"], inputs["box_mask"]
+        )
+        out.append(np.asarray(jax.device_get(images))[: len(chunk)])
+    return np.concatenate(out)
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Writes `workdir/synthetic/`: shards, manifest, audit report; returns the manifest."""
+    out_dir = pathlib.Path(workdir) / OUTPUT
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if (out_dir / shards.MANIFEST).exists():
+        logging.info("%s is complete already", out_dir)
+        return shards.read_manifest(out_dir)
+    ctx = _context(config)
+    num_shards = -(-len(ctx["plan"]) // config.records_per_shard)
+    mine = range(jax.process_index(), num_shards, jax.process_count())
+    todo = [k for k in mine if not _sidecar(out_dir, config, k, num_shards).exists()]
+    logging.info(
+        "synthesis: %d records in %d shards; %d shards to write here (%d done)",
+        len(ctx["plan"]),
+        num_shards,
+        len(todo),
+        len(mine) - len(todo),
+    )
+    start, made = time.perf_counter(), 0
+    for n, shard in enumerate(todo, 1):
+        records, sidecar, closest = generate_shard(ctx, shard)
+        name = _shard_name(config, shard, num_shards)
+        sidecar["shard"] = shards.write_shard(map(schema.serialize, records), out_dir / name)
+        np.savez(_sidecar(out_dir, config, shard, num_shards).with_suffix(".npz"), **closest)
+        shards.atomic_write_text(_sidecar(out_dir, config, shard, num_shards), json.dumps(sidecar))
+        made += len(records)
+        rate = made / (time.perf_counter() - start)
+        left = sum(
+            min(config.records_per_shard, len(ctx["plan"]) - k * config.records_per_shard)
+            for k in todo[n:]
+        )
+        logging.info(
+            "shard %d/%d written (%.2f images/s, %d of %d candidates rejected, ETA %.0f s)",
+            n,
+            len(todo),
+            rate,
+            sidecar["rejected"],
+            len(sidecar["candidate_sims"]),
+            left / max(rate, 1e-9),
+        )
+    if jax.process_index() != 0:
+        return {}
+    return finalize(config, out_dir, num_shards, ctx)
+
+
+def _sidecar(out_dir: pathlib.Path, config, shard: int, num_shards: int) -> pathlib.Path:
+    return out_dir / f".{_shard_name(config, shard, num_shards)}.done.json"
+
+
+def finalize(config, out_dir: pathlib.Path, num_shards: int, ctx: dict[str, Any]) -> dict:
+    """Manifest and audit report, once every process's shards are done."""
+    sidecars = [_sidecar(out_dir, config, k, num_shards) for k in range(num_shards)]
+    deadline = time.monotonic() + config.finalize_timeout_s
+    while not all(p.exists() for p in sidecars):
+        if time.monotonic() > deadline:
+            missing = [p.name for p in sidecars if not p.exists()]
+            raise job.JobError(f"{out_dir}: shards of other processes never finished: {missing}")
+        time.sleep(2.0)
+    done = [json.loads(p.read_text()) for p in sidecars]
+    meta = [m for d in done for m in d["records"]]
+    manifest = shards.build_manifest(
+        config.name, {"train": [d["shard"] for d in done]}, {"train": meta}
+    )
+    manifest["extra"] = {"provenance": ctx["provenance"], "config": config.to_dict()}
+    report = write_audit(out_dir, ctx, done, [p.with_suffix(".npz") for p in sidecars])
+    manifest["extra"]["audit"] = {
+        k: report[k] for k in ("threshold", "num_candidates", "rejected_count", "rejection_rate")
+    }
+    shards.atomic_write_text(
+        out_dir / shards.MANIFEST, json.dumps(manifest, indent=1, sort_keys=True)
+    )
+    print(
+        f"synthetic dataset: {out_dir} ({manifest['num_records']} images); "
+        f"audit: {out_dir / 'audit'}"
+    )
+    return manifest
+
+
+def write_audit(
+    out_dir: pathlib.Path, ctx: dict[str, Any], done: list[dict], closest_files
+) -> dict:
+    """audit/: every candidate's similarity against held-out, and the closest pairs overall."""
+    sims = np.array([s for d in done for s in d["candidate_sims"]])
+    closest = [np.load(path) for path in closest_files]
+    similarity = np.concatenate([c["similarity"] for c in closest])
+    images = np.concatenate([c["image"] for c in closest])
+    train_index = np.concatenate([c["train_index"] for c in closest])
+    train_uint8 = visualize.to_uint8(ctx["train_images"])
+    pairs = [
+        (images[k], train_uint8[train_index[k]], float(similarity[k]))
+        for k in np.argsort(-similarity, kind="stable")[: ctx["config"].audit.num_closest]
+    ]
+    return audit.write_audit_report(
+        out_dir / "audit",
+        sims=sims,
+        heldout_sims=ctx["heldout_sims"],
+        threshold=ctx["threshold"],
+        rejected_count=sum(d["rejected"] for d in done),
+        closest_pairs=pairs,
+    )
+
+
+def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    model, spec = generator_lib.load_generator(config.generator, adapter=config.adapter or None)
+    train_images, threshold, heldout_sims = audit_reference(config, spec)
+    mesh = mesh_lib.make_mesh(dict(config.mesh))
+    if config.batch_size % mesh_lib.num_batch_shards(mesh):
+        raise job.JobError(
+            f"batch_size {config.batch_size} does not divide over {mesh.shape} devices"
+        )
+    return {
+        "config": config,
+        "spec": spec,
+        "model": model,
+        "plan": make_plan(config, spec),
+        "prior": load_box_prior(config, spec.class_names),
+        "key": jax.random.key(config.seed),
+        "mesh": mesh,
+        "train_images": train_images,
+        "threshold": threshold,
+        "heldout_sims": heldout_sims,
+        "sample_fn": generator_lib.make_sample_fn(
+            spec,
+            sampler=config.sampler,
+            steps=config.steps,
+            guidance_weight=config.guidance_weight,
+            eta=config.eta,
+        ),
+        "provenance": {
+            "source": "synthetic",
+            "checkpoint": str(config.generator),
+            "adapter": str(config.adapter) if config.adapter else None,
+            "seed": config.seed,
+            "sampler": config.sampler,
+            "steps": config.steps,
+            "guidance": config.guidance_weight,
+        },
+    }
+
+
+main = job.command(run, "configs/synthesize.py:default", __doc__)
+
+if __name__ == "__main__":
+    job.run_main(main)

@@ -1,0 +1,138 @@
+"""The synthesis job: planned labels, exact counts, audited output, kill-and-resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from generator_fixtures import phantom_dataset, tiny_generator
+
+from busgen_jax import job, synthesis_plan, synthesize
+from busgen_jax.data import shards
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synth")
+    return {
+        "generator": str(tiny_generator(root / "generator")),
+        "data": str(phantom_dataset(root / "data")),
+    }
+
+
+def _config(inputs, **overrides):
+    config = job.load_config("configs/synthesize.py:tiny")
+    config.generator = inputs["generator"]
+    config.audit.train_paths = [inputs["data"]]
+    config.update(overrides)
+    return config
+
+
+def test_exact_counts_split_by_weights_like_largest_remainder():
+    assert synthesis_plan.exact_counts({"a": 1, "b": 1, "c": 1}, 10) == {"a": 4, "b": 3, "c": 3}
+    assert synthesis_plan.exact_counts({"a": 3, "b": 1}, 7) == {"a": 5, "b": 2}
+    with pytest.raises(ValueError, match="cannot split"):
+        synthesis_plan.exact_counts({"a": 0}, 3)
+
+
+def test_balance_plan_fills_minority_classes_and_devices():
+    manifest = {
+        "splits": {
+            "train": {
+                "record_pathology": ["benign"] * 6 + ["dcis"] * 2,
+                "record_device": ["A"] * 4 + ["B"] * 2 + ["A", "A"],
+            }
+        }
+    }
+    plan = synthesis_plan.balance_plan(manifest, ["benign", "dcis"], ["A", "B"])
+    # dcis lacks 4; device B has none of them, so it gets filled first: B B A B? -> water-filling
+    assert sum(plan.values()) == 4 and all(p == "dcis" for p, _ in plan)
+    assert plan == {("dcis", "B"): 3, ("dcis", "A"): 1}
+
+
+def test_assignments_are_a_seeded_shuffle_of_the_plan():
+    plan = {("benign", "A"): 3, ("dcis", "B"): 2}
+    a = synthesis_plan.assignments(plan, seed=1)
+    assert sorted(a) == [("benign", "A")] * 3 + [("dcis", "B")] * 2
+    assert a == synthesis_plan.assignments(plan, seed=1)
+
+
+def test_synthesis_writes_exactly_the_planned_audited_dataset(inputs, tmp_path):
+    config = _config(inputs, classes={"benign": 1.0, "dcis": 1.0})
+    manifest = synthesize.run(config, str(tmp_path))
+    out = tmp_path / synthesize.OUTPUT
+    assert manifest["num_records"] == config.num_images
+    assert manifest["pathology"] == {"benign": 12, "dcis": 12}
+    records = list(shards.read_records(out, "train"))
+    assert [r["provenance"]["index"] for r in records] == list(range(config.num_images))
+    first = records[0]
+    assert first["provenance"]["source"] == "synthetic"
+    assert first["provenance"]["sampler"] == config.sampler
+    assert first["provenance"]["steps"] == config.steps
+    assert len(first["boxes"]) >= 1  # benign and DCIS lesions get boxes from the prior
+    report = json.loads((out / "audit" / "audit.json").read_text())
+    assert report["num_candidates"] >= config.num_images
+    assert all(r["provenance"]["nn_similarity"] <= report["threshold"] for r in records)
+    assert (out / "audit" / "audit_closest_pairs.png").stat().st_size > 0
+    shards.verify_dataset(out)
+
+
+def test_planted_copies_are_rejected_and_resampled(inputs, tmp_path, monkeypatch):
+    """A generator that returns training images verbatim on its first try gets none through."""
+    config = _config(inputs, num_images=8)
+    real_sample = synthesize._sample
+
+    def copying_sample(ctx, indices, boxes, shard_key, attempt):
+        if attempt == 0:
+            return ctx["train_images"][: len(indices), ..., None]
+        return real_sample(ctx, indices, boxes, shard_key, attempt)
+
+    monkeypatch.setattr(synthesize, "_sample", copying_sample)
+    synthesize.run(config, str(tmp_path))
+    records = list(shards.read_records(tmp_path / synthesize.OUTPUT, "train"))
+    assert len(records) == 8 and all(r["provenance"]["attempt"] == 1 for r in records)
+    report = json.loads((tmp_path / synthesize.OUTPUT / "audit" / "audit.json").read_text())
+    assert report["rejected_count"] == 8
+
+
+def test_unknown_class_is_a_clear_error(inputs, tmp_path):
+    with pytest.raises(ValueError, match=r"classes \['lymphoma'\] not known"):
+        synthesize.run(_config(inputs, classes={"lymphoma": 1.0}), str(tmp_path))
+
+
+@pytest.mark.slow
+def test_killed_job_resumes_to_the_same_bytes(inputs, tmp_path):
+    args = [
+        sys.executable,
+        "-m",
+        "busgen_jax.synthesize",
+        "--config=configs/synthesize.py:tiny",
+        f"--config.generator={inputs['generator']}",
+        f"--config.audit.train_paths=('{inputs['data']}',)",
+        "--config.records_per_shard=4",
+    ]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    subprocess.run([*args, f"--workdir={tmp_path / 'whole'}"], check=True, env=env)
+
+    killed = tmp_path / "killed"
+    out = killed / synthesize.OUTPUT
+    process = subprocess.Popen([*args, f"--workdir={killed}"], env=env)
+    deadline = time.monotonic() + 300
+    while not list(out.glob(".*.done.json")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = len(list(out.glob(".*.done.json")))
+    assert 1 <= done_before < 6 and not (out / shards.MANIFEST).exists()
+    subprocess.run([*args, f"--workdir={killed}"], check=True, env=env)
+
+    whole = list(shards.read_records(tmp_path / "whole" / synthesize.OUTPUT, "train"))
+    resumed = list(shards.read_records(out, "train"))
+    assert [r["case_id"] for r in resumed] == [r["case_id"] for r in whole]
+    assert len({r["case_id"] for r in resumed}) == 24
+    assert all(a["image"] == b["image"] for a, b in zip(whole, resumed, strict=True))
+    assert not np.any([p.name.startswith(".") and ".tmp-" in p.name for p in out.iterdir()])
