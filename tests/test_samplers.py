@@ -98,9 +98,16 @@ def _exact_flow(name: str, x_start: np.ndarray, to_clean: bool) -> np.ndarray:
 def _run(sampler, name, prediction, steps, key=0, **kw):
     # One time grid for all (uniform log-SNR): each sampler/model pair compiles once.
     out = samplers.sample(
-        _exact_model(name, prediction), (NUM_SAMPLES, 3), jax.random.key(key), _schedule(name),
-        sampler=sampler, steps=steps, prediction=prediction, skip="logsnr", **kw,
-    )  # fmt: skip
+        _exact_model(name, prediction),
+        (NUM_SAMPLES, 3),
+        jax.random.key(key),
+        _schedule(name),
+        sampler=sampler,
+        steps=steps,
+        prediction=prediction,
+        skip="logsnr",
+        **kw,
+    )
     return np.asarray(out, np.float64)
 
 
@@ -191,8 +198,11 @@ def test_time_grids():
     sch = _schedule("linear")
     frac = jnp.linspace(0.0, 1.0, 6)
     start, end = jnp.float32(T - 1), jnp.float32(0.0)
-    np.testing.assert_allclose(samplers.spaced_time(sch, start, end, frac, "time_uniform"),
-                               np.linspace(T - 1, 0, 6), atol=1e-4)  # fmt: skip
+    np.testing.assert_allclose(
+        samplers.spaced_time(sch, start, end, frac, "time_uniform"),
+        np.linspace(T - 1, 0, 6),
+        atol=1e-4,
+    )
     quad = samplers.spaced_time(sch, start, end, frac, "time_quadratic")
     expected = np.linspace(1.0, np.sqrt(1 / T), 6) ** 2 * T - 1
     np.testing.assert_allclose(quad, expected, atol=1e-3)
@@ -212,6 +222,17 @@ def test_bad_arguments_are_named():
         samplers.sample(model, (2, 3), key, sch, sampler="ddpm", steps=5, eta=0.5)
     with pytest.raises(ValueError, match="'skip'"):
         samplers.sample(model, (2, 3), key, sch, sampler="ddim", steps=5, skip="karras")
+
+
+def test_clip_x0_bounds_the_one_step_ddim_output():
+    """One DDIM step from the start lands on the x0 prediction (here about 70 x), so it obeys
+    the clip."""
+    sch = _schedule("linear")
+    out = samplers.sample(
+        lambda x, t: -x, (64, 3), jax.random.key(0), sch, sampler="ddim", steps=1, clip_x0=0.1
+    )
+    assert np.max(np.abs(np.asarray(out))) <= 0.1 + 1e-6
+    assert np.max(np.abs(np.asarray(out))) > 0.09
 
 
 def _toy_conditional_model(calls: list):

@@ -262,19 +262,18 @@ def sample(
         raise ValueError(f"'steps' must be >= 1, got {steps}")
     if isinstance(eta, int | float) and eta != 0.0 and sampler != "ddim":
         raise ValueError(f"'eta' applies to the 'ddim' sampler only, got eta={eta} for {sampler!r}")
-    static = dict(sampler=sampler, prediction=prediction, skip=skip, clip_x0=clip_x0)
-    return _sample(
-        denoise_fn, tuple(shape), rng, schedule, jnp.int32(steps), jnp.float32(eta),
-        sharding=sharding, **static,
-    )  # fmt: skip
+    statics = dict(sampler=sampler, prediction=prediction, skip=skip, clip_x0=clip_x0)
+    args = (denoise_fn, tuple(shape), rng, schedule, jnp.int32(steps), jnp.float32(eta))
+    return _sample(*args, sharding=sharding, **statics)
 
 
 @functools.partial(
     jax.jit,
     static_argnames=("denoise_fn", "shape", "sampler", "prediction", "skip", "clip_x0", "sharding"),
 )
-def _sample(denoise_fn, shape, rng, schedule, steps, eta, *, sampler, prediction, skip, clip_x0,
-            sharding):  # fmt: skip
+def _sample(
+    denoise_fn, shape, rng, schedule, steps, eta, *, sampler, prediction, skip, clip_x0, sharding
+):
     """The compiled body of `sample` (arguments validated there)."""
     rng_init, rng_steps = jax.random.split(rng)
     x = jax.random.normal(rng_init, shape, jnp.float32)
