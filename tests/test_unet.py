@@ -124,10 +124,18 @@ def test_chunked_multihead_attention_model_matches_plain(model):
         ("image_size", 33),
         ("norm_groups", 5),
         ("num_classes", -1),
+        ("attention_chunk", 0),
     ],
 )
 def test_invalid_config_names_the_field(field, value):
     config = model_config("tiny")
     config[field] = value
     with pytest.raises(ValueError, match=field):
+        count_params(config)
+
+
+def test_missing_config_field_is_named():
+    config = model_config("tiny")
+    del config["num_devices"]
+    with pytest.raises(ValueError, match="num_devices"):
         count_params(config)

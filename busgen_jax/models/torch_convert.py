@@ -17,6 +17,7 @@ Conversion is pure numpy; only reading a `.pt` file needs torch (the optional `t
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import pathlib
 from collections.abc import Mapping
@@ -89,6 +90,13 @@ def strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict
     return dict(state_dict)
 
 
+@functools.lru_cache(maxsize=4)
+def _abstract_params(config_json: str) -> nnx.State:
+    """Parameter shapes of a UNet, cached: tracing the model costs seconds."""
+    config = ml_collections.ConfigDict(json.loads(config_json))
+    return nnx.state(nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0))), nnx.Param)
+
+
 def convert_state_dict(state_dict: Mapping[str, np.ndarray], config) -> nnx.State:
     """Converts a published U-Net state_dict to this project's UNet params for `config`.
 
@@ -105,8 +113,8 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], config) -> nnx.Stat
     if config.num_heads != 1 or config.attention_in_up_path or not config.middle_attention:
         raise ValueError("published weights need num_heads=1, no up-path and a middle attention")
     tensors = strip_prefix(state_dict)
-    abstract = nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0)))
-    state = nnx.state(abstract, nnx.Param)
+    # A fresh copy: the cached abstract state is shared between calls.
+    state = jax.tree.map(lambda leaf: leaf, _abstract_params(config.to_json()))
     used = set()
 
     def convert(key_path, leaf):

@@ -28,6 +28,12 @@ from flax import nnx
 from busgen_jax.models.attention import IMPLEMENTATIONS, SpatialAttention, group_norm
 
 TIME_EMBEDDINGS = ("table", "sinusoidal")
+REQUIRED_FIELDS = (
+    "image_size", "image_channels", "base_channels", "channel_mults", "num_res_blocks",
+    "attention_levels", "attention_in_up_path", "middle_attention", "num_heads",
+    "attention_impl", "attention_chunk", "dropout", "norm_groups", "num_classes", "num_devices",
+    "num_timesteps", "time_embedding",
+)  # fmt: skip
 _zeros = nnx.initializers.zeros_init()
 
 
@@ -66,7 +72,16 @@ class ResBlock(nnx.Module):
     """GroupNorm-Swish-conv, + time and condition projections, GroupNorm-Swish-dropout-conv,
     residual (1x1 conv when channels change), then optional self-attention."""
 
-    def __init__(self, in_ch: int, out_ch: int, emb_dim: int, config, *, attn: bool, rngs):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        emb_dim: int,
+        config: ml_collections.ConfigDict,
+        *,
+        attn: bool,
+        rngs: nnx.Rngs,
+    ):
         groups = config.norm_groups
         self.norm1 = group_norm(in_ch, groups, rngs=rngs)
         self.conv1 = nnx.Conv(in_ch, out_ch, (3, 3), rngs=rngs)
@@ -125,7 +140,10 @@ class Upsample(nnx.Module):
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError with one line naming the first invalid model config field."""
+    """Raises ValueError with one line naming the first missing or invalid model config field."""
+    missing = [name for name in REQUIRED_FIELDS if name not in config]
+    if missing:
+        raise ValueError(f"model config is missing field(s) {missing}")
     levels = len(config.channel_mults)
     checks = [
         ("time_embedding", config.time_embedding in TIME_EMBEDDINGS, f"one of {TIME_EMBEDDINGS}"),
@@ -136,7 +154,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("dropout", 0.0 <= config.dropout < 1.0, "in [0, 1)"),
         ("num_timesteps", config.num_timesteps >= 2, ">= 2"),
     ]
-    for name in ("base_channels", "num_res_blocks", "num_heads", "norm_groups", "image_channels"):
+    positive = ("base_channels", "num_res_blocks", "num_heads", "norm_groups", "image_channels")
+    for name in (*positive, "attention_chunk"):
         checks.append((name, config[name] >= 1, ">= 1"))
     for name in ("num_classes", "num_devices"):
         checks.append((name, config[name] >= 0, ">= 0 (the null index 0 is added)"))
