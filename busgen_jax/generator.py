@@ -112,6 +112,7 @@ def sample_images(
     steps: int,
     guidance_weight: float,
     eta: float = 0.0,
+    skip: str = "time_uniform",
     clip_x0: float | None = 1.0,
 ) -> jax.Array:
     """Samples grayscale images [B, H, W, 1] in [-1, 1] for the given conditions.
@@ -137,6 +138,7 @@ def sample_images(
         steps=steps,
         eta=eta,
         prediction=spec.prediction,
+        skip=skip,
         clip_x0=clip_x0,
     )
     return jnp.clip(images.mean(axis=-1, keepdims=True), -1.0, 1.0)

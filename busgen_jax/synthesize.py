@@ -304,6 +304,7 @@ def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
             steps=config.steps,
             guidance_weight=config.guidance_weight,
             eta=config.eta,
+            skip=config.skip,
         ),
         "provenance": {
             "source": "synthetic",
@@ -313,6 +314,7 @@ def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
             "sampler": config.sampler,
             "steps": config.steps,
             "guidance": config.guidance_weight,
+            "skip": config.skip,
         },
     }
 
