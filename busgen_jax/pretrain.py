@@ -16,6 +16,7 @@ import logging
 import pathlib
 import shutil
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -80,11 +81,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def abstract_state_and_shardings(
-    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    model_fn: Callable[[], nnx.Module] | None = None,
 ) -> tuple[Any, Any, Any]:
-    """The state's init function, its abstract shapes and its shardings (nothing allocated)."""
+    """The state's init function, its abstract shapes and its shardings (nothing allocated).
+
+    `model_fn` builds the model (default: the U-Net of `config.model`); other jobs pass theirs.
+    """
     tx = train_state.make_optimizer(config.train)
-    model_fn = lambda: unet.UNet(config.model, rngs=nnx.Rngs(config.train.seed))
+    if model_fn is None:
+        model_fn = lambda: unet.UNet(config.model, rngs=nnx.Rngs(config.train.seed))
     wrt = train_state.trainable_filter(config.train.trainable)
     init_fn = functools.partial(train_state.init_train_state, model_fn, tx, wrt)
     abstract = jax.eval_shape(init_fn)

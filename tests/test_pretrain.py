@@ -34,7 +34,7 @@ STEPS, EVERY = 12, 4
 def _make_test_config(data_dir: pathlib.Path, **train_overrides):
     config = pretrain_config.get_config("tiny")
     config.data.paths = [str(data_dir)]
-    config.train.update(steps=STEPS, **train_overrides)
+    config.train.update({"steps": STEPS, **train_overrides})
     config.checkpoint.every_steps = EVERY
     return config
 
