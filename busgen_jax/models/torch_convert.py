@@ -105,7 +105,8 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], config) -> nnx.Stat
       config: model config of the published layout (e.g. `model_config('busgen_toy')`).
 
     Returns:
-      The nnx.Param state; apply with `nnx.update(UNet(config, rngs=...), state)`.
+      The nnx.Param state; apply with `nnx.update(model, state)`, where `model` may be
+      abstract (`nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0)))`): no init needed.
 
     Raises:
       ValueError naming the tensor that is missing, unmatched or of the wrong shape.

@@ -105,7 +105,7 @@ class ResBlock(nnx.Module):
         )
         self.rate = float(config.dropout)
 
-    def __call__(self, x, temb, cemb, dropout_rng=None):
+    def __call__(self, x: jax.Array, temb: jax.Array, cemb: jax.Array, dropout_rng=None):
         h = self.conv1(nnx.swish(self.norm1(x)))
         h = h + self.temb_proj(nnx.swish(temb))[:, None, None, :]
         h = h + self.cond_proj(nnx.swish(cemb))[:, None, None, :]
@@ -221,7 +221,16 @@ class UNet(nnx.Module):
         self.tail_norm = group_norm(now, config.norm_groups, rngs=rngs)
         self.tail_conv = nnx.Conv(now, config.image_channels, (3, 3), kernel_init=_zeros, rngs=rngs)
 
-    def __call__(self, x, t, class_ids, device_ids, box_mask, *, dropout_rng=None):
+    def __call__(
+        self,
+        x: jax.Array,
+        t: jax.Array,
+        class_ids: jax.Array,
+        device_ids: jax.Array,
+        box_mask: jax.Array,
+        *,
+        dropout_rng: jax.Array | None = None,
+    ) -> jax.Array:
         """Predicts the noise epsilon.
 
         Args:
