@@ -140,6 +140,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_one_step_on_eight_devices_matches_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     result = subprocess.run(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -108,15 +108,3 @@ def state_shardings(
     )
     return shardings
 
-
-def init_sharded(
-    init_fn: Callable[[], Any], rules: Sequence[Rule], mesh: Mesh, *, min_size: int = 2**14
-) -> tuple[Any, Any]:
-    """Runs `init_fn` under jit straight into its shardings (never whole on one device).
-
-    Returns:
-      (state, shardings): the sharded state and the tree of NamedShardings it was placed with.
-    """
-    abstract = jax.eval_shape(init_fn)
-    shardings = state_shardings(abstract, rules, mesh, min_size=min_size)
-    return jax.jit(init_fn, out_shardings=shardings)(), shardings
