@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pathlib
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from busgen_jax import generator
@@ -12,12 +15,27 @@ from busgen_jax.models import presets
 from busgen_jax.models.unet import UNet
 
 
+def random_unet(config, seed: int = 0, scale: float = 0.1) -> UNet:
+    """A U-Net with random N(0, scale^2) parameters (the default init zeroes output layers).
+
+    Built abstractly and filled from numpy: eager init compiles one XLA program per parameter
+    shape, which costs far more on CPU.
+    """
+    model = nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(seed)
+    state = jax.tree.map(
+        lambda s: jnp.asarray(rng.normal(0.0, scale, s.shape), s.dtype), nnx.state(model)
+    )
+    nnx.update(model, state)
+    return model
+
+
 def tiny_generator(directory: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
-    """Exports a randomly initialised tiny U-Net as a generator over the phantom's vocabulary."""
+    """Exports a random tiny U-Net as a generator over the phantom's vocabulary."""
     config = presets.model_config("tiny")
     config.num_classes = len(phantom.schema.PATHOLOGIES)
     config.num_devices = len(phantom.PHANTOM_DEVICES)
-    model = UNet(config, rngs=nnx.Rngs(seed))
+    model = random_unet(config, seed)
     spec = generator.GeneratorSpec(
         schedule={"schedule": "linear", "num_timesteps": 500},
         prediction="eps",

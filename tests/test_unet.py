@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from generator_fixtures import random_unet
 
 from busgen_jax.models import UNet, count_params, model_config
 from busgen_jax.models.unet import dropout, interpolate_rows, sinusoidal_embedding
@@ -13,19 +14,9 @@ _forward = nnx.jit(lambda model, *args, **kwargs: model(*args, **kwargs))
 
 
 def _make_test_model(seed: int = 0, **overrides) -> UNet:
-    """A tiny UNet with random N(0, 0.1^2) parameters (the default init zeroes output layers).
-
-    Built abstractly and filled from numpy: eager or jitted init costs far more on CPU.
-    """
     config = model_config("tiny")
     config.update(overrides)
-    model = nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0)))
-    rng = np.random.default_rng(seed)
-    state = jax.tree.map(
-        lambda s: jnp.asarray(rng.normal(0.0, 0.1, s.shape), s.dtype), nnx.state(model)
-    )
-    nnx.update(model, state)
-    return model
+    return random_unet(config, seed)
 
 
 @pytest.fixture(scope="module")
