@@ -45,11 +45,57 @@ class Figure:
 
 @dataclasses.dataclass
 class Section:
+    """A heading, then paragraphs, tables and figures; `blocks` adds content in its own order."""
+
     title: str
     paragraphs: Sequence[str] = ()
     tables: Sequence[Table] = ()
     figures: Sequence[Figure] = ()
     note: str = ""
+    blocks: list[str | Table | Figure] = dataclasses.field(default_factory=list)
+    level: int = 2
+
+
+def markdown_sections(text: str) -> list[Section]:
+    """Sections from the simple Markdown the jobs write: `#`/`##` headings start a section,
+    `###` a subsection; pipe tables and paragraphs keep their order."""
+    sections: list[Section] = []
+    table_lines: list[str] = []
+
+    def current() -> Section:
+        if not sections:
+            sections.append(Section("Results"))
+        return sections[-1]
+
+    def flush_table() -> None:
+        if table_lines:
+            cells = [
+                [c.strip() for c in line.strip().strip("|").split("|")] for line in table_lines
+            ]
+            rows = [r for r in cells[1:] if not all(set(c) <= set("-: ") for c in r)]
+            current().blocks.append(Table("", cells[0], rows))
+            table_lines.clear()
+
+    for line in text.splitlines():
+        if line.startswith("|"):
+            table_lines.append(line)
+            continue
+        flush_table()
+        if line.startswith("#"):
+            level = 3 if line.startswith("###") else 2
+            sections.append(Section(line.lstrip("#").strip(), level=level))
+        elif line.strip():
+            current().blocks.append(line.strip())
+    flush_table()
+    return sections
+
+
+def _block(block: str | Table | Figure) -> str:
+    if isinstance(block, Table):
+        return _table(block)
+    if isinstance(block, Figure):
+        return _figure(block)
+    return f"<p>{html.escape(block)}</p>"
 
 
 def _cell(value: Any) -> str:
@@ -64,8 +110,9 @@ def _table(table: Table) -> str:
         "<tr>" + "".join(f"<td>{_cell(v)}</td>" for v in row) + "</tr>" for row in table.rows
     )
     return (
-        f"<table><caption>{html.escape(table.caption)}</caption>"
-        f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        "<table>"
+        + (f"<caption>{html.escape(table.caption)}</caption>" if table.caption else "")
+        + f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     )
 
 
@@ -89,12 +136,13 @@ def render(title: str, sections: Sequence[Section], preamble: str = "") -> str:
     if preamble:
         parts.append(f"<p class='note'>{html.escape(preamble)}</p>")
     for section in sections:
-        parts.append(f"<h2>{html.escape(section.title)}</h2>")
+        parts.append(f"<h{section.level}>{html.escape(section.title)}</h{section.level}>")
         if section.note:
             parts.append(f"<p class='note'>{html.escape(section.note)}</p>")
         parts += [f"<p>{html.escape(p)}</p>" for p in section.paragraphs]
         parts += [_table(t) for t in section.tables]
         parts += [_figure(f) for f in section.figures]
+        parts += [_block(b) for b in section.blocks]
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -1,0 +1,243 @@
+"""The demo's HTML report, assembled from what each stage wrote to the demo workdir.
+
+    busgen report --config=configs/demo.py:default --workdir=workdir/demo
+
+Every number comes from a file the run wrote; a stage that did not run leaves its section out.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any
+
+from busgen_jax import report, visualize
+from busgen_jax.data import shards
+
+SIMULATED = (
+    "All data here are SIMULATED: phantom images, and readers simulated from the phantom's latent "
+    "malignancy score. The numbers show what this run of the pipeline measured, not clinical "
+    "performance."
+)
+
+
+def _json(path: pathlib.Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _ci(d: dict[str, Any], key: str = "auc") -> str:
+    return f"{d[key]:.3f} ({d['ci_low']:.3f}-{d['ci_high']:.3f})"
+
+
+def overview(paths, config) -> report.Section:
+    timings = _json(paths.root / "timings.json") or {}
+    rows = [[name, f"{seconds:.0f}"] for name, seconds in timings.items()]
+    rows.append(["total", f"{sum(timings.values()):.0f}"])
+    return report.Section(
+        "Run",
+        paragraphs=[
+            f"Workdir {paths.root}. Task of the adaptation and the classifiers: "
+            f"{', '.join(config.classifier.task.negative)} (negative) vs "
+            f"{', '.join(config.classifier.task.positive)} (positive).",
+        ],
+        tables=[report.Table("Stage times (seconds, this machine)", ["stage", "seconds"], rows)],
+    )
+
+
+def data_section(paths, config) -> report.Section:
+    manifest = shards.read_manifest(paths.data)
+    rows = [
+        [split, info["num_records"], *(info["pathology"].get(p, 0) for p in manifest["pathology"])]
+        for split, info in manifest["splits"].items()
+    ]
+    return report.Section(
+        "Phantom data",
+        paragraphs=[
+            "B-mode phantom: layered breast tissue, speckle from random scatterers, "
+            "BI-RADS lesion descriptors per pathology, four simulated devices."
+        ],
+        tables=[
+            report.Table(
+                "Images per split and pathology", ["split", "images", *manifest["pathology"]], rows
+            )
+        ],
+        figures=[
+            report.Figure(
+                paths.phantom / "data" / f"{config.phantom.name}_grid.png",
+                "Real (phantom) images per pathology (rows) and device (columns)",
+            )
+        ],
+    )
+
+
+def generation_section(paths) -> report.Section:
+    figures = []
+    samples = sorted((paths.pretrain / "samples").glob("*.png"))
+    if samples:
+        figures.append(
+            report.Figure(
+                samples[-1], f"Pretrained model samples ({samples[-1].stem}), one row per pathology"
+            )
+        )
+    adapted = paths.adapt / "samples" / "adapted.png"
+    figures.append(report.Figure(adapted, "Adapted model samples per task class"))
+    tables = []
+    info = _json(paths.adapter / "adapter.json")
+    if info:
+        tables.append(
+            report.Table(
+                "Adapter against the full model",
+                ["", "parameters", "bytes on disk"],
+                [
+                    ["adapter", info["adapter_params"], info["adapter_bytes"]],
+                    ["full model", info["full_params"], info["full_bytes"]],
+                ],
+            )
+        )
+    return report.Section(
+        "Pretraining and few-shot adaptation",
+        tables=tables,
+        figures=figures,
+        paragraphs=[
+            "A conditional diffusion U-Net pretrained on all phantom classes, then "
+            "adapted with LoRA from k examples per class of the task."
+        ],
+    )
+
+
+def synthesis_section(paths) -> report.Section:
+    grid = visualize.dataset_grid(
+        paths.synthetic,
+        paths.root / "synthetic_grid.png",
+        title="Synthetic images per requested class and device",
+    )
+    audit = _json(paths.synthetic / "audit" / "audit.json") or {}
+    tables = []
+    if audit:
+        test = audit["memorization_test"]
+        tables.append(
+            report.Table(
+                "Privacy audit (nearest training neighbour, normalized cross-correlation)",
+                [
+                    "threshold",
+                    "candidates",
+                    "rejected",
+                    "candidate NN similarity (median / max)",
+                    "held-out NN similarity (median / max)",
+                    "copying test z_U",
+                    "p (copying)",
+                    "verdict",
+                ],
+                [
+                    [
+                        audit["threshold"],
+                        audit["num_candidates"],
+                        audit["rejected_count"],
+                        f"{audit['candidate_similarity']['q50']:.3f} / {audit['candidate_similarity']['max']:.3f}",
+                        f"{audit['heldout_similarity']['q50']:.3f} / {audit['heldout_similarity']['max']:.3f}",
+                        test["z_u"],
+                        test["p_copying"],
+                        test["interpretation"],
+                    ]
+                ],
+            )
+        )
+    audit_dir = paths.synthetic / "audit"
+    return report.Section(
+        "Synthesis and privacy audit",
+        tables=tables,
+        figures=[
+            report.Figure(grid, "Synthetic dataset: rows are requested pathologies"),
+            report.Figure(
+                audit_dir / "audit_similarity_hist.png",
+                "Nearest-training-neighbour similarity: candidates vs held-out real",
+            ),
+            report.Figure(
+                audit_dir / "audit_closest_pairs.png", "Closest candidate / training pairs"
+            ),
+        ],
+    )
+
+
+def evaluation_sections(paths) -> list[report.Section]:
+    markdown = paths.evaluation / "evaluation.md"
+    if not markdown.is_file():
+        return []
+    sections = report.markdown_sections(markdown.read_text())
+    sections[0].figures = [
+        report.Figure(
+            paths.evaluation / "roc.png", "ROC curves of the classifiers with each simulated reader"
+        )
+    ]
+    sections[0].note = SIMULATED
+    return sections
+
+
+def fidelity_section(paths) -> report.Section | None:
+    results = _json(paths.fidelity / "fidelity.json")
+    if not results:
+        return None
+    gen = results["generative"]
+    rows = [
+        [
+            name,
+            *(values.get(k) for k in ("fd", "kid", "precision", "recall", "density", "coverage")),
+        ]
+        for name, values in gen.items()
+        if isinstance(values, dict)
+    ]
+    tables = [
+        report.Table(
+            f"Generative quality in the {results['feature_space']}",
+            ["comparison", "FD", "KID", "precision", "recall", "density", "coverage"],
+            rows,
+        )
+    ]
+    shortcut = [
+        [name, _ci(v) if "ci_low" in v else v.get("auc")]
+        for name, v in results["device_shortcut"].items()
+    ]
+    tables.append(
+        report.Table(
+            "Device shortcut: AUC of predicting the device from features",
+            ["classifier features", "device AUC"],
+            shortcut,
+        )
+    )
+    boxes = results["boxes"]
+    tables.append(
+        report.Table(
+            "Box fidelity: lesion found by a segmenter trained on real masks vs the requested box",
+            list(boxes),
+            [list(boxes.values())],
+        )
+    )
+    return report.Section(
+        "Generative fidelity", tables=tables, paragraphs=[json.dumps(results["conditioning"])]
+    )
+
+
+def scaling_section(paths) -> report.Section | None:
+    figures = sorted(paths.scaling.glob("*.png"))
+    if not figures:
+        return None
+    return report.Section(
+        "Data scaling",
+        paragraphs=[
+            "Test AUC (DeLong 95% CI) of classifiers trained on n real, n synthetic and "
+            "n real + n synthetic images."
+        ],
+        figures=[report.Figure(f, "Test AUC against training-set size") for f in figures],
+    )
+
+
+def write(paths, config) -> pathlib.Path:
+    sections = [
+        overview(paths, config),
+        data_section(paths, config),
+        generation_section(paths),
+        synthesis_section(paths),
+        *evaluation_sections(paths),
+    ]
+    sections += [s for s in (fidelity_section(paths), scaling_section(paths)) if s]
+    return report.write_report(paths.report, "busgen_jax demo report", sections, SIMULATED)

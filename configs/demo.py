@@ -1,0 +1,96 @@
+"""The whole BUSGen story on the built-in phantom, in minutes on a laptop CPU.
+
+    busgen demo --config=configs/demo.py:default --workdir=workdir/demo     (what `make demo` runs)
+    busgen demo --config=configs/demo.py:tiny --workdir=/tmp/demo           (tests: a few minutes)
+
+Each stage's config is the stage's own config file with demo-sized overrides, so any field can be
+changed from the command line, e.g. `--config.pretrain.train.steps=2000`. Dataset paths,
+generator and adapter directories are filled in by the demo from the stages' workdirs.
+"""
+
+import ml_collections
+
+from busgen_jax import job
+from busgen_jax.data import phantom
+
+PRESETS = ("default", "tiny")
+TASK_NEGATIVE, TASK_POSITIVE = ("benign",), ("dcis",)  # early diagnosis: benign vs DCIS
+
+
+def _model(config: ml_collections.ConfigDict, size: int, channels: int) -> None:
+    config.model.update(
+        image_size=size,
+        base_channels=channels,
+        num_devices=len(phantom.PHANTOM_DEVICES),
+    )
+    config.data.update(
+        image_size=size,
+        device_names=tuple(phantom.PHANTOM_DEVICES),
+        balance_classes=True,
+    )
+
+
+def get_config(preset: str = "default") -> ml_collections.ConfigDict:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset '{preset}' (choose one of {', '.join(PRESETS)})")
+    tiny = preset == "tiny"
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+
+    config.phantom = job.load_config("configs/phantom.py:demo")
+    config.phantom.update(num_images=160 if tiny else 1200, image_size=32 if tiny else 64)
+
+    config.pretrain = job.load_config("configs/pretrain.py:tiny")
+    _model(config.pretrain, size=32, channels=16 if tiny else 32)
+    config.pretrain.model.update(channel_mults=(1, 2) if tiny else (1, 2, 2))
+    config.pretrain.model.attention_levels = (1,) if tiny else (2,)
+    config.pretrain.data.batch_size = 8 if tiny else 32
+    config.pretrain.train.update(
+        steps=6 if tiny else 700,
+        learning_rate=1e-3 if tiny else 5e-4,
+        warmup_steps=0 if tiny else 50,
+        ema_decay=0.5 if tiny else 0.995,
+    )
+    config.pretrain.checkpoint.update(every_steps=3 if tiny else 250)
+    config.pretrain.log_every_steps = 3 if tiny else 50
+    config.pretrain.sample.update(
+        every_steps=6 if tiny else 350, per_class=4, steps=4 if tiny else 20
+    )
+
+    config.adapt = job.load_config("configs/adapt.py:tiny" if tiny else "configs/adapt.py:default")
+    config.adapt.data.class_names = TASK_NEGATIVE + TASK_POSITIVE
+    config.adapt.shots = 4 if tiny else 8
+    if not tiny:
+        config.adapt.train.update(steps=250, learning_rate=5e-4, warmup_steps=20)
+        config.adapt.lora.update(rank=4, alpha=4.0)
+        config.adapt.checkpoint.every_steps = 125
+        config.adapt.sample.steps = 20
+
+    config.synthesize = job.load_config(
+        "configs/synthesize.py:tiny" if tiny else "configs/synthesize.py:fast"
+    )
+    config.synthesize.classes = {name: 1.0 for name in TASK_NEGATIVE + TASK_POSITIVE}
+    if not tiny:
+        config.synthesize.update(num_images=512, steps=20, batch_size=64, records_per_shard=128)
+
+    config.classifier = job.load_config(
+        "configs/classifier.py:tiny" if tiny else "configs/classifier.py:default"
+    )
+    config.classifier.task.update(negative=TASK_NEGATIVE, positive=TASK_POSITIVE)
+    config.classifier.model.image_size = 32
+    config.classifier.data.image_size = 32
+    if not tiny:
+        config.classifier.train.update(steps=300, warmup_steps=20)
+    # Which training data each classifier sees: real phantom images, synthetic ones, or both.
+    config.classifier_sources = ("real", "synthetic", "mixed")
+    config.mixed_weights = (0.5, 0.5)
+
+    config.evaluate = job.load_config("configs/evaluate.py:phantom")
+    config.evaluate.reader_study.n_readers = 4 if tiny else 6
+    config.evaluate.bootstrap.n_boot = 200 if tiny else 1000
+
+    config.fidelity_segmenter_steps = 60 if tiny else 300
+    config.scaling = job.load_config(
+        "configs/scaling.py:tiny" if tiny else "configs/scaling.py:default"
+    )
+    return config
