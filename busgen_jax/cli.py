@@ -1,7 +1,7 @@
 """`busgen`: one command with a subcommand per job.
 
-    busgen <job> --config=configs/<job>.py:<preset> --workdir=DIR [--config.<field>=<value> ...]
-    busgen <job> --help
+busgen <job> --config=configs/<job>.py:<preset> --workdir=DIR [--config.<field>=<value> ...]
+busgen <job> --help
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ JOBS = {
     "train-classifier": ("busgen_jax.classify", "train a classifier on real/synthetic data"),
     "predict": ("busgen_jax.predict", "per-case probabilities of a classifier, as CSV"),
     "evaluate": ("busgen_jax.evaluate", "clinical statistics and generative-quality metrics"),
-    "reader-study": ("busgen_jax.reader_study_job", "compare a model with a reader study"),
-    "audit": ("busgen_jax.audit", "privacy audit of a synthetic dataset against its training set"),
-    "report": ("busgen_jax.report", "HTML report of a workdir's results"),
+    "audit": ("busgen_jax.audit_job", "audit a synthetic dataset for near-copies of training data"),
+    "report": ("busgen_jax.demo_report", "rebuild the HTML report of a demo workdir"),
     "demo": ("busgen_jax.demo", "the whole pipeline on the built-in phantom"),
 }
 

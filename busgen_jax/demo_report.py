@@ -11,7 +11,7 @@ import json
 import pathlib
 from typing import Any
 
-from busgen_jax import report, visualize
+from busgen_jax import job, report, visualize
 from busgen_jax.data import shards
 
 SIMULATED = (
@@ -241,3 +241,17 @@ def write(paths, config) -> pathlib.Path:
     ]
     sections += [s for s in (fidelity_section(paths), scaling_section(paths)) if s]
     return report.write_report(paths.report, "busgen_jax demo report", sections, SIMULATED)
+
+
+def run(config, workdir: str) -> pathlib.Path:
+    from busgen_jax import demo
+
+    path = write(demo.Paths(workdir, config), config)
+    print(f"report: {path}")
+    return path
+
+
+main = job.command(run, "configs/demo.py:default", __doc__)
+
+if __name__ == "__main__":
+    job.run_main(main)
