@@ -6,13 +6,12 @@
 `train_and_evaluate` builds the mesh, creates the sharded state (or restores the newest readable
 checkpoint together with the input iterator), runs the jitted `train_step`, logs metrics and
 sample grids, checkpoints periodically, and exports the final EMA params to `workdir/export`
-(`models.torch_convert.save_params` format, read by the adaptation job).
+(`busgen_jax.generator` format, read by the adaptation and synthesis jobs).
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import pathlib
 import shutil
 import time
@@ -27,9 +26,9 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from busgen_jax import checkpoints, sample_grid, train_state
+from busgen_jax import checkpoints, generator, job, sample_grid, train_state
 from busgen_jax.diffusion import guidance, losses, samplers, schedules
-from busgen_jax.models import torch_convert, unet
+from busgen_jax.models import unet
 from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.parallel import partition
 
@@ -167,13 +166,21 @@ def check_finite(metrics: dict[str, float], step: int, manager: Any) -> None:
         )
 
 
-def export_params(state: train_state.TrainState, config, directory: pathlib.Path) -> None:
-    """Writes the EMA params (all nnx.Param leaves) in the pretrained-params export format."""
+def export_generator(state: train_state.TrainState, config, directory: pathlib.Path) -> None:
+    """Writes the EMA model as an exported generator (params, model config, sampling spec)."""
     if jax.process_index() == 0 and directory.exists():
         shutil.rmtree(directory)
-    multihost_utils.sync_global_devices("export_params")
-    params = nnx.state(state.model(state.ema_params), nnx.Param)
-    torch_convert.save_params(params, directory, config=config.model)
+    multihost_utils.sync_global_devices("export_generator")
+    spec = generator.GeneratorSpec(
+        schedule={
+            k: config.diffusion[k] for k in ("schedule", "num_timesteps", "beta_start", "beta_end")
+        },
+        prediction=config.diffusion.prediction,
+        class_names=tuple(config.data.class_names),
+        device_names=tuple(config.data.device_names),
+        image_size=config.data.image_size,
+    )
+    generator.export_generator(directory, state.model(state.ema_params), config.model, spec)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -235,27 +242,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager.wait_until_finished()
     manager.close()
     writer.flush()
-    export_params(state, config, workdir / "export")
+    export_generator(state, config, workdir / "export")
     return {"state": state, "history": history}
 
 
-def main(argv: list[str]) -> None:
-    del argv
-    from absl import flags
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    try:
+        result = train_and_evaluate(config, workdir)
+    except (ValueError, checkpoints.CheckpointError, FloatingPointError) as e:
+        raise job.JobError(str(e)) from e
+    print(f"pretrained to step {int(result['state'].step)}; generator: "
+          f"{pathlib.Path(workdir) / 'export'}")  # fmt: skip
+    return result
 
-    flags_ = flags.FLAGS
-    if flags_.multiprocess:
-        jax.distributed.initialize()  # coordinator, process count and id from the environment
-    logging.getLogger().setLevel(logging.INFO)
-    train_and_evaluate(flags_.config, flags_.workdir)
 
+main = job.command(run, "configs/pretrain.py:tiny", __doc__)
 
 if __name__ == "__main__":
-    from absl import app, flags
-    from ml_collections import config_flags
-
-    config_flags.DEFINE_config_file("config", None, "pretraining config file:preset")
-    flags.DEFINE_string("workdir", None, "directory for checkpoints, logs, samples, export")
-    flags.DEFINE_bool("multiprocess", False, "call jax.distributed.initialize() first")
-    flags.mark_flags_as_required(["config", "workdir"])
-    app.run(main)
+    job.run_main(main)
