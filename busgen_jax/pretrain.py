@@ -26,7 +26,7 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from busgen_jax import checkpoints, generator, job, sample_grid, train_state
+from busgen_jax import checkpoints, generator, job, train_state, visualize
 from busgen_jax.diffusion import guidance, losses, samplers, schedules
 from busgen_jax.models import unet
 from busgen_jax.parallel import mesh as mesh_lib
@@ -155,6 +155,20 @@ def make_sample_fn(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
     return jax.jit(sample, out_shardings=mesh_lib.replicated(mesh))
 
 
+def save_sample_grid(images: np.ndarray, config, path: pathlib.Path) -> pathlib.Path:
+    """The `grid_conditions` samples as a PNG with one labelled row per class."""
+    tiles = visualize.to_uint8(images.mean(axis=-1))
+    per_class = config.sample.per_class
+    cells = {
+        (name, "samples"): list(tiles[k * per_class : (k + 1) * per_class])
+        for k, name in enumerate(config.data.class_names)
+    }
+    return visualize.labelled_grid(
+        cells, row_labels=list(config.data.class_names), col_labels=["samples"],
+        per_cell=per_class, path=path, title=f"EMA samples, {path.stem}",
+    )  # fmt: skip
+
+
 def check_finite(metrics: dict[str, float], step: int, manager: Any) -> None:
     """Stops the run on a non-finite loss or gradient; the last good checkpoint stays."""
     bad = {k: v for k, v in metrics.items() if k in ("loss", "grad_norm") and not np.isfinite(v)}
@@ -234,11 +248,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if step % config.sample.every_steps == 0 or step == config.train.steps:
             rng_sample = jax.random.key(config.sample.seed)
             images = np.asarray(jax.device_get(sample_fn(state, rng_sample)))
-            writer.write_images(step, {"samples": sample_grid.make_grid(
+            writer.write_images(step, {"samples": visualize.tile_grid(
                 images, config.sample.per_class)[None, ..., None]})  # fmt: skip
             if jax.process_index() == 0:
-                sample_grid.save_grid(images, workdir / "samples" / f"step_{step:07d}.png",
-                                      ncols=config.sample.per_class)  # fmt: skip
+                save_sample_grid(images, config, workdir / "samples" / f"step_{step:07d}.png")
     manager.wait_until_finished()
     manager.close()
     writer.flush()

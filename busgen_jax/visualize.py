@@ -19,6 +19,23 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return np.clip(np.round((np.asarray(images) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
+def tile_grid(images: np.ndarray, ncols: int, padding: int = 2) -> np.ndarray:
+    """Tiles [N, H, W, C] images in [-1, 1] row-major into one uint8 grayscale grid.
+
+    Channels are averaged; padding and unused cells are black. (For TensorBoard; PNGs for people
+    use `labelled_grid`.)
+    """
+    tiles = to_uint8(np.asarray(images, np.float32).mean(axis=-1))
+    n, h, w = tiles.shape
+    nrows = -(-n // ncols)
+    grid = np.zeros((nrows * (h + padding) + padding, ncols * (w + padding) + padding), np.uint8)
+    for i, tile in enumerate(tiles):
+        r, c = divmod(i, ncols)
+        top, left = padding + r * (h + padding), padding + c * (w + padding)
+        grid[top : top + h, left : left + w] = tile
+    return grid
+
+
 def labelled_grid(
     cells: Mapping[tuple[str, str], Sequence[np.ndarray]],
     *,

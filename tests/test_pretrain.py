@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 from records import make_records
 
-from busgen_jax import pretrain, sample_grid, train_state
+from busgen_jax import pretrain, train_state, visualize
 from busgen_jax.data import shards
 from configs import pretrain as pretrain_config
 
@@ -129,7 +129,7 @@ def test_example_condition_dropout_keeps_mask_when_asked():
 
 def test_make_grid_places_tiles_row_major():
     images = np.stack([np.full((3, 2, 1), v) for v in (-1.0, 0.0, 1.0)])
-    grid = sample_grid.make_grid(images, ncols=2, padding=1)
+    grid = visualize.tile_grid(images, ncols=2, padding=1)
     assert grid.shape == (2 * 4 + 1, 2 * 3 + 1)
     np.testing.assert_array_equal(grid[1:4, 1:3], 0)
     np.testing.assert_array_equal(grid[1:4, 4:6], 128)  # round(127.5)
@@ -146,8 +146,8 @@ def test_tiny_run_learns_and_writes_samples_and_export(reference_run):
     assert np.mean(losses[-4:]) < np.mean(losses[:4])
     grid = workdir / "samples" / f"step_{STEPS:07d}.png"
     with Image.open(grid) as image:
-        # 4 classes x 2 per class of 32 px tiles, 2 px padding.
-        assert image.size == (2 * 34 + 2, 4 * 34 + 2)
+        pixels = np.asarray(image.convert("L"), np.float32)
+    assert pixels.shape[0] > 100 and pixels.std() > 10  # a rendered figure, not a blank page
     export = ocp.StandardCheckpointer().restore(workdir / "export" / "params")
     ema = jax.tree.leaves(out["state"].ema_params)
     assert len(jax.tree.leaves(export)) == len(ema)
