@@ -173,3 +173,49 @@ def test_missing_split_and_missing_classes_are_errors(dataset_dir):
         pipeline.make_dataset(_config(dataset_dir), split="val", seed=0)
     with pytest.raises(shards.DatasetError, match="of classes"):
         pipeline.make_dataset(_config(dataset_dir, class_names=["lymphoma"]), split="train", seed=0)
+
+
+@pytest.fixture(scope="module")
+def two_sources(tmp_path_factory):
+    """Dataset A holds only benign records, B only malignant: a batch's classes tell sources."""
+    records = make_records(80)
+    dirs = []
+    for name, pathology in (("a", "benign"), ("b", "malignant")):
+        directory = tmp_path_factory.mktemp(f"source_{name}")
+        shards.write_dataset(
+            [r for r in records if r["pathology"] == pathology], directory, name=name
+        )
+        dirs.append(str(directory))
+    return dirs
+
+
+@pytest.mark.parametrize("weights", [(0.25, 0.75), (0.5, 0.5), (1.0, 0.0)])
+def test_mix_weights_set_the_share_of_each_source(two_sources, weights):
+    config = _config(two_sources[0], paths=tuple(two_sources), mix_weights=weights,
+                     class_names=("benign", "malignant"))  # fmt: skip
+    stream = iter(pipeline.make_dataset(config, split="train", seed=0))
+    classes = np.concatenate([next(stream)["class_id"] for _ in range(10)])
+    share_a = np.mean(classes == 1)
+    assert abs(share_a - weights[0] / sum(weights)) <= 1 / 80
+
+
+def test_bad_mix_weights_are_errors(two_sources):
+    config = _config(two_sources[0], paths=tuple(two_sources), mix_weights=(1.0,))
+    with pytest.raises(ValueError, match=r"config.data.mix_weights = \[1.0\] needs one"):
+        pipeline.make_dataset(config, split="train", seed=0)
+
+
+def test_label_field_reads_classes_from_the_labels_dict(tmp_path):
+    records = make_records(30)
+    for i, record in enumerate(records):
+        if i % 3:  # every third record has no label and is left out
+            record["labels"] = {"recurrence": i % 2}
+    shards.write_dataset(records, tmp_path, name="labelled")
+    config = _config(str(tmp_path), label_field="recurrence", class_names=("0", "1"))
+    batches = pipeline.make_dataset(config, split="train", seed=0, train=False)
+    classes = np.concatenate([b["class_id"] for b in batches])
+    train = [r for r in records if r["split"] == "train" and r["labels"]]
+    np.testing.assert_array_equal(classes, [1 + r["labels"]["recurrence"] for r in train])
+    loaded = pipeline.load_split(str(tmp_path), "train", 32, ("0", "1"), "recurrence")
+    np.testing.assert_array_equal(loaded["class_id"], classes)
+    assert loaded["case_id"] == [r["case_id"] for r in train]
