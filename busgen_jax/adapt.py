@@ -1,0 +1,311 @@
+"""Few-shot LoRA adaptation of an exported generator to a new labelled task.
+
+    busgen adapt --config=configs/adapt.py:default --workdir=DIR \
+        --config.generator=PRETRAIN_WORKDIR/export --config.data.paths="('/data/busi',)"
+
+From the train split of `data.paths`, `shots` examples per task class are drawn with `seed`; only
+the LoRA adapters and the embedding rows of new classes/devices train, with the base's diffusion
+loss. Writes
+
+  DIR/fewshot_data/   the k-shot examples (train split) and held-out real images of the task's
+                      classes from other patients (test split): what the synthesis audit
+                      compares against and calibrates on
+  DIR/checkpoints/    the trained state (adapters, new rows, EMA, optimizer) with the grain
+                      iterator; a restarted run resumes from the newest readable step
+  DIR/adapter/        the adapter (`models.lora.save_adapter`), for
+                      `generator.load_generator(base, adapter=DIR/adapter)`
+  DIR/samples/adapted.png  samples per task class from the saved adapter
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import shutil
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, parameter_overview, periodic_actions
+from flax import nnx
+
+from busgen_jax import checkpoints, job, pretrain, train_state, visualize
+from busgen_jax import generator as generator_lib
+from busgen_jax.data import pipeline, shards
+from busgen_jax.models import lora, torch_convert
+from busgen_jax.parallel import mesh as mesh_lib
+from busgen_jax.parallel import partition
+
+FEWSHOT = "fewshot_data"
+ADAPTER = "adapter"
+TRAINED = ("step", "params", "ema_params", "opt_state")  # what checkpoints hold
+
+
+def validate_config(config: ml_collections.ConfigDict) -> lora.LoRAConfig:
+    """Raises JobError with one line naming the first bad field; returns the LoRA config."""
+    names = list(config.data.class_names)
+    checks = [
+        ("generator", bool(config.generator), "must name an exported generator directory"),
+        ("data.paths", len(config.data.paths) > 0, "must name at least one dataset directory"),
+        ("data.class_names", len(names) > 0 and len(set(names)) == len(names),
+         "must list distinct task classes"),
+        ("shots", config.shots >= 1, "must be >= 1"),
+        ("heldout_per_class", config.heldout_per_class >= 0, "must be >= 0 (0 keeps all)"),
+        ("data.batch_size", config.data.batch_size >= 1, "must be >= 1"),
+        ("train.steps", config.train.steps >= 1, "must be >= 1"),
+        ("train.warmup_steps", 0 <= config.train.warmup_steps <= config.train.steps,
+         "must be in [0, steps]"),
+        ("train.ema_decay", 0.0 <= config.train.ema_decay < 1.0, "must be in [0, 1)"),
+        ("checkpoint.every_steps", config.checkpoint.every_steps >= 1, "must be >= 1"),
+    ]  # fmt: skip
+    for field, ok, requirement in checks:
+        if not ok:
+            value = config
+            for part in field.split("."):
+                value = value[part]
+            raise job.JobError(f"config.{field} = {value!r} {requirement}")
+    try:
+        return lora.LoRAConfig.from_mapping(config.lora)
+    except ValueError as e:
+        raise job.JobError(str(e)) from e
+
+
+def _split_pathologies(paths: Sequence[str], split: str) -> list[tuple[str, int, str]]:
+    """(dataset, position in its split, pathology) of every record of `split`, in reading order."""
+    out = []
+    for path in paths:
+        info = shards.read_manifest(path)["splits"].get(split, {"record_pathology": []})
+        out += [(path, i, p) for i, p in enumerate(info["record_pathology"])]
+    return out
+
+
+def select_shots(
+    pathologies: Sequence[str], class_names: Sequence[str], shots: int, seed: int, where: str
+) -> list[int]:
+    """Positions of `shots` records per class, drawn without replacement with `seed`, sorted."""
+    pathologies = np.asarray(pathologies)
+    chosen = []
+    for k, name in enumerate(class_names):
+        positions = np.flatnonzero(pathologies == name)
+        if len(positions) < shots:
+            raise job.JobError(
+                f"{where}: class '{name}' has {len(positions)} train records, fewer than "
+                f"shots={shots}"
+            )
+        chosen += list(np.random.default_rng([seed, k]).choice(positions, shots, replace=False))
+    return sorted(int(i) for i in chosen)
+
+
+def _read_positions(entries: Sequence[tuple[str, int, str]], split: str, keep: set[int]):
+    """Yields the records at positions `keep` of the concatenated `split` of the datasets."""
+    offset = 0
+    for path in dict.fromkeys(e[0] for e in entries):
+        for index, record in enumerate(shards.read_records(path, split)):
+            if offset + index in keep:
+                yield record
+        offset += shards.read_manifest(path)["splits"][split]["num_records"]
+
+
+def heldout_records(config, class_names: Sequence[str], shot_records: list[dict]) -> list[dict]:
+    """Up to `heldout_per_class` records per class from `heldout_split`, of unseen patients."""
+    seen_patients = {r["patient_id"] for r in shot_records}
+    seen_cases = {r["case_id"] for r in shot_records}
+    by_class: dict[str, list[dict]] = {name: [] for name in class_names}
+    for path in config.data.paths:
+        if config.heldout_split not in shards.read_manifest(path)["splits"]:
+            continue
+        for record in shards.read_records(path, config.heldout_split):
+            unseen = (
+                record["patient_id"] not in seen_patients and record["case_id"] not in seen_cases
+            )
+            if record["pathology"] in by_class and unseen:
+                by_class[record["pathology"]].append(record)
+    out = []
+    for k, name in enumerate(class_names):
+        records = by_class[name]
+        if not records:
+            raise job.JobError(f"{list(config.data.paths)}: no '{config.heldout_split}' records "
+                               f"of class '{name}' from patients outside the k-shot set")  # fmt: skip
+        order = np.random.default_rng([config.seed, k, 1]).permutation(len(records))
+        limit = config.heldout_per_class or len(records)
+        out += [records[i] for i in sorted(order[:limit])]
+    return out
+
+
+def write_fewshot_dataset(config: ml_collections.ConfigDict, out_dir: pathlib.Path) -> list[dict]:
+    """Writes (or, on a restart, checks) the k-shot dataset; returns the k-shot train records."""
+    class_names = list(config.data.class_names)
+    entries = _split_pathologies(config.data.paths, "train")
+    where = f"{list(config.data.paths)}"
+    keep = select_shots([e[2] for e in entries], class_names, config.shots, config.seed, where)
+    shot_records = list(_read_positions(entries, "train", set(keep)))
+    if (out_dir / shards.MANIFEST).exists():
+        existing = [r["case_id"] for r in shards.read_records(out_dir, "train")]
+        if existing != [r["case_id"] for r in shot_records]:
+            raise job.JobError(f"{out_dir}: holds a k-shot set drawn with another config "
+                               "(data, classes, shots or seed); use a new workdir")  # fmt: skip
+        return shot_records
+    heldout = heldout_records(config, class_names, shot_records)
+    for record in heldout:
+        record["split"] = "test"
+    extra = {"sources": list(config.data.paths), "shots": config.shots, "seed": config.seed,
+             "class_names": class_names, "heldout_split": config.heldout_split}  # fmt: skip
+    shards.write_dataset(shot_records + heldout, out_dir, name="fewshot", extra=extra)
+    logging.info("k-shot dataset %s: %d train, %d held-out", out_dir, len(shot_records),
+                 len(heldout))  # fmt: skip
+    return shot_records
+
+
+def task_devices(config, base_devices: Sequence[str], shot_records: list[dict]) -> list[str]:
+    """`data.device_names`, or the base's devices plus new devices of the k-shot records."""
+    if config.data.device_names:
+        return list(config.data.device_names)
+    new = sorted({r["device"] for r in shot_records} - set(base_devices) - {"unknown"})
+    return list(base_devices) + new
+
+
+def pretrain_view(config, model_config, spec, data_config) -> ml_collections.ConfigDict:
+    """The fields of a pretraining config that `pretrain`'s train step and sample grid read."""
+    diffusion = {**spec.schedule, "prediction": spec.prediction, **config.diffusion.to_dict()}
+    return ml_collections.ConfigDict(
+        {"model": model_config, "data": data_config, "diffusion": diffusion,
+         "train": config.train, "sample": config.sample}
+    )  # fmt: skip
+
+
+def _trained(state: Any) -> dict[str, Any]:
+    return {name: getattr(state, name) for name in TRAINED}
+
+
+def train(config, view, model: nnx.Module, workdir: pathlib.Path) -> dict[str, Any]:
+    """Trains the model's `nnx.LoRAParam`s to `train.steps`, resuming from checkpoints.
+
+    The step, checkpoints, non-finite stop and progress reports are pretraining's; checkpoints
+    hold only the trained part of the state, since the frozen base comes from the generator.
+    """
+    mesh = mesh_lib.make_mesh(config.mesh)
+    tx = train_state.make_optimizer(config.train)
+    state = train_state.init_train_state(lambda: model, tx, train_state.trainable_filter("lora"))
+    rules = [tuple(rule) for rule in config.partition.rules]
+    shardings = partition.state_shardings(state, rules, mesh, min_size=config.partition.min_size)
+    state = jax.device_put(state, shardings)
+    data_iter = iter(pipeline.make_dataset(view.data, split="train", seed=config.train.seed))
+    manager = checkpoints.make_manager(workdir / "checkpoints",
+                                       max_to_keep=config.checkpoint.max_to_keep,
+                                       async_save=config.checkpoint.async_save)  # fmt: skip
+    target = checkpoints.abstract_like(_trained(state), _trained(shardings))
+    restored = checkpoints.restore_latest(manager, target, data_iter)
+    if restored:
+        state = state.replace(**restored[0])
+    step = int(state.step)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    parameter_overview.log_parameter_overview(nnx.to_pure_dict(state.params), include_stats=False)
+    report = periodic_actions.ReportProgress(num_train_steps=config.train.steps, writer=writer)
+    train_step = pretrain.make_train_step(view, mesh, shardings)
+    rng = jax.random.key(config.train.seed)
+    history, tick, start_step = [], time.perf_counter(), step
+    while step < config.train.steps:
+        batch = mesh_lib.host_batch_to_global(next(data_iter), mesh)
+        state, metrics = train_step(state, batch, rng)
+        step += 1
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        pretrain.check_finite(metrics, step, manager)
+        history.append((step, metrics))
+        report(step)
+        if step % config.log_every_steps == 0 or step == config.train.steps:
+            elapsed, tick = time.perf_counter() - tick, time.perf_counter()
+            metrics["images_per_sec"] = (step - start_step) * config.data.batch_size / elapsed
+            start_step = step
+            writer.write_scalars(step, metrics)
+        if step % config.checkpoint.every_steps == 0 or step == config.train.steps:
+            checkpoints.save(manager, step, _trained(state), data_iter)
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+    return {"state": state, "history": history}
+
+
+def export_adapter(state, info: dict[str, Any], directory: pathlib.Path) -> dict[str, Any]:
+    """Saves the EMA adapters; written aside and renamed, so a reader never sees a partial one."""
+    staging = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    info = lora.save_adapter(staging, state.model(state.ema_params), info)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(staging, directory)
+    return info
+
+
+def sample_grid(config, view, adapter_dir: pathlib.Path, path: pathlib.Path) -> pathlib.Path:
+    """Samples `sample.per_class` images per task class from the saved adapter, as a grid."""
+    model, spec = generator_lib.load_generator(config.generator, adapter=adapter_dir)
+    cond = pretrain.grid_conditions(view)
+    sample_fn = generator_lib.make_sample_fn(spec, sampler=config.sample.sampler,
+                                             steps=config.sample.steps,
+                                             guidance_weight=config.sample.guidance_weight)  # fmt: skip
+    images = sample_fn(model, jax.random.key(config.sample.seed), *(cond[k] for k in
+                       ("class_id", "device_id", "box_mask")))  # fmt: skip
+    tiles = visualize.to_uint8(np.asarray(images)[..., 0])
+    per = config.sample.per_class
+    cells = {(name, "adapted"): list(tiles[k * per : (k + 1) * per])
+             for k, name in enumerate(spec.class_names)}  # fmt: skip
+    return visualize.labelled_grid(cells, row_labels=spec.class_names, col_labels=["adapted"],
+                                   per_cell=per, path=path)  # fmt: skip
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Adapts `config.generator` to the task; returns the state, history and adapter info."""
+    lora_config = validate_config(config)
+    workdir = pathlib.Path(workdir).absolute()
+    try:
+        base, spec = generator_lib.load_generator(config.generator)
+        model_config = torch_convert.load_model_config(config.generator)
+    except FileNotFoundError as e:
+        raise job.JobError(f"config.generator: {e}") from e
+    if config.data.image_size not in (0, spec.image_size):
+        raise job.JobError(f"config.data.image_size = {config.data.image_size} differs from "
+                           f"the generator's image size {spec.image_size}")  # fmt: skip
+    shot_records = write_fewshot_dataset(config, workdir / FEWSHOT)
+    data_config = config.data.copy_and_resolve_references()
+    data_config.unlock()
+    data_config.update(image_size=spec.image_size, paths=[str(workdir / FEWSHOT)],
+                       device_names=task_devices(config, spec.device_names, shot_records))  # fmt: skip
+    info = {
+        "lora": dataclasses.asdict(lora_config),
+        "base_generator": str(pathlib.Path(config.generator).absolute()),
+        "base_fingerprint": lora.params_fingerprint(base),
+        "class_names": list(data_config.class_names),
+        "device_names": list(data_config.device_names),
+        "class_rows": lora.vocabulary_rows(data_config.class_names, spec.class_names),
+        "device_rows": lora.vocabulary_rows(data_config.device_names, spec.device_names),
+        "full_params": lora.count_params(base, nnx.Param),
+        "full_bytes": lora.directory_bytes(pathlib.Path(config.generator) / "params"),
+        "shots": config.shots,
+        "steps": config.train.steps,
+    }
+    model = lora.adapted_model(base, info)
+    logging.info("adapting %s: %d adapter params vs %d in the base", lora.adapted_paths(model),
+                 lora.count_params(model), info["full_params"])  # fmt: skip
+    view = pretrain_view(config, model_config, spec, data_config)
+    result = train(config, view, model, workdir)
+    info = export_adapter(result["state"], info, workdir / ADAPTER)
+    logging.info("adapter %s: %d params, %d bytes (full model: %d params, %d bytes, %.2f%%)",
+                 workdir / ADAPTER, info["adapter_params"], info["adapter_bytes"],
+                 info["full_params"], info["full_bytes"],
+                 100 * info["adapter_bytes"] / info["full_bytes"])  # fmt: skip
+    grid = None
+    if config.sample.per_class:
+        grid = sample_grid(config, view, workdir / ADAPTER, workdir / "samples" / "adapted.png")
+    print(f"adapter: {workdir / ADAPTER} ({info['adapter_params']:,} params, "
+          f"{info['adapter_bytes']:,} bytes); k-shot data: {workdir / FEWSHOT}; grid: {grid}")  # fmt: skip
+    return {**result, "info": info, "grid": grid}
+
+
+main = job.command(run, "configs/adapt.py:default", __doc__)
+
+if __name__ == "__main__":
+    job.run_main(main)
