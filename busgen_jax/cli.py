@@ -19,6 +19,7 @@ JOBS = {
     "synthesize": ("busgen_jax.synthesize", "write an audited synthetic dataset"),
     "train-classifier": ("busgen_jax.classify", "train a classifier on real/synthetic data"),
     "predict": ("busgen_jax.predict", "per-case probabilities of a classifier, as CSV"),
+    "scaling": ("busgen_jax.scaling", "data-scaling experiment: real vs synthetic vs mixed"),
     "evaluate": ("busgen_jax.evaluate", "clinical statistics and generative-quality metrics"),
     "audit": ("busgen_jax.audit_job", "audit a synthetic dataset for near-copies of training data"),
     "report": ("busgen_jax.demo_report", "rebuild the HTML report of a demo workdir"),
