@@ -8,6 +8,7 @@ A job module defines `run(config, workdir)` and ends with `main = job.command(ru
 from __future__ import annotations
 
 import importlib.util
+import logging as std_logging
 import os
 import pathlib
 import sys
@@ -89,7 +90,7 @@ def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config
             config = config_flag.value
         except (flags.Error, JobError, ValueError, FileNotFoundError, KeyError) as e:
             _fail(e)
-        logging.set_verbosity(logging.INFO)
+        _log_to_stderr()
         maybe_initialize_distributed()
         try:
             run(config, workdir_flag.value)
@@ -97,6 +98,13 @@ def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config
             _fail(e)
 
     return main
+
+
+def _log_to_stderr() -> None:
+    """INFO logs of every library (progress, checkpoints, metrics) to stderr, absl-formatted."""
+    logging.use_absl_handler()
+    logging.set_verbosity(logging.INFO)
+    std_logging.getLogger().setLevel(std_logging.INFO)
 
 
 def maybe_initialize_distributed() -> None:

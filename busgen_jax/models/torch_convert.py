@@ -190,7 +190,12 @@ def load_params(model: nnx.Module, directory: str | pathlib.Path) -> nnx.Module:
     if not (directory / "params").is_dir():
         raise FileNotFoundError(f"{directory}: no 'params' checkpoint directory")
     state = nnx.state(model, nnx.Param)
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
+    # Restore onto this process's devices as the model's arrays are laid out, whatever the
+    # sharding of the run that saved them (e.g. 8-way FSDP pretraining, 1-device adaptation).
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        nnx.to_pure_dict(state),
+    )
     with ocp.StandardCheckpointer() as checkpointer:
         restored = checkpointer.restore(directory / "params", target)
     nnx.replace_by_pure_dict(state, restored)
