@@ -102,6 +102,8 @@ def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config
 
 def _log_to_stderr() -> None:
     """INFO logs of every library (progress, checkpoints, metrics) to stderr, absl-formatted."""
+    # Each job parses its own FlagValues; absl's global FLAGS only gate absl logging.
+    flags.FLAGS.mark_as_parsed()
     logging.use_absl_handler()
     logging.set_verbosity(logging.INFO)
     std_logging.getLogger().setLevel(std_logging.INFO)
@@ -143,6 +145,4 @@ def _fail(error: Exception) -> None:
 
 def run_main(main: Callable[[Sequence[str]], None]) -> None:
     """Entry point for `python -m busgen_jax.<job>`: the same as `busgen <job>`."""
-    # Each job parses its own FlagValues; absl's global FLAGS only gate absl logging.
-    flags.FLAGS.mark_as_parsed()
     main(sys.argv)
