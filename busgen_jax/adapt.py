@@ -33,6 +33,7 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from busgen_jax import checkpoints, job, pretrain, train_state, visualize
 from busgen_jax import generator as generator_lib
@@ -144,12 +145,19 @@ def write_fewshot_dataset(config: ml_collections.ConfigDict, out_dir: pathlib.Pa
     where = f"{list(config.data.paths)}"
     keep = select_shots([e[2] for e in entries], class_names, config.shots, config.seed, where)
     shot_records = list(_read_positions(entries, "train", set(keep)))
-    if (out_dir / shards.MANIFEST).exists():
-        existing = [r["case_id"] for r in shards.read_records(out_dir, "train")]
-        if existing != [r["case_id"] for r in shot_records]:
-            raise job.JobError(f"{out_dir}: holds a k-shot set drawn with another config "
-                               "(data, classes, shots or seed); use a new workdir")  # fmt: skip
-        return shot_records
+    if jax.process_index() == 0 and not (out_dir / shards.MANIFEST).exists():
+        _write_fewshot(config, out_dir, shot_records)
+    multihost_utils.sync_global_devices("fewshot_data")  # other processes read what 0 wrote
+    existing = [r["case_id"] for r in shards.read_records(out_dir, "train")]
+    if existing != [r["case_id"] for r in shot_records]:
+        raise job.JobError(f"{out_dir}: holds a k-shot set drawn with another config "
+                           "(data, classes, shots or seed); use a new workdir")  # fmt: skip
+    return shot_records
+
+
+def _write_fewshot(config, out_dir: pathlib.Path, shot_records: list[dict]) -> None:
+    """Writes the k-shot records (train) and held-out records of unseen patients (test)."""
+    class_names = list(config.data.class_names)
     heldout = heldout_records(config, class_names, shot_records)
     for record in heldout:
         record["split"] = "test"
@@ -158,7 +166,6 @@ def write_fewshot_dataset(config: ml_collections.ConfigDict, out_dir: pathlib.Pa
     shards.write_dataset(shot_records + heldout, out_dir, name="fewshot", extra=extra)
     logging.info("k-shot dataset %s: %d train, %d held-out", out_dir, len(shot_records),
                  len(heldout))  # fmt: skip
-    return shot_records
 
 
 def task_devices(config, base_devices: Sequence[str], shot_records: list[dict]) -> list[str]:
