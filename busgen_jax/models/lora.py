@@ -336,7 +336,11 @@ def load_adapter(
         )
     model = adapted_model(base, info)
     state = nnx.state(model, nnx.LoRAParam)
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.to_pure_dict(state))
+    # Onto the devices the fresh adapters sit on, whatever the sharding of the adaptation run.
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+        nnx.to_pure_dict(state),
+    )
     with ocp.StandardCheckpointer() as checkpointer:
         restored = checkpointer.restore(directory / "params", target)
     nnx.replace_by_pure_dict(state, restored)
