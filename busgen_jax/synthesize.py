@@ -35,6 +35,9 @@ from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.privacy import audit
 
 OUTPUT = "synthetic"
+# Kernel width (in box-feature units: centre, log aspect, log area) when a class has too few
+# boxes for Scott's rule; wide enough to move boxes, narrow enough to keep them plausible.
+FEW_BOXES_BANDWIDTH = 0.05
 
 
 def make_plan(config: ml_collections.ConfigDict, spec: generator_lib.GeneratorSpec):
@@ -61,7 +64,14 @@ def load_box_prior(config: ml_collections.ConfigDict, class_names) -> box_priors
         for r in _train_records(config.box_prior_from or config.audit.train_paths)
         if r["pathology"] in class_names
     ]
-    return box_priors.fit_box_prior(records, bandwidth=config.box_bandwidth)
+    try:
+        return box_priors.fit_box_prior(records, bandwidth=config.box_bandwidth)
+    except ValueError as e:
+        if config.box_bandwidth is not None:
+            raise job.JobError(f"box prior: {e}") from e
+        # A few-shot training set has too few boxes per class for a bandwidth rule.
+        logging.warning("box prior: %s; using bandwidth %g", e, FEW_BOXES_BANDWIDTH)
+        return box_priors.fit_box_prior(records, bandwidth=FEW_BOXES_BANDWIDTH)
 
 
 def _train_records(paths):
