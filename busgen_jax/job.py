@@ -107,6 +107,12 @@ def _log_to_stderr() -> None:
     logging.use_absl_handler()
     logging.set_verbosity(logging.INFO)
     std_logging.getLogger().setLevel(std_logging.INFO)
+    logging.get_absl_handler().addFilter(_quiet_libraries)
+
+
+def _quiet_libraries(record: std_logging.LogRecord) -> bool:
+    """Drops the INFO chatter of orbax (dozens of lines per checkpoint); warnings still show."""
+    return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
 
 
 def maybe_initialize_distributed() -> None:
