@@ -174,9 +174,7 @@ def stage_scaling(config, paths: Paths) -> None:
     from busgen_jax import scaling
 
     scaling_config = _resolved(
-        config.scaling,
-        real_paths=(str(paths.data),),
-        synthetic_paths=(str(paths.synthetic),),
+        config.scaling, real_path=str(paths.data), synthetic_path=str(paths.synthetic)
     )
     scaling.run(scaling_config, str(paths.scaling))
 

@@ -93,4 +93,11 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.scaling = job.load_config(
         "configs/scaling.py:tiny" if tiny else "configs/scaling.py:default"
     )
+    # The scaling classifiers are the demo's classifier (task, size), trained for fewer steps.
+    scaling_classifier = config.classifier.copy_and_resolve_references()
+    scaling_classifier.train.steps = 10 if tiny else 150
+    scaling_classifier.checkpoint.every_steps = scaling_classifier.train.steps
+    config.scaling.classifier = scaling_classifier
+    if not tiny:
+        config.scaling.sizes = (16, 48, 144)
     return config
