@@ -177,43 +177,60 @@ def fidelity_section(paths) -> report.Section | None:
     results = _json(paths.fidelity / "fidelity.json")
     if not results:
         return None
-    gen = results["generative"]
-    rows = [
-        [
-            name,
-            *(values.get(k) for k in ("fd", "kid", "precision", "recall", "density", "coverage")),
-        ]
-        for name, values in gen.items()
+    metrics = ("fd", "kid", "precision", "recall", "density", "coverage")
+    gen = [
+        [name, *(values.get(k) for k in metrics)]
+        for name, values in results["generative"].items()
         if isinstance(values, dict)
     ]
-    tables = [
-        report.Table(
-            f"Generative quality in the {results['feature_space']}",
-            ["comparison", "FD", "KID", "precision", "recall", "density", "coverage"],
-            rows,
-        )
-    ]
     shortcut = [
-        [name, _ci(v) if "ci_low" in v else v.get("auc")]
+        [name, v["auc"], v["balanced_accuracy"], v["chance_accuracy"]]
         for name, v in results["device_shortcut"].items()
     ]
-    tables.append(
-        report.Table(
-            "Device shortcut: AUC of predicting the device from features",
-            ["classifier features", "device AUC"],
-            shortcut,
-        )
-    )
+    cond = results["conditioning"]
+    conditioning = [
+        [f"class {name}", v["accuracy"], v["n"]] for name, v in cond["per_class"].items()
+    ]
+    conditioning += [
+        [f"device {name}", v["accuracy"], v["n"]] for name, v in cond["per_device"].items()
+    ]
     boxes = results["boxes"]
-    tables.append(
-        report.Table(
-            "Box fidelity: lesion found by a segmenter trained on real masks vs the requested box",
-            list(boxes),
-            [list(boxes.values())],
-        )
-    )
+    summaries = {
+        "box IoU": boxes["box_iou"],
+        "lesion mask IoU with the box": boxes["mask_iou"],
+        "share of lesion inside the box": boxes["inside_box"],
+    }
+    if results.get("segmenter_real_dice"):
+        summaries["segmenter Dice on real test masks"] = results["segmenter_real_dice"]
+    quantiles = ("mean", "q10", "q50", "q90")
     return report.Section(
-        "Generative fidelity", tables=tables, paragraphs=[json.dumps(results["conditioning"])]
+        "Generative fidelity",
+        paragraphs=[
+            f"Feature space: {results['feature_space']}. Real-vs-real rows give the "
+            "scale of each metric between two halves of the real test set."
+        ],
+        tables=[
+            report.Table("Generative quality", ["comparison", *metrics], gen),
+            report.Table(
+                "Device shortcut: predicting the device from classifier features (cross-validated)",
+                ["features of", "AUC", "balanced accuracy", "chance"],
+                shortcut,
+            ),
+            report.Table(
+                f"Conditioning: the real-data classifier's accuracy on synthetic "
+                f"images by requested label (overall {cond['accuracy']:.3f})",
+                ["requested", "accuracy", "images"],
+                conditioning,
+            ),
+            report.Table(
+                f"Box fidelity: {boxes['detected']:.0%} of synthetic images have a "
+                f"lesion found by a segmenter trained on real masks; "
+                f"{boxes['fraction_box_iou_above']:.0%} with box IoU > "
+                f"{boxes['iou_threshold']}",
+                ["", *quantiles],
+                [[name, *(v[q] for q in quantiles)] for name, v in summaries.items()],
+            ),
+        ],
     )
 
 

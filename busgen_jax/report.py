@@ -18,7 +18,8 @@ body { font-family: -apple-system, Segoe UI, Helvetica, Arial, sans-serif; margi
        max-width: 1100px; color: #222; line-height: 1.45; }
 h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
 h2 { margin-top: 2em; border-bottom: 1px solid #bbb; }
-table { border-collapse: collapse; margin: .8em 0 1.4em; font-size: 0.9em; }
+table { border-collapse: collapse; margin: .8em 0 1.4em; font-size: 0.9em; display: block;
+        overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: .25em .6em; text-align: right; }
 th:first-child, td:first-child { text-align: left; }
 th { background: #f1f1f1; }
