@@ -19,6 +19,8 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
+from busgen_jax.data import schema, shards
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Set to "1" by the launchers on multi-host slices.
 DISTRIBUTED_ENV = "BUSGEN_DISTRIBUTED"
@@ -26,6 +28,10 @@ DISTRIBUTED_ENV = "BUSGEN_DISTRIBUTED"
 
 class JobError(RuntimeError):
     """An error the user can fix (bad input, missing checkpoint); printed as one line."""
+
+
+# Errors a job raises about its inputs (each names the file or field): one line, no traceback.
+USER_ERRORS = (JobError, FileNotFoundError, shards.DatasetError, schema.SchemaError)
 
 
 def resolve_config_path(spec: str) -> str:
@@ -87,14 +93,18 @@ def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config
                 return
             if not workdir_flag.value:
                 raise JobError("--workdir is required")
+            config_path = config_flags.get_config_filename(flag_values["config"]).split(":")[0]
+            if not os.path.isfile(config_path):
+                raise JobError(f"config file {config_path} does not exist")
             config = config_flag.value
-        except (flags.Error, JobError, ValueError, FileNotFoundError, KeyError) as e:
+            config.keys()  # a config that failed to load raises here, not deep inside the job
+        except (flags.Error, JobError, ValueError, OSError, KeyError, AttributeError) as e:
             _fail(e)
         _log_to_stderr()
         maybe_initialize_distributed()
         try:
             run(config, workdir_flag.value)
-        except JobError as e:
+        except USER_ERRORS as e:
             _fail(e)
 
     return main
