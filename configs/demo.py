@@ -41,29 +41,30 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.phantom.update(num_images=160 if tiny else 1200, image_size=32 if tiny else 64)
 
     config.pretrain = job.load_config("configs/pretrain.py:tiny")
-    _model(config.pretrain, size=32, channels=16 if tiny else 32)
+    # 16 base channels: on a 2-core CPU a step at 32 channels costs ~5x more (BENCHMARKS.md).
+    _model(config.pretrain, size=32, channels=16)
     config.pretrain.model.update(channel_mults=(1, 2) if tiny else (1, 2, 2))
     config.pretrain.model.attention_levels = (1,) if tiny else (2,)
-    config.pretrain.data.batch_size = 8 if tiny else 32
+    config.pretrain.data.batch_size = 8 if tiny else 16
     config.pretrain.train.update(
-        steps=6 if tiny else 700,
-        learning_rate=1e-3 if tiny else 5e-4,
-        warmup_steps=0 if tiny else 50,
-        ema_decay=0.5 if tiny else 0.995,
+        steps=6 if tiny else 450,
+        learning_rate=1e-3,
+        warmup_steps=0 if tiny else 30,
+        ema_decay=0.5 if tiny else 0.99,
     )
-    config.pretrain.checkpoint.update(every_steps=3 if tiny else 250)
+    config.pretrain.checkpoint.update(every_steps=3 if tiny else 150)
     config.pretrain.log_every_steps = 3 if tiny else 50
     config.pretrain.sample.update(
-        every_steps=6 if tiny else 350, per_class=4, steps=4 if tiny else 20
+        every_steps=6 if tiny else 450, per_class=4, steps=4 if tiny else 20
     )
 
     config.adapt = job.load_config("configs/adapt.py:tiny" if tiny else "configs/adapt.py:default")
     config.adapt.data.class_names = TASK_NEGATIVE + TASK_POSITIVE
     config.adapt.shots = 4 if tiny else 8
     if not tiny:
-        config.adapt.train.update(steps=250, learning_rate=5e-4, warmup_steps=20)
+        config.adapt.train.update(steps=150, learning_rate=1e-3, warmup_steps=10)
         config.adapt.lora.update(rank=4, alpha=4.0)
-        config.adapt.checkpoint.every_steps = 125
+        config.adapt.checkpoint.every_steps = 75
         config.adapt.sample.steps = 20
 
     config.synthesize = job.load_config(
@@ -71,7 +72,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     )
     config.synthesize.classes = {name: 1.0 for name in TASK_NEGATIVE + TASK_POSITIVE}
     if not tiny:
-        config.synthesize.update(num_images=512, steps=20, batch_size=64, records_per_shard=128)
+        config.synthesize.update(num_images=512, steps=12, batch_size=64, records_per_shard=128)
 
     config.classifier = job.load_config(
         "configs/classifier.py:tiny" if tiny else "configs/classifier.py:default"
@@ -80,7 +81,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.classifier.model.image_size = 32
     config.classifier.data.image_size = 32
     if not tiny:
-        config.classifier.train.update(steps=300, warmup_steps=20)
+        config.classifier.train.update(steps=200, warmup_steps=20)
     # Which training data each classifier sees: real phantom images, synthetic ones, or both.
     config.classifier_sources = ("real", "synthetic", "mixed")
     config.mixed_weights = (0.5, 0.5)
@@ -89,15 +90,15 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.evaluate.reader_study.n_readers = 4 if tiny else 6
     config.evaluate.bootstrap.n_boot = 200 if tiny else 1000
 
-    config.fidelity_segmenter_steps = 60 if tiny else 300
+    config.fidelity_segmenter_steps = 60 if tiny else 200
     config.scaling = job.load_config(
         "configs/scaling.py:tiny" if tiny else "configs/scaling.py:default"
     )
     # The scaling classifiers are the demo's classifier (task, size), trained for fewer steps.
     scaling_classifier = config.classifier.copy_and_resolve_references()
-    scaling_classifier.train.steps = 10 if tiny else 150
+    scaling_classifier.train.steps = 10 if tiny else 100
     scaling_classifier.checkpoint.every_steps = scaling_classifier.train.steps
     config.scaling.classifier = scaling_classifier
     if not tiny:
-        config.scaling.sizes = (16, 48, 144)
+        config.scaling.sizes = (16, 64)
     return config

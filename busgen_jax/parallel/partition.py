@@ -107,4 +107,3 @@ def state_shardings(
         "\n".join(lines),
     )
     return shardings
-
