@@ -34,8 +34,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check busgen_jax tests configs benchmarks launch
 
 bench: $(STAMP)
-	for script in benchmarks/phantom_throughput.py benchmarks/pipeline_throughput.py; do \
-		$(BIN)/python $$script || exit 1; done
+	for module in phantom_throughput pipeline_throughput sampler_quality; do \
+		$(BIN)/python -m benchmarks.$$module || exit 1; done
 
 clean:
 	rm -rf $(VENV) workdir .pytest_cache

@@ -26,6 +26,7 @@ import grain
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 from PIL import Image
 
 from busgen_jax.data import box_priors, schema, shards
@@ -276,6 +277,9 @@ def make_dataset(
     dataset = ProcessBatchSlice(dataset, process_index, process_count, per_process)
     dataset = dataset.to_iter_dataset()
     if config.num_workers > 0:
+        # grain's worker processes read absl flags; outside an absl app nobody parsed them.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         dataset = dataset.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.num_workers))
     return dataset.batch(per_process, drop_remainder=train)
 
