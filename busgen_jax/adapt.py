@@ -240,10 +240,15 @@ def train(config, view, model: nnx.Module, workdir: pathlib.Path) -> dict[str, A
 def export_adapter(state, info: dict[str, Any], directory: pathlib.Path) -> dict[str, Any]:
     """Saves the EMA adapters; written aside and renamed, so a reader never sees a partial one."""
     staging = directory.with_name(f".{directory.name}.tmp")
-    shutil.rmtree(staging, ignore_errors=True)
+    primary = jax.process_index() == 0  # file moves on one host; the orbax save is collective
+    if primary:
+        shutil.rmtree(staging, ignore_errors=True)
+    multihost_utils.sync_global_devices("export_adapter:staging")
     info = lora.save_adapter(staging, state.model(state.ema_params), info)
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(staging, directory)
+    if primary:
+        shutil.rmtree(directory, ignore_errors=True)
+        os.replace(staging, directory)
+    multihost_utils.sync_global_devices("export_adapter:done")
     return info
 
 
