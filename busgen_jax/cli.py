@@ -21,6 +21,7 @@ JOBS = {
     "predict": ("busgen_jax.predict", "per-case probabilities of a classifier, as CSV"),
     "scaling": ("busgen_jax.scaling", "data-scaling experiment: real vs synthetic vs mixed"),
     "evaluate": ("busgen_jax.evaluate", "clinical statistics and generative-quality metrics"),
+    "reader-study": ("busgen_jax.reader_study_job", "analyse a reader study (MRMC of modalities)"),
     "audit": ("busgen_jax.audit_job", "audit a synthetic dataset for near-copies of training data"),
     "report": ("busgen_jax.demo_report", "rebuild the HTML report of a demo workdir"),
     "demo": ("busgen_jax.demo", "the whole pipeline on the built-in phantom"),
