@@ -39,6 +39,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from busgen_jax.models import torch_convert
+
 ADAPTER_FILE = "adapter.json"
 ROW_INITS = ("mean", "null")
 # Every conv and dense of the residual blocks and attention, and the condition MLP; the time
@@ -334,17 +336,7 @@ def load_adapter(
             f"{directory}: adapter was trained on the base generator {info.get('base_generator')}"
             ", whose weights differ from the base it is being loaded on"
         )
-    model = adapted_model(base, info)
-    state = nnx.state(model, nnx.LoRAParam)
-    # Onto the devices the fresh adapters sit on, whatever the sharding of the adaptation run.
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        nnx.to_pure_dict(state),
-    )
-    with ocp.StandardCheckpointer() as checkpointer:
-        restored = checkpointer.restore(directory / "params", target)
-    nnx.replace_by_pure_dict(state, restored)
-    nnx.update(model, state)
+    model = torch_convert.load_params(adapted_model(base, info), directory, kind=nnx.LoRAParam)
     spec = dataclasses.replace(
         spec,
         class_names=tuple(info["class_names"]),

@@ -184,12 +184,15 @@ def save_params(state: nnx.State | Mapping, directory: str | pathlib.Path, *, co
         (directory / "model_config.json").write_text(config.to_json(indent=2))
 
 
-def load_params(model: nnx.Module, directory: str | pathlib.Path) -> nnx.Module:
-    """Restores params saved by `save_params` into `model` (in place; also returned)."""
+def load_params(
+    model: nnx.Module, directory: str | pathlib.Path, kind: type = nnx.Param
+) -> nnx.Module:
+    """Restores the `kind` variables saved under `directory/params` into `model` (in place;
+    also returned): params by `save_params`, or LoRA adapters with `kind=nnx.LoRAParam`."""
     directory = pathlib.Path(directory).absolute()
     if not (directory / "params").is_dir():
         raise FileNotFoundError(f"{directory}: no 'params' checkpoint directory")
-    state = nnx.state(model, nnx.Param)
+    state = nnx.state(model, kind)
     # Restore onto this process's devices as the model's arrays are laid out, whatever the
     # sharding of the run that saved them (e.g. 8-way FSDP pretraining, 1-device adaptation).
     target = jax.tree.map(
