@@ -157,6 +157,12 @@ def test_params_export_round_trip_and_command(torch_reference, tmp_path, monkeyp
     expected = torch_convert.convert_state_dict(state_dict, config)
     assert _same_state(nnx.state(model, nnx.Param), expected)
 
+    from busgen_jax import generator
+
+    model, spec = generator.load_generator(tmp_path / "export")  # a complete generator
+    assert spec.class_names == ("benign", "malignant") and spec.prediction == "eps"
+    assert _same_state(nnx.state(model, nnx.Param), expected)
+
     torch_convert.save_params(expected, tmp_path / "again")
     again = torch_convert.load_params(_abstract(config), tmp_path / "again")
     assert _same_state(nnx.state(again, nnx.Param), expected)

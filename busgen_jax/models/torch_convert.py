@@ -224,8 +224,29 @@ def main(argv: list[str] | None = None) -> None:
     config = model_config(args.preset)
     state = convert_state_dict(load_torch_checkpoint(args.checkpoint, args.key), config)
     save_params(state, args.out, config=config)
+    write_published_spec(config, args.out)
     count = sum(np.size(x) for x in jax.tree.leaves(state))
-    print(f"wrote {count:,} parameters of preset {args.preset} to {args.out}")
+    print(f"wrote a generator of {count:,} parameters (preset {args.preset}) to {args.out}")
+
+
+def write_published_spec(config: ml_collections.ConfigDict, directory: str | pathlib.Path) -> None:
+    """The sampling spec of the published model (its linear schedule, epsilon prediction and
+    vocabularies), so converted weights are a complete generator for `busgen synthesize`."""
+    from busgen_jax import generator  # generator imports this module
+
+    spec = generator.GeneratorSpec(
+        schedule={"schedule": "linear", "num_timesteps": config.num_timesteps,
+                  "beta_start": 1e-4, "beta_end": 0.028},
+        prediction="eps",
+        class_names=tuple(config.class_names),
+        # Layouts other than the published presets carry no device vocabulary: number them.
+        device_names=tuple(
+            config.get("device_names") or (f"device-{i}" for i in range(1, config.num_devices + 1))
+        ),
+        image_size=config.image_size,
+        source="published BUSGen weights",
+    )  # fmt: skip
+    (pathlib.Path(directory) / generator.SPEC_FILE).write_text(spec.to_json())
 
 
 if __name__ == "__main__":
