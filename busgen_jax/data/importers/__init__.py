@@ -1,7 +1,7 @@
 """Importers that turn public breast-ultrasound datasets into schema records and shards.
 
-    python -m busgen_jax.data.importers --layout=busi --source=/data/Dataset_BUSI_with_GT \
-        --out=/data/shards/busi --salt="$BUSGEN_SALT"
+    BUSGEN_SALT=<secret> busgen import --config=configs/import_data.py:busi --workdir=DIR \
+        --config.source=/data/Dataset_BUSI_with_GT
 
 Layouts: "busi", "busbra", "udiat" and "table" (a generic CSV, which also takes DICOM files).
 Every importer reads and checks the whole source before anything is written, pseudonymises case

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Sequence
-from typing import Any
 
 from busgen_jax.data.importers.common import (
     DatasetImportError,
@@ -33,7 +31,7 @@ from busgen_jax.data.importers.common import (
     parse_scalar,
     read_csv_rows,
 )
-from busgen_jax.data.importers.records import DEFAULT_SPLIT_FRACTIONS, build_records
+from busgen_jax.data.importers.records import reader
 
 BUSBRA_CSV = "bus_data.csv"
 BUSBRA_PATHOLOGIES = ("benign", "malignant")
@@ -84,20 +82,4 @@ def scan_busbra(source: str | os.PathLike, device: str | None = None) -> list[Ra
     return [_row_case(root, line, row, device) for line, row in rows]
 
 
-def read_busbra(
-    source: str | os.PathLike,
-    *,
-    salt: str,
-    seed: int = 0,
-    split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
-    device: str | None = None,
-) -> list[dict[str, Any]]:
-    """Schema records of a BUS-BRA folder (see the module docstring); patients are `Case`s."""
-    return build_records(
-        scan_busbra(source, device),
-        source=str(source),
-        namespace="busbra",
-        salt=salt,
-        seed=seed,
-        split_fractions=split_fractions,
-    )
+read_busbra = reader(scan_busbra, "busbra")

@@ -19,11 +19,9 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-from collections.abc import Sequence
-from typing import Any
 
 from busgen_jax.data.importers.common import DatasetImportError, RawCase, load_image, load_mask
-from busgen_jax.data.importers.records import DEFAULT_SPLIT_FRACTIONS, build_records
+from busgen_jax.data.importers.records import reader
 
 BUSI_CLASSES = ("benign", "malignant", "normal")
 BUSI_DEVICE = "GE-LOGIQ-E9"
@@ -63,7 +61,11 @@ def _class_folder_files(
 
 
 def scan_busi(source: str | os.PathLike, device: str | None = None) -> list[RawCase]:
-    """Reads and checks every BUSI image and mask, without pseudonymising."""
+    """Reads and checks every BUSI image and mask, without pseudonymising.
+
+    `source` is `Dataset_BUSI_with_GT/` or its parent; `device` defaults to BUSI_DEVICE. BUSI has
+    no patient ids, so each image is its own patient.
+    """
     root = busi_root(source)
     cases = []
     for folder in sorted(root.iterdir()):
@@ -93,28 +95,4 @@ def scan_busi(source: str | os.PathLike, device: str | None = None) -> list[RawC
     return cases
 
 
-def read_busi(
-    source: str | os.PathLike,
-    *,
-    salt: str,
-    seed: int = 0,
-    split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
-    device: str | None = None,
-) -> list[dict[str, Any]]:
-    """Schema records of a BUSI tree (see the module docstring for the layout).
-
-    Args:
-      source: `Dataset_BUSI_with_GT/` or its parent.
-      salt: secret key of the case/patient pseudonyms.
-      seed: split seed.
-      split_fractions: (train, val, test) fractions of patients (here: images).
-      device: device name for every record; default "GE-LOGIQ-E9".
-    """
-    return build_records(
-        scan_busi(source, device),
-        source=str(source),
-        namespace="busi",
-        salt=salt,
-        seed=seed,
-        split_fractions=split_fractions,
-    )
+read_busi = reader(scan_busi, "busi")

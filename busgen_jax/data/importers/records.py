@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from busgen_jax.data import schema
@@ -111,3 +112,35 @@ def build_records(
             )
         )
     return sorted(records, key=lambda record: record["case_id"])
+
+
+def reader(
+    scan: Callable[[str | os.PathLike, str | None], list[RawCase]], namespace: str
+) -> Callable[..., list[dict[str, Any]]]:
+    """A layout's `read_<layout>(source, *, salt, seed, split_fractions, device)`: its `scan`
+    (read and check every file) followed by `build_records` (pseudonyms, splits, schema)."""
+
+    def read(
+        source: str | os.PathLike,
+        *,
+        salt: str,
+        seed: int = 0,
+        split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+        device: str | None = None,
+    ) -> list[dict[str, Any]]:
+        return build_records(
+            scan(source, device),
+            source=str(source),
+            namespace=namespace,
+            salt=salt,
+            seed=seed,
+            split_fractions=split_fractions,
+        )
+
+    read.__name__ = f"read_{namespace}"
+    read.__doc__ = (
+        f"Schema records of a {namespace} source: `scan_{namespace}` then `build_records`.\n\n"
+        "salt keys the pseudonyms; seed and split_fractions fix the patient-level split; device "
+        "overrides the device name the source gives."
+    )
+    return read

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Sequence
 from typing import Any
 
 from busgen_jax.data.importers.common import (
@@ -35,7 +34,7 @@ from busgen_jax.data.importers.common import (
     read_csv_rows,
 )
 from busgen_jax.data.importers.dicom import is_dicom, read_dicom
-from busgen_jax.data.importers.records import DEFAULT_SPLIT_FRACTIONS, build_records
+from busgen_jax.data.importers.records import reader
 
 _KNOWN_COLUMNS = (
     "image_path",
@@ -110,24 +109,4 @@ def scan_table(source: str | os.PathLike, device: str | None = None) -> list[Raw
     ]
 
 
-def read_table(
-    source: str | os.PathLike,
-    *,
-    salt: str,
-    seed: int = 0,
-    split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
-    device: str | None = None,
-) -> list[dict[str, Any]]:
-    """Schema records of a CSV table (see the module docstring for its columns).
-
-    Splits come from the `split` column when it is filled for every row (checked to keep each
-    patient in one split); otherwise they are drawn per patient with `seed` and `split_fractions`.
-    """
-    return build_records(
-        scan_table(source, device),
-        source=str(source),
-        namespace="table",
-        salt=salt,
-        seed=seed,
-        split_fractions=split_fractions,
-    )
+read_table = reader(scan_table, "table")

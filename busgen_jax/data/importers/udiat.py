@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import pathlib
 from collections.abc import Sequence
-from typing import Any
 
 from busgen_jax.data.importers.common import (
     DatasetImportError,
@@ -29,7 +28,7 @@ from busgen_jax.data.importers.common import (
     parse_scalar,
     read_csv_rows,
 )
-from busgen_jax.data.importers.records import DEFAULT_SPLIT_FRACTIONS, build_records
+from busgen_jax.data.importers.records import reader
 
 UDIAT_DEVICE = "Siemens-ACUSON-Sequoia-C512"
 UDIAT_PATHOLOGIES = ("benign", "malignant")
@@ -102,20 +101,4 @@ def scan_udiat(source: str | os.PathLike, device: str | None = None) -> list[Raw
     return cases
 
 
-def read_udiat(
-    source: str | os.PathLike,
-    *,
-    salt: str,
-    seed: int = 0,
-    split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
-    device: str | None = None,
-) -> list[dict[str, Any]]:
-    """Schema records of a UDIAT dataset B folder (see the module docstring)."""
-    return build_records(
-        scan_udiat(source, device),
-        source=str(source),
-        namespace="udiat",
-        salt=salt,
-        seed=seed,
-        split_fractions=split_fractions,
-    )
+read_udiat = reader(scan_udiat, "udiat")
