@@ -185,7 +185,14 @@ def export_generator(state: train_state.TrainState, config, directory: pathlib.P
     if jax.process_index() == 0 and directory.exists():
         shutil.rmtree(directory)
     multihost_utils.sync_global_devices("export_generator")
-    spec = generator.GeneratorSpec(
+    generator.export_generator(
+        directory, state.model(state.ema_params), config.model, generator_spec(config)
+    )
+
+
+def generator_spec(config: ml_collections.ConfigDict) -> generator.GeneratorSpec:
+    """What sampling a model trained with this pretraining config needs besides its weights."""
+    return generator.GeneratorSpec(
         schedule={
             k: config.diffusion[k] for k in ("schedule", "num_timesteps", "beta_start", "beta_end")
         },
@@ -194,7 +201,6 @@ def export_generator(state: train_state.TrainState, config, directory: pathlib.P
         device_names=tuple(config.data.device_names),
         image_size=config.data.image_size,
     )
-    generator.export_generator(directory, state.model(state.ema_params), config.model, spec)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
