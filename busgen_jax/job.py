@@ -11,6 +11,7 @@ import importlib.util
 import logging as std_logging
 import os
 import pathlib
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -62,6 +63,32 @@ def _resolve_config_argument(argv: Sequence[str]) -> list[str]:
     return resolved
 
 
+_URL = re.compile(r"[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+def _strings(value: Any, field: str):
+    if isinstance(value, str):
+        yield field, value
+    elif isinstance(value, ml_collections.ConfigDict | dict):
+        for key, item in value.items():
+            yield from _strings(item, f"{field}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _strings(item, f"{field}[{index}]")
+
+
+def check_local_paths(config: ml_collections.ConfigDict, workdir: str) -> None:
+    """Refuses URLs such as gs://bucket/x, which would otherwise become a local directory
+    named 'gs:' (pathlib) whose checkpoints vanish with the machine."""
+    for field, value in [("--workdir", workdir), *_strings(config, "config")]:
+        if _URL.match(value):
+            raise JobError(
+                f"{field}={value!r}: jobs read and write local paths (ArrayRecord cannot open "
+                "URLs); mount the bucket, e.g. with gcsfuse at /gcs/BUCKET as the launchers "
+                "in launch/ do, and pass the mounted path"
+            )
+
+
 def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config: str, doc: str):
     """Builds the `main(argv)` of a job whose work is `run(config, workdir)`."""
 
@@ -98,6 +125,7 @@ def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config
                 raise JobError(f"config file {config_path} does not exist")
             config = config_flag.value
             config.keys()  # a config that failed to load raises here, not deep inside the job
+            check_local_paths(config, workdir_flag.value)
         except (flags.Error, JobError, ValueError, OSError, KeyError, AttributeError) as e:
             _fail(e)
         _log_to_stderr()

@@ -6,7 +6,8 @@
 
 Steps, each one `gcloud` command (printed one per line by `--dry-run`, run in order otherwise):
 create the slice (`--create`); ship the committed source tree (`git archive`, `scp --worker=all`)
-and `pip install` it with `jax[tpu]` on every worker, or pull `--image` there; start the same
+and `pip install` it with `jax[tpu]` on every worker, or pull `--image` there; mount every bucket
+that a gs:// workdir or override names at /gcs/BUCKET (Cloud Storage FUSE); start the same
 command on every worker with `ssh --worker=all`, each worker teeing its output to
 `~/busgen_logs/<run>.log`; copy each worker's log back to `--log-dir/worker-<i>.log`; delete the
 slice (`--delete`). Job config overrides follow a `--`.
@@ -54,9 +55,16 @@ REMOTE_SOURCE = "busgen_jax"
 REMOTE_ARCHIVE = "busgen_jax-src.tar.gz"
 REMOTE_LOGS = "busgen_logs"
 PIP_INSTALL = ["python3", "-m", "pip", "install", "--quiet", "-e"]
+# Buckets are mounted here with Cloud Storage FUSE, where Vertex AI mounts them too: the jobs
+# read and write local paths (ArrayRecord cannot open gs:// URLs), so gs://BUCKET/x in a
+# workdir or override reaches the job as /gcs/BUCKET/x.
+GCS_MOUNT_ROOT = "/gcs"
+_GCS_URL = re.compile(r"gs://([A-Za-z0-9][\w.-]*)")
 # --privileged exposes the TPU devices (/dev/accel*, /dev/vfio); --net=host lets the JAX
-# coordinator on worker 0 and the metadata server be reached as from the VM itself.
-DOCKER_RUN = ["sudo", "docker", "run", "--rm", "--privileged", "--net=host"]
+# coordinator on worker 0 and the metadata server be reached as from the VM itself; the bucket
+# mounts are passed through at the same paths.
+DOCKER_RUN = ["sudo", "docker", "run", "--rm", "--privileged", "--net=host",
+              "-v", f"{GCS_MOUNT_ROOT}:{GCS_MOUNT_ROOT}"]  # fmt: skip
 
 
 class LaunchError(ValueError):
@@ -145,14 +153,29 @@ def resolve_job(job: str) -> str:
     return modules[job]
 
 
+def on_gcs(path: str) -> bool:
+    return path.startswith(("gs://", f"{GCS_MOUNT_ROOT}/"))
+
+
+def gcs_buckets(texts: Sequence[str]) -> list[str]:
+    """The buckets that gs:// URLs in `texts` name."""
+    return sorted({bucket for text in texts for bucket in _GCS_URL.findall(text)})
+
+
+def mounted(text: str) -> str:
+    """gs://BUCKET/x -> /gcs/BUCKET/x, everywhere in `text`."""
+    return _GCS_URL.sub(lambda m: f"{GCS_MOUNT_ROOT}/{m.group(1)}", text)
+
+
 def job_argv(
     job: str, workdir: str, config: str | None, overrides: Sequence[str], hosts: int
 ) -> list[str]:
-    """The command every worker runs: `python3 -m busgen_jax.<job> --config --workdir ...`."""
+    """The command every worker runs: `python3 -m busgen_jax.<job> --config --workdir ...`,
+    with gs:// URLs turned into their mount paths."""
     module = resolve_job(job)
     if not workdir:
         raise LaunchError("--workdir is required (a gs:// path shared by all hosts)")
-    if hosts > 1 and not workdir.startswith("gs://"):
+    if hosts > 1 and not on_gcs(workdir):
         raise LaunchError(
             f"--workdir '{workdir}' must be a gs:// path: all {hosts} hosts write checkpoints there"
         )
@@ -160,7 +183,35 @@ def job_argv(
         if not re.fullmatch(r"--config\.[\w.]+=.*", override, flags=re.DOTALL):
             raise LaunchError(f"override '{override}' is not of the form --config.<field>=<value>")
     config_args = [f"--config={config}"] if config else []
-    return ["python3", "-m", module, *config_args, f"--workdir={workdir}", *overrides]
+    args = [*config_args, f"--workdir={workdir}", *overrides]
+    return ["python3", "-m", module, *map(mounted, args)]
+
+
+def mount_script(buckets: Sequence[str]) -> str:
+    """The shell line that mounts each bucket at /gcs/BUCKET on a worker (installing gcsfuse
+    when the image lacks it); a bucket already mounted is left alone.
+
+    No metadata cache, so every host sees the files the others write at once (orbax commits,
+    synthesis shards and manifest); --rename-dir-limit lets orbax commit a checkpoint by renaming
+    its temporary directory; allow_other lets a container's root user use the mount.
+    """
+    install = (
+        'command -v gcsfuse >/dev/null || { echo "deb https://packages.cloud.google.com/apt '
+        'gcsfuse-$(lsb_release -cs) main" | sudo tee /etc/apt/sources.list.d/gcsfuse.list '
+        ">/dev/null && curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo "
+        "tee /etc/apt/trusted.gpg.d/gcsfuse.asc >/dev/null && sudo apt-get update -qq && "
+        "sudo apt-get install -y -qq gcsfuse; }"
+    )
+    gcsfuse = ["sudo", "gcsfuse", "--implicit-dirs", "--rename-dir-limit=1000000",
+               "--metadata-cache-ttl-secs=0", "-o", "allow_other"]  # fmt: skip
+    owner = '--uid="$(id -u)" --gid="$(id -g)"'  # the ssh user owns the files, not root
+    mounts = []
+    for bucket in buckets:
+        path = f"{GCS_MOUNT_ROOT}/{bucket}"
+        command = f"{shlex.join(gcsfuse)} {owner} {shlex.join([bucket, path])}"
+        quoted = shlex.quote(path)
+        mounts.append(f"sudo mkdir -p {quoted} && (mountpoint -q {quoted} || {command})")
+    return " && ".join([install, *mounts])
 
 
 def worker_env(hosts: int) -> dict[str, str]:
@@ -236,7 +287,7 @@ def make_plan(args: argparse.Namespace, overrides: Sequence[str]) -> Plan:
     tpu = parse_accelerator(args.accelerator_type, args.topology)
     check_hosts(tpu, args.hosts)
     argv = job_argv(args.job, args.workdir, args.config, overrides, tpu.hosts)
-    if args.image and not args.workdir.startswith("gs://"):
+    if args.image and not on_gcs(args.workdir):
         raise LaunchError(
             f"--workdir '{args.workdir}' must be a gs:// path with --image: "
             "the container's disk is discarded when the job ends"
@@ -264,6 +315,10 @@ def make_plan(args: argparse.Namespace, overrides: Sequence[str]) -> Plan:
             setup.append(_gcloud(args, "scp", archive, remote, extra=["--worker=all"]))
         install = f"--command={install_script(args.image)}"
         setup.append(_gcloud(args, "ssh", args.name, extra=["--worker=all", install]))
+    buckets = gcs_buckets([args.workdir, *overrides])
+    if buckets:  # every launch: mounts do not survive a restart of the VMs
+        mount = f"--command={mount_script(buckets)}"
+        setup.append(_gcloud(args, "ssh", args.name, extra=["--worker=all", mount]))
     script = worker_script(argv, worker_env(tpu.hosts), run_name, args.image)
     run = [_gcloud(args, "ssh", args.name, extra=["--worker=all", f"--command={script}"])]
     remote_log = f"{args.name}:{REMOTE_LOGS}/{run_name}.log"

@@ -48,6 +48,19 @@ def test_every_job_explains_its_flags(job):
         ),
         (("phantom", "--config=configs/phantom.py:tiny"), "--workdir is required"),
         (
+            ("pretrain", "--config=configs/pretrain.py:tiny", "--workdir=gs://bucket/runs/a"),
+            "--workdir='gs://bucket/runs/a': jobs read and write local paths",
+        ),
+        (
+            (
+                "pretrain",
+                "--config=configs/pretrain.py:tiny",
+                "--workdir=/tmp/x",
+                "--config.data.paths=('/data/a', 'gs://bucket/data/b')",
+            ),
+            "config.data.paths[1]='gs://bucket/data/b'",
+        ),
+        (
             (
                 "synthesize",
                 "--config=configs/synthesize.py:tiny",

@@ -113,22 +113,27 @@ def test_tpu_vm_multihost_source_launch(capsys, tmp_path):
         zone,
         "--worker=all",
     ]
-    install, run = commands[3], commands[4]
-    for ssh in (install, run):
+    install, mount, run = commands[3], commands[4], commands[5]
+    for ssh in (install, mount, run):
         assert ssh[:7] == [*GCLOUD_TPU, "ssh", "busgen-v5e", zone]
         assert ssh[7] == "--worker=all"
     assert "pip install --quiet -e ./busgen_jax 'jax[tpu]'" in _remote_command(install)
+    # Both buckets (the workdir's and the one in an override) are mounted where the job looks.
+    mount_line = _remote_command(mount)
+    for bucket in ("b", "bkt"):
+        assert "gcsfuse --implicit-dirs" in mount_line and f" {bucket} /gcs/{bucket})" in mount_line
     script = _remote_command(run)
     assert _python_argv(script) == [
         "python3",
         "-m",
         "busgen_jax.pretrain",
         "--config=configs/pretrain.py:base",
-        "--workdir=gs://bkt/busgen/runs/pretrain/base run",
-        *TRICKY,
+        "--workdir=/gcs/bkt/busgen/runs/pretrain/base run",
+        TRICKY[0],
+        "--config.data.paths=['/gcs/b/d a', '$HOME;|&']",
     ]
     assert "BUSGEN_DISTRIBUTED=1" in shlex.split(script)
-    fetch = commands[5:9]
+    fetch = commands[6:10]
     assert fetch == [
         [
             *GCLOUD_TPU,
@@ -140,8 +145,8 @@ def test_tpu_vm_multihost_source_launch(capsys, tmp_path):
         ]
         for i in range(4)
     ]
-    assert commands[9] == [*GCLOUD_TPU, "delete", "busgen-v5e", zone, "--quiet"]
-    assert len(commands) == 10
+    assert commands[10] == [*GCLOUD_TPU, "delete", "busgen-v5e", zone, "--quiet"]
+    assert len(commands) == 11
 
 
 def test_tpu_vm_single_host_image_launch(capsys):
@@ -160,7 +165,8 @@ def test_tpu_vm_single_host_image_launch(capsys):
         ],
     )
     flags = ["--zone=us-central2-b", "--project=my-proj"]
-    install, run, fetch = commands
+    install, mount, run, fetch = commands
+    assert "/gcs/b" in _remote_command(mount)
     assert install[:9] == [*GCLOUD_TPU, "ssh", "b1", *flags, "--worker=all"]
     assert _remote_command(install) == (
         f"sudo gcloud auth configure-docker us-docker.pkg.dev --quiet && sudo docker pull {image}"
@@ -172,6 +178,8 @@ def test_tpu_vm_single_host_image_launch(capsys):
         "--rm",
         "--privileged",
         "--net=host",
+        "-v",
+        "/gcs:/gcs",
         "--env",
         "PYTHONUNBUFFERED=1",
     ]  # single host: no BUSGEN_DISTRIBUTED
@@ -179,7 +187,7 @@ def test_tpu_vm_single_host_image_launch(capsys):
         "python3",
         "-m",
         "busgen_jax.classify",
-        "--workdir=gs://b/runs/classify/c1",
+        "--workdir=/gcs/b/runs/classify/c1",
     ]
     assert fetch[4:6] == ["scp", "b1:busgen_logs/clf-1.log"] and fetch[-1] == "--worker=0"
 
@@ -210,6 +218,37 @@ def test_worker_script_runs_in_bash_with_argv_intact(tmp_path):
     assert (cwd, distributed) == (str(tmp_path / "busgen_jax"), "1")
     assert ["python3", *args] == argv
     assert (tmp_path / "busgen_logs" / "syn.log").read_text() == result.stdout
+
+
+def test_mount_script_mounts_each_bucket_once(tmp_path, monkeypatch):
+    """The mount line, run by bash with stand-ins for sudo, gcsfuse and mountpoint, mounts every
+    bucket at its /gcs path and leaves an already mounted one alone."""
+    monkeypatch.setattr(tpu_vm, "GCS_MOUNT_ROOT", str(tmp_path / "gcs"))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "gcsfuse_calls"
+    stand_ins = {
+        "sudo": '#!/bin/sh\nexec "$@"\n',
+        "gcsfuse": f'#!/bin/sh\necho "$@" >> {calls}\n',
+        # "already" counts as mounted.
+        "mountpoint": '#!/bin/sh\ncase "$2" in */already) exit 0;; *) exit 1;; esac\n',
+    }
+    for name, text in stand_ins.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    script = tpu_vm.mount_script(["already", "data-bkt", "runs.bkt"])
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    uid_gid = f"--uid={os.getuid()} --gid={os.getgid()}"
+    options = (
+        "--implicit-dirs --rename-dir-limit=1000000 --metadata-cache-ttl-secs=0 -o allow_other"
+    )
+    assert calls.read_text().splitlines() == [
+        f"{options} {uid_gid} {bucket} {tmp_path}/gcs/{bucket}"
+        for bucket in ("data-bkt", "runs.bkt")
+    ]
+    assert all((tmp_path / "gcs" / b).is_dir() for b in ("already", "data-bkt", "runs.bkt"))
 
 
 @pytest.mark.parametrize(
@@ -273,8 +312,8 @@ def test_xm_dry_run_tpu_vm_backend():
         "-m",
         "busgen_jax.adapt",
         "--config=configs/adapt.py:few_shot",
-        "--workdir=gs://b/busgen/runs/adapt/a1",
-        *TRICKY,
+        "--workdir=/gcs/b/busgen/runs/adapt/a1",
+        *map(tpu_vm.mounted, TRICKY),
     ]
     workers = _field(result.stdout, "worker 0") + [
         _field(result.stdout, f"worker {i}")[0] for i in range(1, 4)
@@ -312,7 +351,7 @@ def test_xm_dry_run_vertex_backend():
         "python3",
         "-m",
         "busgen_jax.classify",
-        "--workdir=gs://b/busgen/runs/classify/c1",
+        "--workdir=/gcs/b/busgen/runs/classify/c1",  # where Vertex AI mounts the bucket
     ]
 
 
