@@ -154,6 +154,22 @@ def make_sample_fn(spec: GeneratorSpec, **sampler_kw: Any):
     return sample_fn
 
 
+def make_traced_steps_sample_fn(model: nnx.Module, spec: GeneratorSpec, **sampler_kw: Any):
+    """(fn, state): a jitted `fn(state, rng, class_ids, device_ids, box_mask, steps) -> images`
+    for `model`'s weights `state`, with the step count traced, so one compilation serves every
+    step count (benchmarks sweep it). `fn.lower(...)` separates compilation from sampling."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def sample_fn(state, rng, class_ids, device_ids, box_mask, steps):
+        model = nnx.merge(graphdef, state)
+        return sample_images(
+            model, spec, rng, class_ids, device_ids, box_mask, steps=steps, **sampler_kw
+        )
+
+    return sample_fn, state
+
+
 def ids_for(
     names: list[str] | tuple[str, ...], vocabulary: tuple[str, ...], what: str
 ) -> np.ndarray:
