@@ -12,7 +12,8 @@ whose XLA buffer plan (`memory_analysis`) exceeds `--memory_limit_gib` is compil
 executed, and the PyTorch worker runs under an address-space limit of that size, so an
 allocation it cannot make fails inside PyTorch. FLOPs per image come from XLA's cost analysis of
 the plain-attention step: the chunked one loops over key chunks, and cost analysis counts a loop
-body once.
+body once. On an accelerator, `--peak_tflops` (the chip's dense peak at the compute dtype)
+adds model FLOP utilization: XLA's FLOPs per image times images/s over that peak.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import re
 import resource
 import subprocess
 import sys
@@ -116,7 +118,10 @@ def torch_worker(batch_size: int, steps: int, warmup: int, limit_gib: float) -> 
     try:
         seconds = _timed(step, steps, warmup)
     except RuntimeError as e:  # an allocation over the limit
-        return {"error": str(e).splitlines()[0][:120]}
+        request = re.search(r"allocate (\d+) bytes", str(e))
+        if not request:
+            raise
+        return {"failed_allocation_gib": int(request.group(1)) / 2**30}
     return {"step_s": seconds, "images_per_s": batch_size / seconds}
 
 
@@ -133,12 +138,17 @@ def run_setting(kind: str, batch_size: int, args, attention: str = "chunked") ->
     return out
 
 
-def _rate(out: dict) -> str:
+def _rate(out: dict, limit_gib: float) -> str:
     if "images_per_s" in out:
         return f"{out['images_per_s']:.4g}"
-    if "xla_buffers_gib" in out:
-        return f"not run: XLA plans {out['xla_buffers_gib']:.1f} GiB"
-    return f"fails: {out['error']}"
+    if "failed_allocation_gib" in out:
+        return f"fails: allocating {out['failed_allocation_gib']:.1f} GiB more breaks {limit_gib:g} GiB"
+    return f"not run: XLA plans {out['xla_buffers_gib']:.1f} GiB > {limit_gib:g}"
+
+
+def _rss(out: dict) -> str | float:
+    """Peak RSS of a setting that ran (a setting compiled but not run has none worth showing)."""
+    return out["peak_rss_gib"] if "images_per_s" in out or "failed_allocation_gib" in out else "-"
 
 
 def main() -> None:
@@ -149,6 +159,9 @@ def main() -> None:
     parser.add_argument("--attention", default="chunked")
     parser.add_argument("--memory_limit_gib", type=float, default=20.0)
     parser.add_argument("--torch", action="store_true", help="also time the PyTorch reference")
+    parser.add_argument(
+        "--peak_tflops", type=float, help="the device's peak TFLOP/s: adds model FLOP utilization"
+    )
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
@@ -168,17 +181,23 @@ def main() -> None:
     for batch_size in batch_sizes:
         chunked = run_setting("jax", batch_size, args, "chunked")
         plain = run_setting("jax", batch_size, args, "plain")
-        row = [batch_size, _rate(chunked), chunked["peak_rss_gib"], chunked["xla_buffers_gib"],
-               _rate(plain), plain["peak_rss_gib"], plain["xla_buffers_gib"],
+        limit = args.memory_limit_gib
+        row = [batch_size, _rate(chunked, limit), _rss(chunked), chunked["xla_buffers_gib"],
+               _rate(plain, limit), _rss(plain), plain["xla_buffers_gib"],
                plain["gflops_per_image"]]  # fmt: skip
+        if args.peak_tflops:
+            achieved = plain["gflops_per_image"] * chunked.get("images_per_s", float("nan"))
+            row.append(achieved / (args.peak_tflops * 1e3))
         if args.torch:
             torch_out = run_setting("torch", batch_size, args)
             ratio = (chunked["images_per_s"] / torch_out["images_per_s"]
                      if "images_per_s" in torch_out else "")  # fmt: skip
-            row += [_rate(torch_out), torch_out["peak_rss_gib"], ratio]
+            row += [_rate(torch_out, limit), _rss(torch_out), ratio]
         rows.append(row)
     header = ["batch", "JAX chunked img/s", "peak RSS GiB", "XLA buffers GiB",
               "JAX plain img/s", "peak RSS GiB", "XLA buffers GiB", "GFLOPs/img (XLA)"]  # fmt: skip
+    if args.peak_tflops:
+        header.append(f"MFU (chunked, peak {args.peak_tflops:g} TFLOP/s)")
     if args.torch:
         header += ["PyTorch img/s", "peak RSS GiB", "JAX chunked / PyTorch"]
     report(
