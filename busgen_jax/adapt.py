@@ -23,7 +23,6 @@ import dataclasses
 import os
 import pathlib
 import shutil
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,11 +30,10 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, parameter_overview, periodic_actions
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from busgen_jax import checkpoints, job, pretrain, train_state, visualize
+from busgen_jax import checkpoints, job, pretrain, train_loop, train_state, visualize
 from busgen_jax import generator as generator_lib
 from busgen_jax.data import pipeline, shards
 from busgen_jax.models import lora, torch_convert
@@ -202,38 +200,16 @@ def train(config, view, model: nnx.Module, workdir: pathlib.Path) -> dict[str, A
     shardings = partition.state_shardings(state, rules, mesh, min_size=config.partition.min_size)
     state = jax.device_put(state, shardings)
     data_iter = iter(pipeline.make_dataset(view.data, split="train", seed=config.train.seed))
-    manager = checkpoints.make_manager(workdir / "checkpoints",
-                                       max_to_keep=config.checkpoint.max_to_keep,
-                                       async_save=config.checkpoint.async_save)  # fmt: skip
+    manager = train_loop.make_manager(workdir, config)
     target = checkpoints.abstract_like(_trained(state), _trained(shardings))
     restored = checkpoints.restore_latest(manager, target, data_iter)
     if restored:
         state = state.replace(**restored[0])
-    step = int(state.step)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    parameter_overview.log_parameter_overview(nnx.to_pure_dict(state.params), include_stats=False)
-    report = periodic_actions.ReportProgress(num_train_steps=config.train.steps, writer=writer)
-    train_step = pretrain.make_train_step(view, mesh, shardings)
-    rng = jax.random.key(config.train.seed)
-    history, tick, start_step = [], time.perf_counter(), step
-    while step < config.train.steps:
-        batch = mesh_lib.host_batch_to_global(next(data_iter), mesh)
-        state, metrics = train_step(state, batch, rng)
-        step += 1
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        pretrain.check_finite(metrics, step, manager)
-        history.append((step, metrics))
-        report(step)
-        if step % config.log_every_steps == 0 or step == config.train.steps:
-            elapsed, tick = time.perf_counter() - tick, time.perf_counter()
-            metrics["images_per_sec"] = (step - start_step) * config.data.batch_size / elapsed
-            start_step = step
-            writer.write_scalars(step, metrics)
-        if step % config.checkpoint.every_steps == 0 or step == config.train.steps:
-            checkpoints.save(manager, step, _trained(state), data_iter)
-    manager.wait_until_finished()
-    manager.close()
-    writer.flush()
+    state, history = train_loop.run(
+        state, pretrain.make_train_step(view, mesh, shardings), data_iter, config=config,
+        mesh=mesh, manager=manager, writer=train_loop.make_writer(workdir),
+        rng=jax.random.key(config.train.seed), saved=_trained,
+    )  # fmt: skip
     return {"state": state, "history": history}
 
 

@@ -32,11 +32,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from clu import metric_writers, parameter_overview, periodic_actions
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from busgen_jax import checkpoints, job, predict, pretrain, train_state
+from busgen_jax import checkpoints, job, predict, pretrain, train_loop, train_state
 from busgen_jax.data import schema
 from busgen_jax.evaluation import statistics
 from busgen_jax.models import classifier, torch_convert
@@ -257,9 +256,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          f"the {mesh_lib.num_batch_shards(mesh)} batch shards of the mesh")  # fmt: skip
     init, abstract, shardings, train_step_fn = compiled(config, mesh)
     data_iter = iter(pipeline.make_dataset(config.data, split="train", seed=config.train.seed))
-    manager = checkpoints.make_manager(workdir / "checkpoints",
-                                       max_to_keep=config.checkpoint.max_to_keep,
-                                       async_save=config.checkpoint.async_save)  # fmt: skip
+    manager = train_loop.make_manager(workdir, config)
     restored = checkpoints.restore_latest(
         manager, checkpoints.abstract_like(abstract, shardings), data_iter
     )
@@ -271,28 +268,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             wrt = train_state.trainable_filter(config.train.trainable)
             state = with_unet_encoder(state, config.model.init_from_unet, wrt)
             state = jax.device_put(state, shardings)
-    step = int(state.step)
-
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    parameter_overview.log_parameter_overview(nnx.to_pure_dict(state.params), include_stats=False)
-    report = periodic_actions.ReportProgress(num_train_steps=config.train.steps, writer=writer)
-    rng = jax.random.key(config.train.seed, impl=PRNG_IMPL)
+    writer = train_loop.make_writer(workdir)
     num_negative = len(config.task.negative)
-    history = []
-    while step < config.train.steps:
-        batch = model_batch(next(data_iter), num_negative)
-        state, metrics = train_step_fn(state, mesh_lib.host_batch_to_global(batch, mesh), rng)
-        step += 1
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        pretrain.check_finite(metrics, step, manager)
-        history.append((step, metrics))
-        report(step)
-        if step % config.log_every_steps == 0 or step == config.train.steps:
-            writer.write_scalars(step, metrics)
-        if step % config.checkpoint.every_steps == 0 or step == config.train.steps:
-            checkpoints.save(manager, step, state, data_iter)
-    manager.wait_until_finished()
-    manager.close()
+    state, history = train_loop.run(
+        state, train_step_fn, data_iter, config=config, mesh=mesh, manager=manager,
+        writer=writer, rng=jax.random.key(config.train.seed, impl=PRNG_IMPL),
+        prepare=lambda batch: model_batch(batch, num_negative),
+    )  # fmt: skip
+    step = int(state.step)
     result = evaluate(state, config, workdir)
     writer.write_scalars(step, {f"{config.eval.split}_auc": result["auc"]})
     writer.flush()

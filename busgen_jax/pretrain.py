@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import pathlib
 import shutil
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,11 +21,10 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from clu import metric_writers, parameter_overview, periodic_actions
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from busgen_jax import checkpoints, generator, job, train_state, visualize
+from busgen_jax import checkpoints, generator, job, train_loop, train_state, visualize
 from busgen_jax.diffusion import guidance, losses, samplers, schedules
 from busgen_jax.models import unet
 from busgen_jax.parallel import mesh as mesh_lib
@@ -169,17 +167,6 @@ def save_sample_grid(images: np.ndarray, config, path: pathlib.Path) -> pathlib.
     )  # fmt: skip
 
 
-def check_finite(metrics: dict[str, float], step: int, manager: Any) -> None:
-    """Stops the run on a non-finite loss or gradient; the last good checkpoint stays."""
-    bad = {k: v for k, v in metrics.items() if k in ("loss", "grad_norm") and not np.isfinite(v)}
-    if bad:
-        manager.wait_until_finished()
-        raise FloatingPointError(
-            f"non-finite {bad} at step {step}; stopping without saving this state "
-            f"(last good checkpoint: step {manager.latest_step()})"
-        )
-
-
 def export_generator(state: train_state.TrainState, config, directory: pathlib.Path) -> None:
     """Writes the EMA model as an exported generator (params, model config, sampling spec)."""
     if jax.process_index() == 0 and directory.exists():
@@ -219,48 +206,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          f"the {mesh_lib.num_batch_shards(mesh)} batch shards of the mesh")  # fmt: skip
     init_fn, abstract, shardings = abstract_state_and_shardings(config, mesh)
     data_iter = iter(pipeline.make_dataset(config.data, split="train", seed=config.train.seed))
-    manager = checkpoints.make_manager(
-        workdir / "checkpoints",
-        max_to_keep=config.checkpoint.max_to_keep,
-        async_save=config.checkpoint.async_save,
-    )
+    manager = train_loop.make_manager(workdir, config)
     target = checkpoints.abstract_like(abstract, shardings)
     restored = checkpoints.restore_latest(manager, target, data_iter)
     state = restored[0] if restored else jax.jit(init_fn, out_shardings=shardings)()
-    step = int(state.step)
+    sample_fn = make_sample_fn(config, mesh)
+    writer = train_loop.make_writer(workdir)
 
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    parameter_overview.log_parameter_overview(nnx.to_pure_dict(state.params), include_stats=False)
-    report = periodic_actions.ReportProgress(num_train_steps=config.train.steps, writer=writer)
-    train_step, sample_fn = make_train_step(config, mesh, shardings), make_sample_fn(config, mesh)
-    rng = jax.random.key(config.train.seed)
-    history, images_seen, tick = [], 0, time.perf_counter()
-    while step < config.train.steps:
-        batch = mesh_lib.host_batch_to_global(next(data_iter), mesh)
-        state, metrics = train_step(state, batch, rng)
-        step += 1
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        check_finite(metrics, step, manager)
-        history.append((step, metrics))
-        report(step)
-        images_seen += config.data.batch_size
-        if step % config.log_every_steps == 0 or step == config.train.steps:
-            elapsed, tick = time.perf_counter() - tick, time.perf_counter()
-            metrics["images_per_sec"] = images_seen / elapsed
-            images_seen = 0
-            writer.write_scalars(step, metrics)
-        if step % config.checkpoint.every_steps == 0 or step == config.train.steps:
-            checkpoints.save(manager, step, state, data_iter)
-        if step % config.sample.every_steps == 0 or step == config.train.steps:
-            rng_sample = jax.random.key(config.sample.seed)
-            images = np.asarray(jax.device_get(sample_fn(state, rng_sample)))
-            writer.write_images(step, {"samples": visualize.tile_grid(
-                images, config.sample.per_class)[None, ..., None]})  # fmt: skip
-            if jax.process_index() == 0:
-                save_sample_grid(images, config, workdir / "samples" / f"step_{step:07d}.png")
-    manager.wait_until_finished()
-    manager.close()
-    writer.flush()
+    def sample_grid(step, state):
+        if step % config.sample.every_steps and step != config.train.steps:
+            return
+        images = np.asarray(jax.device_get(sample_fn(state, jax.random.key(config.sample.seed))))
+        writer.write_images(step, {"samples": visualize.tile_grid(
+            images, config.sample.per_class)[None, ..., None]})  # fmt: skip
+        if jax.process_index() == 0:
+            save_sample_grid(images, config, workdir / "samples" / f"step_{step:07d}.png")
+
+    state, history = train_loop.run(
+        state, make_train_step(config, mesh, shardings), data_iter, config=config,
+        mesh=mesh, manager=manager, writer=writer, rng=jax.random.key(config.train.seed),
+        after_step=sample_grid,
+    )  # fmt: skip
     export_generator(state, config, workdir / "export")
     return {"state": state, "history": history}
 

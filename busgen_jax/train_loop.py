@@ -1,0 +1,101 @@
+"""The step loop the training jobs share.
+
+Pretraining, adaptation and the classifier differ in their state and train step; what happens
+around each step is the same for all three and lives here: the progress line with steps/s and
+ETA (clu), scalars with images/s to TensorBoard and the console, a stop on a non-finite loss that
+keeps the last good checkpoint, and periodic checkpoints of the state with the grain iterator.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from clu import metric_writers, parameter_overview, periodic_actions
+from flax import nnx
+
+from busgen_jax import checkpoints
+from busgen_jax.parallel import mesh as mesh_lib
+
+
+def check_finite(metrics: dict[str, float], step: int, manager: Any) -> None:
+    """Stops the run on a non-finite loss or gradient; the last good checkpoint stays."""
+    bad = {k: v for k, v in metrics.items() if k in ("loss", "grad_norm") and not np.isfinite(v)}
+    if bad:
+        manager.wait_until_finished()
+        raise FloatingPointError(
+            f"non-finite {bad} at step {step}; stopping without saving this state "
+            f"(last good checkpoint: step {manager.latest_step()})"
+        )
+
+
+def make_writer(workdir) -> metric_writers.MetricWriter:
+    """TensorBoard and console scalars from the first process; the others only log."""
+    return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+
+
+def make_manager(workdir, config: ml_collections.ConfigDict):
+    """The job's checkpoint manager, from its `checkpoint` config section."""
+    return checkpoints.make_manager(
+        workdir / "checkpoints",
+        max_to_keep=config.checkpoint.max_to_keep,
+        async_save=config.checkpoint.async_save,
+    )
+
+
+def run(
+    state: Any,
+    train_step: Callable,
+    data_iter: Iterator,
+    *,
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    manager: Any,
+    writer: metric_writers.MetricWriter,
+    rng: jax.Array,
+    prepare: Callable[[dict], dict] = lambda batch: batch,
+    saved: Callable[[Any], Any] = lambda state: state,
+    after_step: Callable[[int, Any], None] | None = None,
+) -> tuple[Any, list[tuple[int, dict[str, float]]]]:
+    """Steps `state` from its own step to `config.train.steps`; closes the manager at the end
+    and flushes the writer.
+
+    Args:
+      train_step: train_step(state, global batch, rng) -> (state, metrics).
+      prepare: host batch -> the host batch the step takes (before it is sharded).
+      saved: state -> what a checkpoint holds (adapters save only the trained part).
+      after_step: called as after_step(step, state) after every step's bookkeeping.
+
+    Returns:
+      (the final state, [(step, metrics), ...] of this run; logged steps carry images_per_sec).
+    """
+    parameter_overview.log_parameter_overview(nnx.to_pure_dict(state.params), include_stats=False)
+    total = config.train.steps
+    report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
+    step = int(state.step)
+    history, tick, logged_step = [], time.perf_counter(), step
+    while step < total:
+        batch = mesh_lib.host_batch_to_global(prepare(next(data_iter)), mesh)
+        state, metrics = train_step(state, batch, rng)
+        step += 1
+        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        check_finite(metrics, step, manager)
+        history.append((step, metrics))
+        report(step)
+        if step % config.log_every_steps == 0 or step == total:
+            elapsed, tick = time.perf_counter() - tick, time.perf_counter()
+            metrics["images_per_sec"] = (step - logged_step) * config.data.batch_size / elapsed
+            logged_step = step
+            writer.write_scalars(step, metrics)
+        if step % config.checkpoint.every_steps == 0 or step == total:
+            checkpoints.save(manager, step, saved(state), data_iter)
+        if after_step is not None:
+            after_step(step, state)
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+    return state, history
