@@ -37,7 +37,6 @@ from busgen_jax import checkpoints, job, pretrain, train_loop, train_state, visu
 from busgen_jax import generator as generator_lib
 from busgen_jax.data import pipeline, shards
 from busgen_jax.models import lora, torch_convert
-from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.parallel import partition
 
 FEWSHOT = "fewshot_data"
@@ -193,7 +192,7 @@ def train(config, view, model: nnx.Module, workdir: pathlib.Path) -> dict[str, A
     The step, checkpoints, non-finite stop and progress reports are pretraining's; checkpoints
     hold only the trained part of the state, since the frozen base comes from the generator.
     """
-    mesh = mesh_lib.make_mesh(config.mesh)
+    mesh = train_loop.make_mesh(config)
     tx = train_state.make_optimizer(config.train)
     state = train_state.init_train_state(lambda: model, tx, train_state.trainable_filter("lora"))
     rules = [tuple(rule) for rule in config.partition.rules]
@@ -279,7 +278,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logging.info("adapting %s: %d adapter params vs %d in the base", lora.adapted_paths(model),
                  lora.count_params(model), info["full_params"])  # fmt: skip
     view = pretrain_view(config, model_config, spec, data_config)
-    result = train(config, view, model, workdir)
+    try:
+        result = train(config, view, model, workdir)
+    except (ValueError, checkpoints.CheckpointError, FloatingPointError) as e:
+        raise job.JobError(str(e)) from e
     info = export_adapter(result["state"], info, workdir / ADAPTER)
     logging.info("adapter %s: %d params, %d bytes (full model: %d params, %d bytes, %.2f%%)",
                  workdir / ADAPTER, info["adapter_params"], info["adapter_bytes"],

@@ -250,10 +250,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     config = resolve_config(config)
     validate_config(config)
     workdir = pathlib.Path(workdir)
-    mesh = mesh_lib.make_mesh(config.mesh)
-    if config.data.batch_size % mesh_lib.num_batch_shards(mesh):
-        raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by "
-                         f"the {mesh_lib.num_batch_shards(mesh)} batch shards of the mesh")  # fmt: skip
+    mesh = train_loop.make_mesh(config)
     init, abstract, shardings, train_step_fn = compiled(config, mesh)
     data_iter = iter(pipeline.make_dataset(config.data, split="train", seed=config.train.seed))
     manager = train_loop.make_manager(workdir, config)

@@ -200,10 +200,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     validate_config(config)
     workdir = pathlib.Path(workdir)
-    mesh = mesh_lib.make_mesh(config.mesh)
-    if config.data.batch_size % mesh_lib.num_batch_shards(mesh):
-        raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by "
-                         f"the {mesh_lib.num_batch_shards(mesh)} batch shards of the mesh")  # fmt: skip
+    mesh = train_loop.make_mesh(config)
     init_fn, abstract, shardings = abstract_state_and_shardings(config, mesh)
     data_iter = iter(pipeline.make_dataset(config.data, split="train", seed=config.train.seed))
     manager = train_loop.make_manager(workdir, config)

@@ -33,6 +33,16 @@ def check_finite(metrics: dict[str, float], step: int, manager: Any) -> None:
         )
 
 
+def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
+    """The job's mesh (`config.mesh`), over whose batch shards the global batch must divide."""
+    mesh = mesh_lib.make_mesh(config.mesh)
+    shards = mesh_lib.num_batch_shards(mesh)
+    if config.data.batch_size % shards:
+        raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by "
+                         f"the {shards} batch shards of the mesh")  # fmt: skip
+    return mesh
+
+
 def make_writer(workdir) -> metric_writers.MetricWriter:
     """TensorBoard and console scalars from the first process; the others only log."""
     return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
