@@ -43,6 +43,13 @@ def resolve_config_path(spec: str) -> str:
     return f"{path}:{preset}" if preset else path
 
 
+def check_preset(preset: str, presets: Sequence[str]) -> str:
+    """`preset` if it is one of `presets`; else a ValueError naming them (for `get_config`)."""
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r} (choose one of {', '.join(presets)})")
+    return preset
+
+
 def load_config(spec: str) -> ml_collections.ConfigDict:
     """Loads `path.py:preset` (as `--config` would) for use from Python, e.g. the demo."""
     path, _, preset = resolve_config_path(spec).partition(":")

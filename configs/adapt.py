@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from busgen_jax import job
 from busgen_jax.data import pipeline
 from busgen_jax.models import lora
 
@@ -22,9 +23,7 @@ PRESETS = ("default", "tiny")
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     """Returns the adaptation config for `preset` (default 'default')."""
-    preset = preset or "default"
-    if preset not in PRESETS:
-        raise ValueError(f"unknown adapt preset {preset!r}; expected one of {PRESETS}")
+    preset = job.check_preset(preset or "default", PRESETS)
     config = ml_collections.ConfigDict()
     config.generator = ""  # exported base generator directory (pretrain's `export/`)
     config.shots = 8  # k labelled training examples per class

@@ -10,10 +10,11 @@ exceed it, the data-copying test), the similarity histogram and the closest pair
 
 import ml_collections
 
+from busgen_jax import job
+
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    if preset != "default":
-        raise ValueError(f"unknown preset '{preset}' (choose default)")
+    job.check_preset(preset, ("default",))
     config = ml_collections.ConfigDict()
     config.synthetic_paths = ()
     config.synthetic_split = "train"

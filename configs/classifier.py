@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from busgen_jax import job
 from busgen_jax.data import pipeline
 
 SIZES = ("tiny", "default", "resnet18")
@@ -103,8 +104,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     size, _, task = (arg or "default").partition(",")
     if size == "predict":
         return _predict()
-    if size not in SIZES:
-        raise ValueError(f"unknown classifier preset {size!r}; expected one of {SIZES}")
+    job.check_preset(size, SIZES)
     if task and task not in TASKS:
         raise ValueError(f"unknown classifier task {task!r}; expected one of {tuple(TASKS)}")
     config = _base()

@@ -31,8 +31,7 @@ def _model(config: ml_collections.ConfigDict, size: int, channels: int) -> None:
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset '{preset}' (choose one of {', '.join(PRESETS)})")
+    job.check_preset(preset, PRESETS)
     tiny = preset == "tiny"
     config = ml_collections.ConfigDict()
     config.seed = 0

@@ -12,12 +12,13 @@
 
 import ml_collections
 
+from busgen_jax import job
+
 PRESETS = ("default", "phantom")
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    if preset not in PRESETS:
-        raise ValueError(f"unknown evaluate preset {preset!r}; expected one of {PRESETS}")
+    job.check_preset(preset, PRESETS)
     config = ml_collections.ConfigDict()
     # 'name=path' of each model's test predictions (`busgen predict` CSVs), in report order.
     config.predictions = ()

@@ -9,12 +9,13 @@ $BUSGEN_SALT when `salt` is empty and is never stored. Presets name the layout.
 
 import ml_collections
 
+from busgen_jax import job
+
 LAYOUTS = ("busi", "busbra", "udiat", "table")
 
 
 def get_config(layout: str = "busi") -> ml_collections.ConfigDict:
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown preset '{layout}' (choose one of {', '.join(LAYOUTS)})")
+    job.check_preset(layout, LAYOUTS)
     config = ml_collections.ConfigDict()
     config.layout = layout
     config.source = ""  # dataset folder, or the CSV file for 'table'

@@ -9,8 +9,11 @@ Presets: `tiny` (tests: 48 images, 32 px), `demo` (the demo's dataset), `default
 
 import ml_collections
 
+from busgen_jax import job
+
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
+    job.check_preset(preset, ("default", "demo", "tiny"))
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.num_images = 4000
@@ -28,6 +31,4 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     elif preset == "demo":
         config.num_images = 1200
         config.image_size = 64
-    elif preset != "default":
-        raise ValueError(f"unknown preset '{preset}' (choose tiny, demo or default)")
     return config

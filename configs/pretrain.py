@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from busgen_jax import job
 from busgen_jax.data import pipeline, schema
 from busgen_jax.models import presets
 
@@ -85,9 +86,7 @@ def _base(preset: str) -> ml_collections.ConfigDict:
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     """Returns the pretraining config for `preset` (default 'tiny')."""
-    preset = preset or "tiny"
-    if preset not in PRESETS:
-        raise ValueError(f"unknown pretrain preset {preset!r}; expected one of {PRESETS}")
+    preset = job.check_preset(preset or "tiny", PRESETS)
     config = _base(preset)
     if preset in ("tiny", "small"):
         config.data.class_names = list(schema.PATHOLOGIES)

@@ -9,10 +9,11 @@ READS.csv: `case_id, reader_id, birads[, modality]`; TRUTH.csv: `case_id, truth`
 
 import ml_collections
 
+from busgen_jax import job
+
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    if preset != "default":
-        raise ValueError(f"unknown preset '{preset}' (choose default)")
+    job.check_preset(preset, ("default",))
     config = ml_collections.ConfigDict()
     config.reads = ""
     config.truth = ""

@@ -20,9 +20,7 @@ PRESETS = ("tiny", "default")
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     """Returns the scaling config for `preset` (default 'default')."""
-    preset = preset or "default"
-    if preset not in PRESETS:
-        raise ValueError(f"unknown scaling preset {preset!r}; expected one of {PRESETS}")
+    preset = job.check_preset(preset or "default", PRESETS)
     config = ml_collections.ConfigDict()
     config.classifier = job.load_config(f"configs/classifier.py:{preset}")
     config.real_path = ""

@@ -10,8 +10,11 @@ Presets: `default` (DPM-Solver single-step order 3, 50 steps, w = 1.8: the publi
 
 import ml_collections
 
+from busgen_jax import job
+
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
+    job.check_preset(preset, ("default", "fast", "tiny"))
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.name = "synthetic"
@@ -62,6 +65,4 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
         config.sampler = "dpm_solver_pp_2m"
         config.steps = 20
         config.skip = "logsnr"
-    elif preset != "default":
-        raise ValueError(f"unknown preset '{preset}' (choose default, fast or tiny)")
     return config
