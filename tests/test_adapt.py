@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from generator_fixtures import phantom_dataset
 from jax.experimental.compilation_cache import compilation_cache
 from test_lora import _make_test_model
 
@@ -50,8 +51,7 @@ def _export_base(directory, seed=0):
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("adapt")
-    data = root / "data"
-    shards.write_dataset(phantom.phantom_records(96, 0, 32), data, name="phantom")
+    data = phantom_dataset(root / "data", num=96)
     return {"generator": str(_export_base(root / "generator")), "data": str(data)}
 
 
