@@ -1,6 +1,6 @@
 """Sampling throughput of the published toy generator, per sampler and step count.
 
-  python -m benchmarks.sampling_throughput --steps=2,6 --batch_size=1
+  python -m benchmarks.sampling_throughput --steps=1,3 --batch_size=1
 
 The U-Net is `configs/pretrain.py:busgen_toy` (the published toy architecture, 128 px) with
 random weights, which cost the same as trained ones. Classifier-free guidance at the published
@@ -70,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="busgen_toy")
     parser.add_argument("--samplers", default=",".join(samplers.SAMPLERS))
-    parser.add_argument("--steps", default="2,6", help="step counts timed (at least two)")
+    parser.add_argument("--steps", default="1,3", help="step counts timed (at least two)")
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--guidance", type=float, default=1.8)
     parser.add_argument("--attention", default="chunked")
