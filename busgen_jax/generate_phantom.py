@@ -27,6 +27,7 @@ def generate(config: ml_collections.ConfigDict, out_dir: str | pathlib.Path) -> 
         class_probs=config.class_probs,
         devices=tuple(config.devices) or None,
         split_fractions=tuple(config.split_fractions),
+        label_map=config.label_map,
     )
     manifest = shards.write_dataset(
         _with_progress(records, config.num_images),

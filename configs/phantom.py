@@ -2,9 +2,12 @@
 
     busgen phantom --config=configs/phantom.py:tiny --workdir=/tmp/phantom
     python -m busgen_jax.generate_phantom --config=configs/phantom.py:demo --workdir=workdir/demo
+    busgen phantom --config=configs/phantom.py:foundation --workdir=workdir/foundation
 
 Presets: `tiny` (tests: 48 images, 32 px), `demo` (the demo's dataset), `default` (4,000 images,
-128 px, the published toy resolution).
+128 px, the published toy resolution), `foundation` (the pretraining corpus of the phantom
+foundation model: 20,000 images, 64 px, every device, DCIS labelled malignant, another seed than
+the demo's so that no demo image is in it).
 """
 
 import ml_collections
@@ -13,7 +16,7 @@ from busgen_jax import job
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    job.check_preset(preset, ("default", "demo", "tiny"))
+    job.check_preset(preset, ("default", "demo", "foundation", "tiny"))
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.num_images = 4000
@@ -23,6 +26,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     # Devices to simulate; empty uses every phantom device.
     config.devices = ()
     config.split_fractions = (0.7, 0.15, 0.15)
+    # Pathology relabelling of the written records, e.g. {"dcis": "malignant"}; None keeps all.
+    config.label_map = ml_collections.config_dict.placeholder(dict)
     config.records_per_shard = 1024
     config.name = "phantom"
     if preset == "tiny":
@@ -31,4 +36,13 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     elif preset == "demo":
         config.num_images = 1200
         config.image_size = 64
+    elif preset == "foundation":
+        # A foundation corpus carries the coarse clinical label: DCIS is a cancer, and adapting
+        # to benign vs DCIS stays a few-shot task the pretrained model never saw as a label.
+        config.seed = 1000
+        config.num_images = 20000
+        config.image_size = 64
+        config.label_map = {"dcis": "malignant"}
+        config.split_fractions = (0.9, 0.05, 0.05)
+        config.name = "phantom_foundation"
     return config

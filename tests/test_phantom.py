@@ -13,7 +13,8 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from busgen_jax.data import phantom, phantom_lesions, schema
+from busgen_jax import job
+from busgen_jax.data import phantom, phantom_lesions, phantom_tissue, schema
 from busgen_jax.data.phantom_tissue import DEVICE_BY_NAME
 
 
@@ -281,3 +282,100 @@ def test_satellite_masses_give_a_second_box(monkeypatch):
     out = phantom.generate(16, seed=8, image_size=48, class_probs={"benign": 1.0})
     assert all(b["lesion_count"] == 2 for b in out["birads"])
     assert np.mean([len(boxes) >= 2 for boxes in out["boxes"]]) >= 0.75
+
+
+@pytest.fixture(scope="module")
+def early():
+    """Benign and DCIS lesions at 64 px, the early-diagnosis task."""
+    return phantom.generate(160, seed=12, image_size=64, class_probs={"benign": 0.5, "dcis": 0.5})
+
+
+def test_dcis_mostly_forms_masses_and_benign_lesions_are_mostly_solid(early):
+    by_class = collections.defaultdict(list)
+    for pathology, birads in zip(early["pathology"], early["birads"], strict=True):
+        by_class[pathology].append(birads)
+    dcis = collections.Counter(b["presentation"] for b in by_class["dcis"])
+    # Mass, non-mass area and ductal change all occur; masses are the most common.
+    assert set(dcis) == set(phantom_lesions.PRESENTATIONS)
+    assert dcis["mass"] > max(dcis["non-mass area"], dcis["ductal"])
+    cysts = np.mean([b["echo_pattern"] == "anechoic" for b in by_class["benign"]])
+    solid_oval = np.mean(
+        [
+            b["shape"] == "oval"
+            and b["margin"] == "circumscribed"
+            and b["echo_pattern"] != "anechoic"
+            for b in by_class["benign"]
+        ]
+    )
+    assert 0.1 < cysts < 0.45 and solid_oval > 0.15
+    for b in by_class["benign"] + by_class["dcis"]:
+        if b["presentation"] != "mass":
+            assert b["shape"] == "non-mass" and b["echo_pattern"] != "anechoic"
+
+
+def test_dcis_lesions_are_hypoechoic_and_calcifications_are_visible(early):
+    """Read off the pixels: a DCIS mass is darker than the ring of tissue around it, and
+    echogenic foci make the brightest pixels of a lesion brighter than in one without them."""
+    contrast, peak = [], collections.defaultdict(list)
+    for image, mask, pathology, birads in zip(
+        early["image"], early["mask"], early["pathology"], early["birads"], strict=True
+    ):
+        inside = mask > 0
+        ring = ndimage.binary_dilation(inside, iterations=3) & ~inside
+        x = image.astype(np.float32)
+        if pathology == "dcis" and birads["presentation"] == "mass" and inside.sum() > 20:
+            contrast.append(x[ring].mean() - x[inside].mean())
+        if inside.sum() > 20 and birads["echo_pattern"] == "hypoechoic":
+            peak[birads["calcifications"] != "none"].append(np.percentile(x[inside], 95))
+    assert np.median(contrast) > 10
+    assert np.median(peak[True]) > np.median(peak[False]) + 10
+
+
+def test_malignancy_score_ranks_dcis_above_benign_but_not_perfectly(early):
+    dcis = np.array([p == "dcis" for p in early["pathology"]])
+    auc = roc_auc_score(dcis, early["malignancy_score"])
+    assert 0.7 < auc < 0.97, auc
+
+
+@pytest.mark.parametrize("artifact", ["REVERBERATION_PROBABILITY", "REFRACTION_SHADOW_PROBABILITY"])
+def test_artifacts_change_only_what_they_should(monkeypatch, artifact):
+    """The same tissue with and without an artifact (the random draws do not depend on its
+    probability): reverberation brightens the near field, a refraction shadow darkens a
+    narrow column below the fat."""
+
+    def images(probability):
+        monkeypatch.setattr(phantom_tissue, artifact, probability)
+        out = phantom.generate(
+            16, seed=4, image_size=64, class_probs={"normal": 1.0}, devices=("Phantom-L12-5",)
+        )
+        return out["image"].astype(np.float32)
+
+    without, with_ = images(0.0), images(1.0)
+    diff = with_ - without
+    if artifact == "REVERBERATION_PROBABILITY":
+        # The display is referenced to the mean echo, so the deep field dims a little.
+        assert diff[:, :16].mean() > 5.0 and abs(diff[:, 40:].mean()) < 2.0
+    else:
+        columns = diff[:, 24:].mean(1)  # [images, cols], below the subcutaneous fat
+        assert np.median(columns.min(1)) < -10  # each image has a dark column
+        assert np.median(np.abs(np.median(columns, 1))) < 2  # most columns are untouched
+
+
+def test_foundation_preset_labels_dcis_malignant():
+    config = job.load_config("configs/phantom.py:foundation")
+    assert config.num_images >= 20000 and config.image_size == 64 and not config.devices
+    assert config.seed != job.load_config("configs/demo.py:default").seed
+    records = list(
+        phantom.phantom_records(
+            48, config.seed, 32, split_fractions=config.split_fractions, label_map=config.label_map
+        )
+    )
+    truth = phantom.generate(48, config.seed, 32)["pathology"]
+    assert "dcis" in truth
+    for record, pathology in zip(records, truth, strict=True):
+        expected = "malignant" if pathology == "dcis" else pathology
+        assert record["pathology"] == expected
+    assert {r["pathology"] for r in records} == {"normal", "benign", "malignant"}
+    assert all(len(r["boxes"]) > 0 for r in records if r["pathology"] != "normal")
+    with pytest.raises(ValueError, match="label_map"):
+        next(phantom.phantom_records(2, 0, 32, label_map={"dcis": "cancer"}))

@@ -290,6 +290,17 @@ def generate(
     return out
 
 
+def _label_map(label_map: Mapping[str, str] | None) -> dict[str, str]:
+    """Validated pathology relabelling: keys and values from schema.PATHOLOGIES."""
+    label_map = dict(label_map or {})
+    bad = {k: v for k, v in label_map.items() if {k, v} - set(schema.PATHOLOGIES)}
+    if bad:
+        raise ValueError(
+            f"label_map: {bad} is not a mapping between pathologies {schema.PATHOLOGIES}"
+        )
+    return label_map
+
+
 def patient_split(seed: int, patient_index: int, fractions: tuple[float, ...]) -> str:
     """Split of a patient: a fixed uniform draw per (seed, patient) against the fractions."""
     u = np.random.default_rng([seed, patient_index, 1]).random()
@@ -305,12 +316,16 @@ def phantom_records(
     class_probs: Mapping[str, float] | None = None,
     devices: tuple[str, ...] | None = None,
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    label_map: Mapping[str, str] | None = None,
 ) -> Iterator[dict]:
     """Yields `num` schema records (see `schema.make_record`) of the phantom dataset `seed`.
 
     Case and patient ids are pseudonymous (`phantom<seed>-c<index>`, `phantom<seed>-p<index>`);
     the split is drawn per patient, so both images of a patient land in the same split.
+    `label_map` relabels pathologies in the records ({"dcis": "malignant"} gives the coarse labels
+    a foundation corpus carries); images, descriptors and scores are those of the true pathology.
     """
+    relabel = _label_map(label_map)
     if len(split_fractions) != 3 or min(split_fractions) < 0 or sum(split_fractions) <= 0:
         raise ValueError(
             f"split_fractions: need three non-negative fractions (train, val, "
@@ -330,7 +345,7 @@ def phantom_records(
         for i, patient in enumerate(batch["patient_index"]):
             yield schema.make_record(
                 batch["image"][i],
-                pathology=batch["pathology"][i],
+                pathology=relabel.get(batch["pathology"][i], batch["pathology"][i]),
                 device=batch["device"][i],
                 case_id=f"phantom{seed}-c{start + i:07d}",
                 patient_id=f"phantom{seed}-p{int(patient):07d}",

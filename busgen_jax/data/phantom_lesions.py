@@ -39,26 +39,52 @@ DESCRIPTORS = {
 
 # P(descriptor value | pathology), rows in the order of schema.PATHOLOGIES; the normal row is never
 # used but keeps the draws vectorized. Frequencies loosely follow Stavros et al., Radiology 1995,
-# and Hong et al., AJR 2005 (descriptor frequencies among benign and malignant masses).
+# and Hong et al., AJR 2005 (benign and invasive masses); for DCIS, Yang & Tse, AJR 2004, Park et
+# al., AJR 2010 and Wang et al., Radiology 2013: most DCIS seen on ultrasound is a hypoechoic,
+# parallel mass (oval or irregular) with microlobulated or indistinct margins and no posterior
+# features; about a third is a non-mass hypoechoic area or ductal change; echogenic foci
+# (calcifications) in about half. Benign lesions are mostly fibroadenoma-like solid oval
+# circumscribed masses, then cysts (anechoic, enhancement), and some fibrocystic non-mass areas.
 _PROBS = {
     "shape": [
         [0.6, 0.2, 0.2, 0],
-        [0.62, 0.2, 0.18, 0],
+        [0.6, 0.18, 0.14, 0.08],
         [0.12, 0.1, 0.78, 0],
-        [0.15, 0.05, 0.2, 0.6],
+        [0.32, 0.06, 0.3, 0.32],
     ],
-    "orientation": [[0.85, 0.15]] * 2 + [[0.45, 0.55], [0.75, 0.25]],
-    "margin": [[0.6, 0.15, 0.07, 0.15, 0.03]] * 2
-    + [[0.1, 0.22, 0.25, 0.15, 0.28], [0.1, 0.45, 0.1, 0.3, 0.05]],
-    "echo_pattern": [[0.25, 0.03, 0.1, 0.45, 0.1, 0.07]] * 2
-    + [[0, 0.02, 0.1, 0.5, 0.08, 0.3], [0, 0.02, 0.1, 0.55, 0.08, 0.25]],
-    "posterior_features": [[0.35, 0.45, 0.1, 0.1]] * 2
-    + [[0.32, 0.1, 0.45, 0.13], [0.6, 0.15, 0.15, 0.1]],
-    "calcifications": [[0.92, 0.08, 0, 0]] * 2 + [[0.6, 0.32, 0.08, 0], [0.3, 0.5, 0.05, 0.15]],
+    "orientation": [[0.85, 0.15], [0.87, 0.13], [0.45, 0.55], [0.78, 0.22]],
+    "margin": [
+        [0.6, 0.15, 0.07, 0.15, 0.03],
+        [0.62, 0.16, 0.05, 0.14, 0.03],
+        [0.1, 0.22, 0.25, 0.15, 0.28],
+        [0.14, 0.34, 0.08, 0.38, 0.06],
+    ],
+    "echo_pattern": [
+        [0.25, 0.03, 0.1, 0.45, 0.1, 0.07],
+        [0.24, 0.03, 0.08, 0.43, 0.15, 0.07],
+        [0, 0.02, 0.1, 0.5, 0.08, 0.3],
+        [0, 0.02, 0.12, 0.6, 0.1, 0.16],
+    ],
+    "posterior_features": [
+        [0.35, 0.45, 0.1, 0.1],
+        [0.45, 0.38, 0.09, 0.08],
+        [0.32, 0.1, 0.45, 0.13],
+        [0.58, 0.22, 0.12, 0.08],
+    ],
+    "calcifications": [
+        [0.92, 0.08, 0, 0],
+        [0.9, 0.1, 0, 0],
+        [0.6, 0.32, 0.08, 0],
+        [0.5, 0.34, 0.04, 0.12],
+    ],
 }
+# How a non-mass lesion presents, per pathology: a geographic hypoechoic area or ductal change
+# (a dilated duct with intraductal echoes, or a chain of small ducts).
+PRESENTATIONS = ("mass", "non-mass area", "ductal")
+_DUCTAL_PROBABILITY = np.array([0.0, 0.2, 0.0, 0.4])
 # Median longest diameter (mm) and log-normal spread per pathology (Stavros 1995: benign masses
-# median ~1.2 cm, invasive cancers ~1.7 cm; DCIS masses smaller, non-mass extents longer).
-_SIZE_MEDIAN_MM = np.array([12.0, 12.0, 17.0, 10.0])
+# median ~1.2 cm, invasive cancers ~1.7 cm; DCIS masses ~1.2 cm, non-mass extents longer).
+_SIZE_MEDIAN_MM = np.array([12.0, 12.0, 17.0, 12.0])
 _SIZE_SPREAD = 0.42
 # Suspicion points of each descriptor value for the latent malignancy score (log-odds scale);
 # the signs follow the positive and negative predictive descriptors of Stavros 1995.
@@ -69,6 +95,7 @@ _POINTS = {
     "echo_pattern": [-1.8, -0.8, 0.4, 0.1, 0.0, 0.4],
     "posterior_features": [0.0, -0.4, 0.7, 0.3],
     "calcifications": [0.0, 0.7, 0.3, 0.9],
+    "presentation": [0.0, 0.0, 0.5],
 }
 _ANGLES = 360  # resolution of the tabulated margin r(theta)
 MAX_CALCIFICATIONS = 16
@@ -84,18 +111,22 @@ def _categorical(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
 def draw_descriptors(rng: np.random.Generator, pathology: np.ndarray) -> dict[str, np.ndarray]:
     """Draws descriptor indices [n] and `size_mm`, `halo` per sample of pathology index [n]."""
     desc = {key: _categorical(rng, np.asarray(_PROBS[key])[pathology]) for key in DESCRIPTORS}
+    non_mass = desc["shape"] == 3
+    # Fluid collects in round or oval cavities: a non-mass area is hypoechoic tissue, not a cyst.
+    desc["echo_pattern"] = np.where(non_mass & (desc["echo_pattern"] == 0), 3, desc["echo_pattern"])
     cyst = desc["echo_pattern"] == 0
     # A simple cyst is circumscribed with enhancement; non-mass lesions are parallel, indistinct.
     desc["margin"] = np.where(cyst, 0, desc["margin"])
     desc["posterior_features"] = np.where(cyst, 1, desc["posterior_features"])
-    non_mass = desc["shape"] == 3
     desc["orientation"] = np.where(non_mass, 0, desc["orientation"])
     desc["margin"] = np.where(non_mass, 1, desc["margin"])
+    ductal = non_mass & (rng.random(pathology.shape) < _DUCTAL_PROBABILITY[pathology])
+    desc["presentation"] = np.where(ductal, 2, np.where(non_mass, 1, 0))
+    calcified = desc["calcifications"] > 0
     desc["calcifications"] = np.where(
-        non_mass & (desc["calcifications"] > 0), 3, desc["calcifications"]
-    )
-    desc["calcifications"] = np.where(
-        ~non_mass & (desc["calcifications"] == 3), 1, desc["calcifications"]
+        ductal & calcified,
+        3,
+        np.where(~ductal & (desc["calcifications"] == 3), 1, desc["calcifications"]),
     )
     median = _SIZE_MEDIAN_MM[pathology] * np.where(non_mass, 1.8, 1.0)
     desc["size_mm"] = median * np.exp(_SIZE_SPREAD * rng.standard_normal(pathology.shape))
@@ -110,6 +141,7 @@ def draw_descriptors(rng: np.random.Generator, pathology: np.ndarray) -> dict[st
 def descriptor_dict(desc: dict[str, np.ndarray], i: int) -> dict:
     """The BI-RADS descriptors of sample `i` as plain strings and numbers."""
     out = {key: values[int(desc[key][i])] for key, values in DESCRIPTORS.items()}
+    out["presentation"] = PRESENTATIONS[int(desc["presentation"][i])]
     out["size_mm"] = round(float(desc["size_mm"][i]), 1)
     out["echogenic_halo"] = bool(desc["halo"][i])
     out["lesion_count"] = int(desc["lesion_count"][i])
@@ -124,7 +156,7 @@ def malignancy_score(
     The noise term stands for what a reader sees that the descriptors do not capture, so the
     score is informative about pathology without identifying it.
     """
-    points = sum(np.asarray(_POINTS[key])[desc[key]] for key in DESCRIPTORS)
+    points = sum(np.asarray(_POINTS[key])[desc[key]] for key in _POINTS)
     points = points + 0.04 * (desc["size_mm"] - 12.0) + 0.7 * desc["halo"] - 0.4
     logit = np.where(has_lesion, points, -4.0) + 1.1 * rng.standard_normal(has_lesion.shape)
     return special.expit(logit).astype(np.float32)
@@ -133,12 +165,22 @@ def malignancy_score(
 def _margin_table(rng: np.random.Generator, desc: dict[str, np.ndarray]) -> np.ndarray:
     """Relative boundary radius r(theta) [n, _ANGLES] of each mass, in units of its ellipse.
 
-    Low harmonics make the shape (oval, round, irregular); high harmonics make microlobulations;
-    triangular peaks make angular corners (wide) or spicules (narrow).
+    Low harmonics make the shape (oval, round, irregular, the geographic outline of a non-mass
+    area) and the gentle macrolobulation of some fibroadenomas; high harmonics make
+    microlobulations; triangular peaks make angular corners (wide) or spicules (narrow).
     """
     n = desc["shape"].shape[0]
     theta = np.linspace(-np.pi, np.pi, _ANGLES, endpoint=False)
-    low_amp = np.where(desc["shape"] == 2, rng.uniform(0.08, 0.17, n), 0.035)
+    lobulated = (desc["margin"] == 0) & (rng.random(n) < 0.35)
+    low_amp = np.choose(
+        desc["shape"],
+        [
+            np.where(lobulated, rng.uniform(0.05, 0.09, n), 0.035),
+            np.where(lobulated, rng.uniform(0.05, 0.09, n), 0.035),
+            rng.uniform(0.08, 0.17, n),
+            rng.uniform(0.12, 0.22, n),
+        ],
+    )
     k = np.arange(2, 6)[None, :, None]
     low = rng.uniform(0.3, 1.0, (n, 4, 1)) * np.cos(k * theta + rng.uniform(0, 7, (n, 4, 1)))
     micro_amp = np.where(desc["margin"] == 3, rng.uniform(0.04, 0.08, n), 0.0)
@@ -200,9 +242,9 @@ def _echo_level(rng: np.random.Generator, echo: np.ndarray, field: np.ndarray) -
         np.full_like(field, fluid),
         FAT_ECHO * pick(9.0, 15.0) * np.exp(0.15 * field),
         np.where(cystic, fluid, FAT_ECHO * pick(0.3, 0.9)),
-        FAT_ECHO * pick(0.1, 0.4) * np.exp(0.15 * field),
+        FAT_ECHO * pick(0.15, 0.6) * np.exp(0.15 * field),
         FAT_ECHO * pick(0.7, 1.4) * np.exp(0.15 * field),
-        FAT_ECHO * pick(0.12, 0.45) * np.exp(0.9 * field),
+        FAT_ECHO * pick(0.15, 0.5) * np.exp(0.9 * field),
     ]
     return np.choose(echo[:, None, None], levels)
 
@@ -228,8 +270,13 @@ def _place(rng, desc, tissue, depth_mm, lateral_mm) -> dict[str, np.ndarray]:
     desc["size_mm"] = size
     parallel = desc["orientation"] == 0
     aspect = np.choose(
-        np.minimum(desc["shape"], 2),
-        [rng.uniform(1.3, 2.1, n), rng.uniform(1.0, 1.15, n), rng.uniform(1.0, 1.7, n)],
+        desc["shape"],
+        [
+            rng.uniform(1.3, 2.1, n),
+            rng.uniform(1.0, 1.15, n),
+            rng.uniform(1.0, 1.7, n),
+            rng.uniform(2.0, 3.2, n),
+        ],
     )
     ax = np.where(parallel, size / 2, size / 2 / rng.uniform(1.05, 1.5, n))
     az = np.where(parallel, size / 2 / aspect, size / 2)
@@ -298,17 +345,27 @@ def render_lesions(
     """
     z, (n, rows, cols) = tissue["z_mm"], tissue["reflectivity"].shape
     place = _place(rng, desc, tissue, depth_mm, lateral_mm)
+    area = desc["presentation"] == 1
     soft = np.choose(desc["margin"], [0.03, rng.uniform(0.06, 0.12, n), 0.04, 0.04, 0.04])
+    soft = np.where(area, rng.uniform(0.15, 0.25, n), soft)
+    # A non-mass area is a zone of altered tissue, not a replacement of it: it only partly
+    # takes the lesion's echogenicity.
+    strength = np.where(area, rng.uniform(0.55, 0.85, n), 1.0)
     table = _margin_table(rng, desc)
     echo = _echo_level(rng, desc["echo_pattern"], smooth_fields(rng, n, (rows, cols), (24, 12)))
     alpha = _alpha(rng, desc["posterior_features"], x_mm > place["xc"][:, None, None])
     capsule = (desc["margin"] == 0) & (rng.random(n) < 0.5)
-    edge = (desc["margin"] == 0) * (desc["shape"] <= 1) * rng.uniform(1.5, 4.0, n)
+    # Refraction at the steep lateral walls of smooth masses casts thin edge shadows: always
+    # behind circumscribed oval or round masses, sometimes behind lobulated or indistinct ones.
+    smooth_wall = (desc["margin"] == 0) | (
+        ((desc["margin"] == 1) | (desc["margin"] == 3)) & (rng.random(n) < 0.4)
+    )
+    edge = smooth_wall * (desc["shape"] <= 1) * rng.uniform(1.5, 4.0, n)
     foci = _foci(rng, desc, has_lesion, place)
 
     weight = np.zeros((n, rows, cols), np.float32)
-    mass = np.flatnonzero(has_lesion & (desc["shape"] != 3))
-    duct = np.flatnonzero(has_lesion & (desc["shape"] == 3))
+    mass = np.flatnonzero(has_lesion & (desc["presentation"] <= 1))
+    duct = np.flatnonzero(has_lesion & (desc["presentation"] == 2))
     if len(mass):
         e = lambda a: a[mass][:, None, None].astype(np.float32)  # noqa: E731
         geometry = [e(place[k]) for k in ("zc", "xc", "ax", "az", "tilt")]
@@ -324,7 +381,6 @@ def render_lesions(
         halo = e(desc["halo"]) * (d > 0) * np.exp(-0.5 * (d / e(halo_width)) ** 2)
         ring = np.exp(-0.5 * (d / 0.04) ** 2)
         tissue["reflectivity"][mass] += (1.3 * halo + 0.9 * e(capsule) * ring) * (1 - w)
-        # Refraction at the steep lateral walls of smooth masses casts thin edge shadows.
         tissue["attenuation"][mass] += e(edge) * ring * cos**4
     if len(duct):
         w, path_z, path_x = _ducts(
@@ -337,9 +393,10 @@ def render_lesions(
         foci[duct, :, 1] = np.take_along_axis(path_x, pick, 1) + rng.normal(0, 0.8, pick.shape)
 
     # Echogenicity blends geometrically (in dB, as the eye reads it), the rest linearly.
-    tissue["reflectivity"] = (tissue["reflectivity"] ** (1 - weight) * echo**weight).astype(
+    blend = weight * strength[:, None, None].astype(np.float32)
+    tissue["reflectivity"] = (tissue["reflectivity"] ** (1 - blend) * echo**blend).astype(
         np.float32
     )
     for key, lesion in (("attenuation", alpha), ("density", 1.0)):
-        tissue[key] = (tissue[key] * (1 - weight) + lesion * weight).astype(np.float32)
+        tissue[key] = (tissue[key] * (1 - blend) + lesion * blend).astype(np.float32)
     return weight, foci

@@ -174,6 +174,42 @@ def _band(distance: np.ndarray, width: float | np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * (distance / width) ** 2)
 
 
+# Chance per image of each artifact; neither depends on the pathology, so both confound it.
+REVERBERATION_PROBABILITY = 0.3
+REFRACTION_SHADOW_PROBABILITY = 0.45
+
+
+def _artifacts(rng, z, x01, skin_bottom, fat_bottom, reflectivity, attenuation):
+    """Reverberation and refraction shadows, artifacts of every breast scan (Feldman et al.,
+    "US artifacts", RadioGraphics 2009).
+
+    Reverberation: echoes bouncing between the probe face and the bright dermis-fat interface
+    come back as fainter copies of that line at 2x, 3x, 4x its depth. Refraction shadows: the
+    oblique Cooper's ligaments in the fat bend the beam away, leaving a thin dark column below
+    them that can mimic the shadow of a cancer.
+    """
+    n = z.shape[0]
+    reverb = rng.random(n) < REVERBERATION_PROBABILITY
+    gain = (reverb * rng.uniform(0.6, 1.6, n))[:, None, None]
+    for k in (2, 3, 4):
+        copy = _band(z - k * skin_bottom, 0.2) * 0.5 ** (k - 2)
+        reflectivity = reflectivity + gain * copy
+    count = (rng.random(n) < REFRACTION_SHADOW_PROBABILITY) * rng.integers(1, 4, n)
+    centre = rng.uniform(0.05, 0.95, (n, 3))
+    width = rng.uniform(0.008, 0.025, (n, 3))
+    skin, fat = skin_bottom.mean(axis=(1, 2)), fat_bottom.mean(axis=(1, 2))
+    top = skin[:, None] + rng.uniform(0.2, 0.8, (n, 3)) * (fat - skin)[:, None]
+    extra = rng.uniform(2.0, 5.0, (n, 3))
+    for j in range(3):
+        column = np.exp(
+            -0.5 * ((x01[None, None] - centre[:, j, None, None]) / width[:, j, None, None]) ** 2
+        )
+        rows = _band(z - top[:, j, None, None], 0.7)
+        on = (j < count)[:, None, None]
+        attenuation = attenuation + on * extra[:, j, None, None] * rows * column
+    return reflectivity, attenuation
+
+
 def breast_tissue(
     rng: np.random.Generator, depth_mm: np.ndarray, rows: int, cols: int
 ) -> dict[str, np.ndarray]:
@@ -247,6 +283,9 @@ def breast_tissue(
         + ALPHA_FAT * (in_fat | in_retro | in_deep)
         + ALPHA_MUSCLE * in_muscle
         + (ALPHA_GLAND * (1 - island) + ALPHA_FAT * island) * in_gland
+    )
+    reflectivity, attenuation = _artifacts(
+        rng, z, x01, skin_bottom, fat_bottom, reflectivity, attenuation
     )
     return {
         "reflectivity": reflectivity.astype(np.float32),
