@@ -4,6 +4,11 @@ Pretraining, adaptation and the classifier differ in their state and train step;
 around each step is the same for all three and lives here: the progress line with steps/s and
 ETA (clu), scalars with images/s to TensorBoard and the console, a stop on a non-finite loss that
 keeps the last good checkpoint, and periodic checkpoints of the state with the grain iterator.
+
+Metrics stay on the device between log steps, so no step waits on the host: they are fetched,
+all at once, at log steps and before every checkpoint save, and a non-finite loss or gradient
+found then stops the run before that state is saved. Saves run in the background; a failed one
+stops the run at the next step with one line naming the path and the OS error.
 """
 
 from __future__ import annotations
@@ -21,16 +26,37 @@ from flax import nnx
 from busgen_jax import checkpoints
 from busgen_jax.parallel import mesh as mesh_lib
 
+# Metrics whose non-finite value means the state is no longer worth keeping.
+FINITE_METRICS = ("loss", "grad_norm")
 
-def check_finite(metrics: dict[str, float], step: int, manager: Any) -> None:
-    """Stops the run on a non-finite loss or gradient; the last good checkpoint stays."""
-    bad = {k: v for k, v in metrics.items() if k in ("loss", "grad_norm") and not np.isfinite(v)}
-    if bad:
-        manager.wait_until_finished()
-        raise FloatingPointError(
-            f"non-finite {bad} at step {step}; stopping without saving this state "
-            f"(last good checkpoint: step {manager.latest_step()})"
-        )
+
+def fetch_checked(
+    pending: list[tuple[int, Any]], manager: Any
+) -> list[tuple[int, dict[str, float]]]:
+    """Moves the metrics of the steps since the last check to the host in one transfer.
+
+    Raises:
+      FloatingPointError: a loss or gradient norm is not finite; the message names the first
+        bad step, the steps checked and the last good checkpoint, which stays in place.
+    """
+    if not pending:
+        return []
+    fetched = jax.device_get([metrics for _, metrics in pending])
+    history = [
+        (step, {k: float(v) for k, v in metrics.items()})
+        for (step, _), metrics in zip(pending, fetched, strict=True)
+    ]
+    for step, metrics in history:
+        bad = {k: v for k, v in metrics.items() if k in FINITE_METRICS and not np.isfinite(v)}
+        if bad:
+            manager.wait_until_finished()
+            latest = manager.latest_step()
+            raise FloatingPointError(
+                f"non-finite {bad} at step {step}; stopping without saving this state "
+                f"(metrics of steps {history[0][0]}-{history[-1][0]} checked; last good "
+                f"checkpoint: {'none' if latest is None else f'step {latest}'})"
+            )
+    return history
 
 
 def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
@@ -87,25 +113,30 @@ def run(
     total = config.train.steps
     report = periodic_actions.ReportProgress(num_train_steps=total, writer=writer)
     step = int(state.step)
-    history, tick, logged_step = [], time.perf_counter(), step
+    history, pending, tick, logged_step = [], [], time.perf_counter(), step
     while step < total:
         batch = mesh_lib.host_batch_to_global(prepare(next(data_iter)), mesh)
         state, metrics = train_step(state, batch, rng)
         step += 1
-        metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-        check_finite(metrics, step, manager)
-        history.append((step, metrics))
+        pending.append((step, metrics))
+        checkpoints.check_saves(manager)
         report(step)
-        if step % config.log_every_steps == 0 or step == total:
+        log = step % config.log_every_steps == 0 or step == total
+        save = step % config.checkpoint.every_steps == 0 or step == total
+        if log or save:
+            history += fetch_checked(pending, manager)
+            pending = []
+        if log:
             elapsed, tick = time.perf_counter() - tick, time.perf_counter()
-            metrics["images_per_sec"] = (step - logged_step) * config.data.batch_size / elapsed
+            history[-1][1]["images_per_sec"] = (
+                (step - logged_step) * config.data.batch_size / elapsed
+            )
             logged_step = step
-            writer.write_scalars(step, metrics)
-        if step % config.checkpoint.every_steps == 0 or step == total:
+            writer.write_scalars(step, history[-1][1])
+        if save:
             checkpoints.save(manager, step, saved(state), data_iter)
         if after_step is not None:
             after_step(step, state)
-    manager.wait_until_finished()
-    manager.close()
+    checkpoints.finish(manager)
     writer.flush()
     return state, history

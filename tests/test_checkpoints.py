@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import shutil
+import subprocess
+import sys
 
 import grain
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from busgen_jax import checkpoints
@@ -105,3 +109,81 @@ def test_all_corrupt_raises_instead_of_reinitializing(tmp_path):
         _restore(tmp_path / "ckpt")
     # Nothing was moved: a later attempt still sees (and refuses) the same checkpoints.
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit()) == ["1", "2"]
+
+
+def _overwrite_middle(path: pathlib.Path, size: int, seed: int) -> None:
+    """Random bytes over the middle of `path`, keeping its size (damage that may still decode)."""
+    data = bytearray(path.read_bytes())
+    start = max(0, len(data) // 2 - size // 2)
+    data[start : start + size] = np.random.default_rng(seed).bytes(len(data[start : start + size]))
+    path.write_bytes(bytes(data))
+
+
+def test_arrays_that_decode_but_differ_from_their_checksums_are_quarantined(tmp_path):
+    following = _save_steps(tmp_path / "ckpt", [1, 2, 3])
+    # A checkpoint that decodes perfectly but holds other values than were saved at step 3:
+    # the state written by a plain orbax save of different arrays, put in place of step 3's.
+    other = ocp.StandardCheckpointer()
+    other.save(tmp_path / "other", _state(99))
+    other.wait_until_finished()
+    shutil.rmtree(tmp_path / "ckpt" / "3" / "state")
+    shutil.copytree(tmp_path / "other", tmp_path / "ckpt" / "3" / "state")
+    manager, (state, step), data_iter = _restore(tmp_path / "ckpt")
+    assert step == 2
+    np.testing.assert_array_equal(np.asarray(state["ema"]["w"]), _state(2)["ema"]["w"])
+    np.testing.assert_array_equal(next(data_iter), following[1])
+    assert manager.all_steps() == [1, 2]
+    assert (tmp_path / "ckpt_unreadable" / "3").is_dir()
+
+
+def test_random_bytes_in_a_checkpoint_never_restore_silently(tmp_path):
+    _save_steps(tmp_path / "ckpt", [1, 2])
+    _overwrite_middle(_largest_file(tmp_path / "ckpt" / "2"), 4096, seed=1)
+    _, (state, step), _ = _restore(tmp_path / "ckpt")
+    assert step == 1
+    np.testing.assert_array_equal(np.asarray(state["params"]["w"]), _state(1)["params"]["w"])
+
+
+def test_a_non_finite_checkpoint_is_not_restored(tmp_path):
+    manager = checkpoints.make_manager(tmp_path / "ckpt", max_to_keep=5)
+    data_iter = _data_iter()
+    bad = _state(2)
+    bad["params"]["w"] = bad["params"]["w"].at[3, 4].set(jnp.nan)
+    for step, state in ((1, _state(1)), (2, bad)):
+        checkpoints.save(manager, step, state, data_iter)
+        manager.wait_until_finished()
+    manager.close()
+    _, (state, step), _ = _restore(tmp_path / "ckpt")
+    assert step == 1
+
+
+_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+import grain, jax.numpy as jnp, numpy as np
+from busgen_jax import checkpoints
+manager = checkpoints.make_manager(sys.argv[1])
+data_iter = iter(grain.MapDataset.range(8).to_iter_dataset())
+state = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(256, 256)), jnp.float32)}
+checkpoints.save(manager, 1, state, data_iter)
+manager.wait_until_finished()
+# From here on no file may grow past 64 KiB, as on a full disk: writes fail with EFBIG.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 16, 1 << 16))
+checkpoints.save(manager, 2, state, data_iter)
+for _ in range(10_000):  # a training loop checking its saves every step
+    checkpoints.check_saves(manager)
+    if manager.unconfirmed_step is None:
+        break
+checkpoints.finish(manager)
+"""
+
+
+def test_a_failed_background_save_raises_naming_the_path_and_os_error(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", _FILE_SIZE_LIMIT, str(tmp_path / "ckpt")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("busgen_jax.checkpoints.CheckpointError: "), out.stderr[-3000:]
+    assert str(tmp_path / "ckpt") in last and "File too large" in last and "step 2" in last
