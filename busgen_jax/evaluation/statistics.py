@@ -1,6 +1,6 @@
-"""Clinical statistics: ROC AUC with DeLong intervals, paired DeLong test, bootstrap intervals,
-and threshold metrics (sensitivity, specificity, PPV, NPV, accuracy) with exact or Wilson
-binomial intervals.
+"""Clinical statistics: ROC AUC with DeLong intervals, paired DeLong test, percentile and BCa
+bootstrap intervals, threshold metrics (sensitivity, specificity, PPV, NPV, accuracy) with exact
+or Wilson binomial intervals, and exact, asymptotic or continuity-corrected McNemar tests.
 
 Conventions: `truth` is 0/1 (1 = malignant), a higher score means more suspicious, and a case is
 called positive when its score is >= the threshold.
@@ -9,6 +9,8 @@ called positive when its score is >= the threshold.
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +19,8 @@ from scipy import stats
 from sklearn import metrics
 
 BINOMIAL_METHODS = {"clopper-pearson": "exact", "wilson": "wilson"}
+BOOTSTRAP_METHODS = {"percentile": "percentile", "basic": "basic", "bca": "BCa"}
+MCNEMAR_METHODS = ("exact", "asymptotic", "corrected")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +74,7 @@ class BootstrapResult(Result):
     n_boot: int
     seed: int
     method: str = "stratified case bootstrap, percentile"
+    std_err: float = float("nan")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,12 +89,14 @@ class Proportion(Result):
 
 @dataclasses.dataclass(frozen=True)
 class McNemarResult(Result):
-    """Discordant counts: `only_a` cases right only by a, `only_b` right only by b."""
+    """Discordant counts: `only_a` cases right only by a, `only_b` right only by b; `statistic`
+    is the chi-square of the asymptotic forms (NaN for the exact test)."""
 
     only_a: int
     only_b: int
     p_value: float
     method: str = "exact McNemar (binomial on discordant pairs)"
+    statistic: float = float("nan")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,24 +113,67 @@ class BinaryMetrics(Result):
     accuracy: Proportion
 
 
-def check_truth(truth: Any, name: str = "truth") -> np.ndarray:
-    """Validates 0/1 labels with both classes present; returns them as int64."""
+def check_truth(truth: Any, name: str = "truth", *, min_per_class: int = 1) -> np.ndarray:
+    """Validates 1-D 0/1 labels with at least `min_per_class` cases of each class (2 where a
+    case-sampling variance is estimated: one case of a class leaves it undefined)."""
     truth = np.asarray(truth)
     if truth.ndim != 1 or not np.isin(truth, (0, 1)).all():
         raise ValueError(f"'{name}' must be a 1-D array of 0/1 labels")
     if truth.min() == truth.max():
         raise ValueError(f"'{name}' needs both positive and negative cases")
+    counts = min(int(truth.sum()), int(truth.size - truth.sum()))
+    if counts < min_per_class:
+        raise ValueError(
+            f"'{name}' has {counts} case(s) of one class; a variance across cases needs at "
+            f"least {min_per_class} of each"
+        )
     return truth.astype(np.int64)
 
 
-def check_scores(scores: Any, n: int, name: str = "scores") -> np.ndarray:
-    """Validates finite float scores whose last axis has the n cases."""
-    scores = np.asarray(scores, dtype=np.float64)
-    if scores.shape[-1] != n:
-        raise ValueError(f"'{name}' has {scores.shape[-1]} cases, truth has {n}")
+def check_scores(
+    scores: Any, n: int, name: str = "scores", *, ndim: int | None = None
+) -> np.ndarray:
+    """Validates finite float scores whose last axis has the n cases (and `ndim` axes if given)."""
+    try:
+        scores = np.asarray(scores, dtype=np.float64)
+    except (ValueError, TypeError) as e:
+        # A ragged list of readers' ratings lands here; numpy's message names no argument.
+        raise ValueError(f"'{name}' is not a rectangular array of numbers ({e})") from e
+    if ndim is not None and scores.ndim != ndim:
+        raise ValueError(f"'{name}' must have {ndim} axis(es), got shape {scores.shape}")
+    if scores.ndim == 0 or scores.shape[-1] != n:
+        got = scores.shape[-1] if scores.ndim else "no"
+        raise ValueError(f"'{name}' has {got} cases, truth has {n}")
     if not np.isfinite(scores).all():
         raise ValueError(f"'{name}' contains non-finite values")
     return scores
+
+
+def check_alpha(alpha: Any, name: str = "alpha") -> float:
+    """1 - the confidence level, in (0, 0.5): 0.95 is a confidence level given by mistake, and
+    would silently give 5% intervals."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 < alpha < 0.5:
+        raise ValueError(
+            f"'{name}' is {alpha!r}: it must be 1 - the confidence level, in (0, 0.5) "
+            "(0.05 for 95% intervals)"
+        )
+    return float(alpha)
+
+
+def check_fraction(value: Any, name: str) -> float:
+    """A target sensitivity, specificity or false-positive fraction in [0, 1]."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise ValueError(f"'{name}' is {value!r}, not a fraction in [0, 1]")
+    return float(value)
+
+
+def _check_count(value: Any, name: str, minimum: int = 0) -> int:
+    integral = isinstance(value, numbers.Integral) or (
+        isinstance(value, numbers.Real) and float(value).is_integer()
+    )
+    if isinstance(value, bool) or not integral or value < minimum:
+        raise ValueError(f"'{name}' is {value!r}, not an integer >= {minimum}")
+    return int(value)
 
 
 def delong_components(truth: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -161,17 +211,24 @@ def delong_covariance(truth: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def roc_auc_ci(truth: Any, scores: Any, *, alpha: float = 0.05) -> AUCResult:
-    """Empirical ROC AUC with a DeLong Wald interval, clipped to [0, 1]."""
+    """Empirical ROC AUC with a DeLong Wald interval, clipped to [0, 1]; NaN bounds (and a
+    warning) when the standard error is undefined, e.g. with one case of a class."""
+    alpha = check_alpha(alpha)
     truth = check_truth(truth)
-    scores = check_scores(scores, truth.size)
+    scores = check_scores(scores, truth.size, ndim=1)
     auc = float(metrics.roc_auc_score(truth, scores))
     _, cov = delong_covariance(truth, scores)
     std_err = float(np.sqrt(cov[0, 0]))
     half = stats.norm.ppf(1 - alpha / 2) * std_err
+    if not np.isfinite(std_err):
+        warnings.warn(
+            "AUC standard error is undefined (one case of a class?): no interval", stacklevel=2
+        )
     return AUCResult(
         auc=auc,
-        ci_low=float(max(0.0, auc - half)),
-        ci_high=float(min(1.0, auc + half)),
+        # min/max would turn a NaN bound into 0 or 1, an interval that looks real.
+        ci_low=float(np.clip(auc - half, 0.0, 1.0)),
+        ci_high=float(np.clip(auc + half, 0.0, 1.0)),
         std_err=std_err,
         n_positive=int(truth.sum()),
         n_negative=int((1 - truth).sum()),
@@ -186,11 +243,12 @@ def delong_test(
     z = (AUC_b - AUC_a) / sqrt(c^T S c) with c = (-1, 1) and S the DeLong covariance
     (DeLong et al. 1988, eq. 6); two-sided normal p-value and Wald interval.
     """
+    alpha = check_alpha(alpha)
     truth = check_truth(truth)
     scores = np.stack(
         [
-            check_scores(scores_a, truth.size, "scores_a"),
-            check_scores(scores_b, truth.size, "scores_b"),
+            check_scores(scores_a, truth.size, "scores_a", ndim=1),
+            check_scores(scores_b, truth.size, "scores_b", ndim=1),
         ]
     )
     auc, cov = delong_covariance(truth, scores)
@@ -221,28 +279,50 @@ def bootstrap_ci(
     n_boot: int = 1000,
     seed: int,
     alpha: float = 0.05,
+    method: str = "percentile",
 ) -> BootstrapResult:
-    """Percentile interval of `metric(truth, *arrays)` over case resamples.
+    """Percentile, basic or BCa interval of `metric(truth, *arrays)` over case resamples.
 
     Cases are resampled with replacement within each truth class (stratified), so every
     replicate keeps the observed numbers of positives and negatives and a ranking metric such
-    as AUC stays defined. Each array in `arrays` is indexed along its last axis (cases).
+    as AUC stays defined: scipy.stats.bootstrap resamples the positives' and the negatives'
+    indices as two independent samples, and for BCa (Efron 1987) takes the acceleration from
+    the jackknife over both. Each array in `arrays` is indexed along its last axis (cases).
     """
+    alpha = check_alpha(alpha)
+    n_boot = _check_count(n_boot, "n_boot", 1 if method != "bca" else 2)
+    if method not in BOOTSTRAP_METHODS:
+        raise ValueError(f"'method' is {method!r}, not one of {sorted(BOOTSTRAP_METHODS)}")
     truth = check_truth(truth)
     arrays = tuple(check_scores(array, truth.size, "arrays") for array in arrays)
-    rng = np.random.default_rng(seed)
-    strata = [np.flatnonzero(truth == label) for label in (0, 1)]
-    replicates = np.empty(n_boot)
-    for b in range(n_boot):
-        index = np.concatenate([rng.choice(stratum, stratum.size) for stratum in strata])
-        replicates[b] = metric(truth[index], *(array[..., index] for array in arrays))
-    low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
+    strata = tuple(np.flatnonzero(truth == label) for label in (1, 0))
+
+    def statistic(positives: np.ndarray, negatives: np.ndarray) -> float:
+        index = np.concatenate([positives, negatives]).astype(np.int64)
+        return metric(truth[index], *(array[..., index] for array in arrays))
+
+    with warnings.catch_warnings():
+        # scipy warns when a replicate distribution is degenerate (e.g. AUC = 1 everywhere);
+        # the interval it then returns (NaN for BCa) says so itself.
+        warnings.simplefilter("ignore", stats.DegenerateDataWarning)
+        result = stats.bootstrap(
+            strata,
+            statistic,
+            n_resamples=n_boot,
+            vectorized=False,
+            paired=False,
+            confidence_level=1 - alpha,
+            method=BOOTSTRAP_METHODS[method],
+            rng=np.random.default_rng(seed),
+        )
     return BootstrapResult(
         estimate=float(metric(truth, *arrays)),
-        ci_low=float(low),
-        ci_high=float(high),
+        ci_low=float(result.confidence_interval.low),
+        ci_high=float(result.confidence_interval.high),
         n_boot=n_boot,
         seed=seed,
+        method=f"stratified case bootstrap, {BOOTSTRAP_METHODS[method]}",
+        std_err=float(result.standard_error),
     )
 
 
@@ -255,6 +335,11 @@ def binomial_ci(
     """
     if method not in BINOMIAL_METHODS:
         raise ValueError(f"'method' is {method!r}, not one of {sorted(BINOMIAL_METHODS)}")
+    alpha = check_alpha(alpha)
+    n = _check_count(n, "n")
+    successes = _check_count(successes, "successes")
+    if successes > n:
+        raise ValueError(f"'successes' is {successes}, more than 'n' = {n}")
     if n == 0:
         return Proportion(float("nan"), float("nan"), float("nan"), 0, 0, method)
     interval = stats.binomtest(int(successes), int(n)).proportion_ci(
@@ -316,7 +401,7 @@ def binary_metrics(
 
 def _roc_points(truth: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     truth = check_truth(truth)
-    scores = check_scores(scores, truth.size)
+    scores = check_scores(scores, truth.size, ndim=1)
     fpr, tpr, thresholds = metrics.roc_curve(truth, scores, drop_intermediate=False)
     return fpr, tpr, thresholds
 
@@ -324,6 +409,7 @@ def _roc_points(truth: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, np.nda
 def threshold_for_specificity(truth: Any, scores: Any, target: float) -> float:
     """The threshold of highest sensitivity (then specificity) among those with
     specificity >= target."""
+    target = check_fraction(target, "target")
     fpr, tpr, thresholds = _roc_points(truth, scores)
     # roc_curve lists thresholds in decreasing order, so fpr and tpr are non-decreasing.
     admissible = 1.0 - fpr >= target - 1e-12
@@ -334,6 +420,7 @@ def threshold_for_specificity(truth: Any, scores: Any, target: float) -> float:
 def threshold_for_sensitivity(truth: Any, scores: Any, target: float) -> float:
     """The threshold of highest specificity (then sensitivity) among those with
     sensitivity >= target."""
+    target = check_fraction(target, "target")
     fpr, tpr, thresholds = _roc_points(truth, scores)
     admissible = tpr >= target - 1e-12
     best = fpr[admissible].min()
@@ -354,20 +441,41 @@ def specificity_at_sensitivity(
     return binary_metrics(truth, scores, threshold_for_sensitivity(truth, scores, target), **kwargs)
 
 
-def mcnemar_exact(correct_a: Any, correct_b: Any) -> McNemarResult:
-    """Exact McNemar test of two paired 0/1 correctness vectors on the same cases.
+def mcnemar(correct_a: Any, correct_b: Any, *, method: str = "exact") -> McNemarResult:
+    """McNemar test of two paired 0/1 correctness vectors on the same cases.
 
     Only discordant cases carry information: with b = #(a right, b wrong) and
-    c = #(a wrong, b right), under H0 b ~ Binomial(b + c, 1/2); two-sided exact p-value.
+    c = #(a wrong, b right), under H0 b ~ Binomial(b + c, 1/2). "exact": two-sided binomial
+    p-value; "asymptotic": chi2 = (b - c)^2 / (b + c) on 1 df (McNemar 1947); "corrected": with
+    Edwards's continuity correction, chi2 = (|b - c| - 1)^2 / (b + c). No discordant case: p = 1.
     """
+    if method not in MCNEMAR_METHODS:
+        raise ValueError(f"'method' is {method!r}, not one of {MCNEMAR_METHODS}")
     correct_a, correct_b = np.asarray(correct_a), np.asarray(correct_b)
-    if (
-        correct_a.shape != correct_b.shape
-        or not np.isin(np.stack([correct_a, correct_b]), (0, 1)).all()
-    ):
-        raise ValueError("McNemar inputs must be 0/1 vectors of the same length")
+    for name, value in (("correct_a", correct_a), ("correct_b", correct_b)):
+        if value.ndim != 1 or not np.isin(value, (0, 1)).all():
+            raise ValueError(f"'{name}' must be a 1-D vector of 0/1 correctness, got {value.shape}")
+    if correct_a.shape != correct_b.shape:
+        raise ValueError(
+            f"'correct_a' and 'correct_b' cover {correct_a.size} and {correct_b.size} cases"
+        )
     only_a = int(np.sum((correct_a == 1) & (correct_b == 0)))
     only_b = int(np.sum((correct_a == 0) & (correct_b == 1)))
     n = only_a + only_b
-    p_value = 1.0 if n == 0 else float(stats.binomtest(only_a, n, 0.5).pvalue)
-    return McNemarResult(only_a=only_a, only_b=only_b, p_value=p_value)
+    names = {
+        "exact": "exact McNemar (binomial on discordant pairs)",
+        "asymptotic": "McNemar chi-square, 1 df",
+        "corrected": "McNemar chi-square with continuity correction, 1 df",
+    }
+    if n == 0:
+        return McNemarResult(only_a, only_b, 1.0, names[method], 0.0)
+    if method == "exact":
+        return McNemarResult(only_a, only_b, float(stats.binomtest(only_a, n, 0.5).pvalue))
+    gap = abs(only_a - only_b) - (1.0 if method == "corrected" else 0.0)
+    chi2 = max(gap, 0.0) ** 2 / n
+    return McNemarResult(only_a, only_b, float(stats.chi2.sf(chi2, 1)), names[method], chi2)
+
+
+def mcnemar_exact(correct_a: Any, correct_b: Any) -> McNemarResult:
+    """`mcnemar(..., method="exact")`."""
+    return mcnemar(correct_a, correct_b, method="exact")
