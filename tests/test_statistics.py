@@ -194,3 +194,132 @@ def test_bootstrap_ci_seeded_and_stratified():
 def test_bad_truth_is_named(truth, message):
     with pytest.raises(ValueError, match=message):
         statistics.roc_auc_ci(truth, [0.1, 0.2, 0.3])
+
+
+@pytest.mark.parametrize("alpha", [0.95, 1.5, 0.0, "0.05"])
+def test_alpha_outside_zero_to_half_is_named(alpha):
+    truth, scores = _scored_cases()
+    calls = [
+        lambda: statistics.roc_auc_ci(truth, scores[0], alpha=alpha),
+        lambda: statistics.delong_test(truth, scores[0], scores[1], alpha=alpha),
+        lambda: statistics.binomial_ci(3, 10, alpha=alpha),
+        lambda: statistics.bootstrap_ci(
+            metrics.roc_auc_score, truth, scores[0], n_boot=10, seed=0, alpha=alpha
+        ),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"'alpha' is .*1 - the confidence level"):
+            call()
+
+
+def test_undefined_auc_standard_error_gives_no_interval():
+    # One positive case: DeLong's S10 has no degrees of freedom.
+    truth = np.r_[1, np.zeros(9)].astype(int)
+    scores = np.linspace(0, 1, 10)[::-1]
+    with pytest.warns(UserWarning, match="standard error is undefined"):
+        result = statistics.roc_auc_ci(truth, scores)
+    assert result.auc == 1.0
+    assert np.isnan(result.std_err) and np.isnan(result.ci_low) and np.isnan(result.ci_high)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda: statistics.binomial_ci(2.7, 10), "'successes' is 2.7"),
+        (lambda: statistics.binomial_ci(11, 10), "more than 'n' = 10"),
+        (lambda: statistics.binomial_ci(3, -1), "'n' is -1"),
+        (lambda: statistics.mcnemar_exact([[1, 0], [0, 1]], [[1, 1], [0, 0]]), "'correct_a'"),
+        (lambda: statistics.mcnemar_exact(1, 0), "'correct_a' must be a 1-D"),
+        (lambda: statistics.mcnemar_exact([1, 0, 1], [1, 0]), "cover 3 and 2 cases"),
+        (lambda: statistics.mcnemar([1, 0], [1, 0], method="yates"), "'method' is 'yates'"),
+        (lambda: statistics.roc_auc_ci([1, 0, 1], [[0.1, 0.2, 0.3]] * 2), "'scores' must have 1"),
+        (lambda: statistics.roc_auc_ci([1, 0, 1], [[0.1, 0.2], [0.3]]), "'scores' is not a"),
+        (lambda: statistics.threshold_for_specificity([1, 0], [0.2, 0.1], 90), "'target' is 90"),
+        (lambda: statistics.sensitivity_at_specificity([1, 0], [0.2, 0.1], -0.1), "'target'"),
+        (
+            lambda: statistics.bootstrap_ci(np.mean, [1, 0, 1], [1, 2, 3], n_boot=0, seed=0),
+            "'n_boot' is 0",
+        ),
+        (
+            lambda: statistics.bootstrap_ci(
+                np.mean, [1, 0, 1], [1, 2, 3], n_boot=5, seed=0, method="studentized"
+            ),
+            "'method' is 'studentized'",
+        ),
+    ],
+)
+def test_bad_arguments_are_named(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_mcnemar_asymptotic_and_corrected_closed_forms():
+    # b = 1, c = 6 (as in the exact test above): chi2 = 25 / 7, corrected (5 - 1)^2 / 7.
+    a = np.array([1, 0, 0, 0, 0, 0, 0, 1, 1, 0])
+    b = np.array([0, 1, 1, 1, 1, 1, 1, 1, 1, 0])
+    plain = statistics.mcnemar(a, b, method="asymptotic")
+    corrected = statistics.mcnemar(a, b, method="corrected")
+    assert plain.statistic == pytest.approx(25 / 7)
+    assert plain.p_value == pytest.approx(stats.chi2.sf(25 / 7, 1))
+    assert corrected.statistic == pytest.approx(16 / 7)
+    assert corrected.p_value == pytest.approx(stats.chi2.sf(16 / 7, 1))
+    assert statistics.mcnemar(a, a, method="corrected").p_value == 1.0
+    # With many discordant pairs the corrected chi-square approaches the exact test.
+    rng = np.random.default_rng(0)
+    x, y = rng.random(4000) < 0.6, rng.random(4000) < 0.57
+    exact = statistics.mcnemar(x, y).p_value
+    assert statistics.mcnemar(x, y, method="corrected").p_value == pytest.approx(exact, rel=0.05)
+
+
+def _manual_bca(values_pos, values_neg, statistic, n_boot, alpha, rng):
+    """Efron's BCa from stratified resamples and the two-sample jackknife acceleration
+    (Efron & Tibshirani 1993, eq. 14.14-14.15)."""
+    estimate = statistic(values_pos, values_neg)
+    boot = np.array(
+        [
+            statistic(
+                rng.choice(values_pos, values_pos.size), rng.choice(values_neg, values_neg.size)
+            )
+            for _ in range(n_boot)
+        ]
+    )
+    z0 = stats.norm.ppf(np.mean(boot < estimate))
+    num = den = 0.0
+    for sample, other, first in ((values_pos, values_neg, True), (values_neg, values_pos, False)):
+        jack = np.array(
+            [
+                statistic(np.delete(sample, i), other)
+                if first
+                else statistic(other, np.delete(sample, i))
+                for i in range(sample.size)
+            ]
+        )
+        u = (sample.size - 1) * (jack.mean() - jack)
+        num += np.sum(u**3) / sample.size**3
+        den += np.sum(u**2) / sample.size**2
+    accel = num / (6 * den**1.5)
+    z = stats.norm.ppf([alpha / 2, 1 - alpha / 2])
+    levels = stats.norm.cdf(z0 + (z0 + z) / (1 - accel * (z0 + z)))
+    return np.quantile(boot, levels)
+
+
+def test_bca_matches_a_hand_written_bca():
+    rng = np.random.default_rng(1)
+    truth = np.r_[np.ones(40), np.zeros(60)].astype(int)
+    # Skewed scores make the BCa interval differ visibly from the percentile one.
+    scores = np.where(truth == 1, rng.lognormal(0.6, 0.8, 100), rng.lognormal(0.0, 0.5, 100))
+
+    def gap(t, s):
+        return np.log(s[t == 1].mean()) - np.log(s[t == 0].mean())
+
+    bca = statistics.bootstrap_ci(gap, truth, scores, n_boot=4000, seed=0, method="bca")
+    percentile = statistics.bootstrap_ci(gap, truth, scores, n_boot=4000, seed=0)
+    manual = _manual_bca(
+        scores[:40], scores[40:], lambda p, n: np.log(p.mean()) - np.log(n.mean()), 4000, 0.05, rng
+    )
+    width = bca.ci_high - bca.ci_low
+    assert (bca.ci_low, bca.ci_high) == pytest.approx(tuple(manual), abs=0.05 * width)
+    assert bca.method.endswith("BCa") and bca.std_err > 0
+    assert (
+        abs(bca.ci_low - percentile.ci_low) > 0.002 or abs(bca.ci_high - percentile.ci_high) > 0.002
+    )

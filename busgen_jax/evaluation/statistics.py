@@ -205,8 +205,11 @@ def delong_components(truth: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, 
 def delong_covariance(truth: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
     """AUCs [K] and their DeLong covariance [K, K]: S10 / m + S01 / n (DeLong 1988, eq. 5)."""
     auc, v10, v01 = delong_components(truth, scores)
-    s10 = np.atleast_2d(np.cov(v10))
-    s01 = np.atleast_2d(np.cov(v01))
+    with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+        # One case of a class: a NaN covariance, which the callers report as undefined.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        s10 = np.atleast_2d(np.cov(v10))
+        s01 = np.atleast_2d(np.cov(v01))
     return auc, s10 / v10.shape[1] + s01 / v01.shape[1]
 
 
