@@ -1,4 +1,12 @@
-"""Samplers for discrete VP diffusion models: DDPM, DDIM, DPM-Solver-3 (singlestep), DPM-Solver++.
+"""Samplers for discrete VP diffusion models: DDPM, DDIM, and the DPM-Solvers.
+
+The DPM-Solvers: 'dpm_solver_3s', singlestep DPM-Solver-3 in noise form (Lu et al. 2022a, the
+official code's algorithm_type='dpmsolver'); 'dpm_solver_pp_{1,2,3}s', singlestep DPM-Solver++ of
+order 1-3 in data form (Lu et al. 2022b, algorithm_type='dpmsolver++'; order 3 with the official
+step plan and a time-uniform grid is what the published BUSGen code samples with); and
+'dpm_solver_pp_2m', multistep DPM-Solver++(2M). The two singlestep forms are different solvers
+of the same ODE: on the Gaussian data of tests/test_samplers.py, 50 time-uniform steps from
+the same noise end 4.4e-3 (data form) and 2.7e-2 (noise form) RMS from the exact flow.
 
 All samplers start from x ~ N(0, I) at `sampling_start(schedule)`: the last timestep T-1, or the
 earlier one where lambda = -5.1 for schedules such as cosine whose final log-SNR collapses (the
@@ -25,7 +33,17 @@ from jax import lax
 
 from busgen_jax.diffusion import losses, schedules
 
-SAMPLERS = ("ddpm", "ddim", "dpm_solver_3s", "dpm_solver_pp_2m")
+SAMPLERS = (
+    "ddpm",
+    "ddim",
+    "dpm_solver_3s",
+    "dpm_solver_pp_1s",
+    "dpm_solver_pp_2s",
+    "dpm_solver_pp_3s",
+    "dpm_solver_pp_2m",
+)
+# Singlestep DPM-Solver++ (data prediction) of each order; 'dpm_solver_pp_3s' is the published one.
+SINGLESTEP_PP_ORDERS = {"dpm_solver_pp_1s": 1, "dpm_solver_pp_2s": 2, "dpm_solver_pp_3s": 3}
 SKIPS = ("time_uniform", "logsnr", "time_quadratic")
 LAMBDA_MIN = -5.1  # official DPM-Solver clip of the log-SNR at the start (cosine schedules)
 DenoiseFn = Callable[[jax.Array, jax.Array], jax.Array]
@@ -58,21 +76,36 @@ def spaced_time(schedule, t_hi: jax.Array, t_lo: jax.Array, frac: jax.Array, ski
     return jnp.where(frac <= 0, t_hi, jnp.where(frac >= 1, t_lo, t))
 
 
-def singlestep_plan(steps, k):
-    """Order of outer step k and the number of evaluations before it, for DPM-Solver-fast of
-    order 3 (the official plan): K = steps // 3 + 1 outer steps whose orders are
-    [3] * (K - 2) + [2, 1] if steps % 3 == 0, [3] * (K - 1) + [1] if 1, [3] * (K - 1) + [2] if 2.
+def singlestep_plan(steps, k, order: int = 3):
+    """Order of outer step k and the number of evaluations before it, in the official plan of
+    the singlestep solvers of `order` (DPM-Solver's `get_orders_and_timesteps_for_singlestep_solver`):
+      3: K = steps // 3 + 1 outer steps of orders [3] * (K - 2) + [2, 1] if steps % 3 == 0,
+         [3] * (K - 1) + [1] if 1, [3] * (K - 1) + [2] if 2;
+      2: [2] * (steps // 2), then [1] if steps is odd;
+      1: [1] * steps.
     Works on Python ints and on traced int32 alike; `cum` at k = K is `steps`.
     """
+    if order == 1:
+        return jnp.ones_like(jnp.asarray(k)), jnp.minimum(k, steps)
+    if order == 2:
+        n2 = steps // 2  # number of second-order steps
+        cum = jnp.where(k >= num_outer_steps(steps, 2), steps, 2 * jnp.minimum(k, n2) + (k > n2))
+        return jnp.where(k < n2, 2, 1), cum
     r = steps % 3
     n3 = steps // 3 - (r == 0)  # number of third-order steps
-    num_outer = steps // 3 + 1
     tail_first = jnp.where(r == 1, 1, 2)
-    order = jnp.where(k < n3, 3, jnp.where(r == 0, 2 - (k - n3), tail_first))
+    order_k = jnp.where(k < n3, 3, jnp.where(r == 0, 2 - (k - n3), tail_first))
     cum = jnp.where(
-        k >= num_outer, steps, 3 * jnp.minimum(k, n3) + jnp.where(k > n3, tail_first, 0)
+        k >= num_outer_steps(steps, 3),
+        steps,
+        3 * jnp.minimum(k, n3) + jnp.where(k > n3, tail_first, 0),
     )
-    return order, cum
+    return order_k, cum
+
+
+def num_outer_steps(steps, order: int):
+    """K, the number of outer steps of the official singlestep plan of `order`."""
+    return {1: steps, 2: (steps + 1) // 2, 3: steps // 3 + 1}[order]
 
 
 def _predictor(denoise_fn, schedule, prediction: str, clip_x0: float | None):
@@ -169,25 +202,55 @@ def dpm_solver_update(predict_eps, schedule, x, s, t, order, skip: str):
     return jnp.where(order == 1, x_t, jnp.where(order == 2, second, third))
 
 
-def _dpm_solver_3s(predict, schedule, x, steps, skip):
-    """DPM-Solver-fast of order 3 with the official plan (`singlestep_plan`) for any steps >= 1.
+def dpm_solver_pp_update(predict_x0, schedule, x, s, t, order, skip: str):
+    """One singlestep DPM-Solver++ update s -> t in data form (Lu et al. 2022b, eq. 3.4 with the
+    singlestep updates of their appendix A, the official 'dpmsolver++' variant with solver_type
+    'dpmsolver'). As `dpm_solver_update`, `order` may be traced, intermediate times split [s, t]
+    as `skip` does and r1, r2 are their fractions of h = lambda_t - lambda_s."""
+    _, sig_s, lam_s = _ns(schedule, s)
+    la_t, sig_t, lam_t = _ns(schedule, t)
+    h = lam_t - lam_s
+    phi_1 = jnp.expm1(-h)
+    x0_s = predict_x0(x, s)
+    skip_eval = lambda x, t: x0_s
+    s1 = spaced_time(schedule, s, t, 1.0 / order, skip)
+    la_1, sig_1, lam_1 = _ns(schedule, s1)
+    r1 = (lam_1 - lam_s) / h
+    x_1 = sig_1 / sig_s * x - jnp.exp(la_1) * jnp.expm1(-r1 * h) * x0_s
+    x0_1 = lax.cond(order >= 2, predict_x0, skip_eval, x_1, s1)
+    s2 = spaced_time(schedule, s, t, 2.0 / 3.0, skip)
+    la_2, sig_2, lam_2 = _ns(schedule, s2)
+    r2 = (lam_2 - lam_s) / h
+    phi_22 = jnp.expm1(-r2 * h) / (r2 * h) + 1.0
+    x_2 = (
+        sig_2 / sig_s * x
+        - jnp.exp(la_2) * jnp.expm1(-r2 * h) * x0_s
+        + (r2 / r1) * jnp.exp(la_2) * phi_22 * (x0_1 - x0_s)
+    )
+    x0_2 = lax.cond(order == 3, predict_x0, skip_eval, x_2, s2)
+    alpha_t = jnp.exp(la_t)
+    x_t = sig_t / sig_s * x - alpha_t * phi_1 * x0_s  # DPM-Solver++1 (= DDIM)
+    second = x_t - (0.5 / r1) * alpha_t * phi_1 * (x0_1 - x0_s)
+    third = x_t + (1.0 / r2) * alpha_t * (phi_1 / h + 1.0) * (x0_2 - x0_s)
+    return jnp.where(order == 1, x_t, jnp.where(order == 2, second, third))
+
+
+def _singlestep(update, predict_fn, schedule, x, steps, skip, order: int):
+    """A singlestep solver of `order` with the official plan (`singlestep_plan`), any steps >= 1.
 
     Outer times are the cumulative-NFE points of the `steps`-interval grid, or, for 'logsnr', a
-    (steps // 3 + 1)-interval logSNR grid, as in the official code.
+    K-interval logSNR grid, as in the official code.
     """
     start, end = sampling_start(schedule), jnp.float32(0.0)
-    num_outer = steps // 3 + 1
-    predict_eps = lambda x, t: predict(x, t)[0]
+    num_outer = num_outer_steps(steps, order)
 
     def outer_time(k):
-        frac = k / num_outer if skip == "logsnr" else singlestep_plan(steps, k)[1] / steps
+        frac = k / num_outer if skip == "logsnr" else singlestep_plan(steps, k, order)[1] / steps
         return spaced_time(schedule, start, end, frac, skip)
 
     def body(k, x):
-        order = singlestep_plan(steps, k)[0]
-        return dpm_solver_update(
-            predict_eps, schedule, x, outer_time(k), outer_time(k + 1), order, skip
-        )
+        order_k = singlestep_plan(steps, k, order)[0]
+        return update(predict_fn, schedule, x, outer_time(k), outer_time(k + 1), order_k, skip)
 
     return lax.fori_loop(0, num_outer, body, x)
 
@@ -285,7 +348,14 @@ def _sample(
     elif sampler == "ddim":
         x = _ancestral(ddim_step, predict, schedule, x, rng_steps, steps, skip, eta)
     elif sampler == "dpm_solver_3s":
-        x = _dpm_solver_3s(predict, schedule, x, steps, skip)
+        x = _singlestep(
+            dpm_solver_update, lambda x, t: predict(x, t)[0], schedule, x, steps, skip, 3
+        )
+    elif sampler in SINGLESTEP_PP_ORDERS:
+        order = SINGLESTEP_PP_ORDERS[sampler]
+        x = _singlestep(
+            dpm_solver_pp_update, lambda x, t: predict(x, t)[1], schedule, x, steps, skip, order
+        )
     else:
         x = _dpm_solver_pp_2m(predict, schedule, x, steps, skip)
     if sharding is not None:

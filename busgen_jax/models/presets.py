@@ -1,7 +1,19 @@
-"""Model presets: `model_config(name)` for 'tiny', 'small', 'busgen_toy' and 'busgen'.
+"""Model presets: `model_config(name)` for 'tiny', 'small', 'busgen_toy' and 'busgen', and the
+sampling presets `sampling_preset(name)` for 'published' and 'project'.
 
 'busgen_toy' and 'busgen' are the published architectures exactly (so the released PyTorch
 weights import one to one); 'tiny' and 'small' are this project's own choices for tests and demos.
+
+A sampling preset is how a generator is meant to be sampled; an exported generator's spec
+records one (`generator.GeneratorSpec.sampling`). 'published' is what the official BUSGen code
+does (its DPMSolver.py and Eval.py): singlestep DPM-Solver++ of order 3 in data form, 50 steps on
+a time-uniform grid, guidance 1.8, the box channel zeroed in the unconditional half, the timestep
+floored to an integer before the time table, no clipping of the predicted clean image, and box
+masks rasterized with int() truncation of the pixel edges. 'project' is this project's
+pretraining's: singlestep DPM-Solver-3 in noise form, the box kept in the unconditional half (as
+its training drops only class and device), the time table interpolated between rows (the
+network stays continuous in t, as the solvers assume), x0 clipped to the pixel range [-1, 1]
+(no sample leaves it), and box edges rounded outward (every box covers at least one pixel).
 """
 
 from __future__ import annotations
@@ -20,6 +32,30 @@ BUSGEN_DEVICES = (
     "Mindray-NuewaI9", "Mindray-Resona7", "Samsung-Heraw10",
 )  # fmt: skip
 PRESETS = ("tiny", "small", "busgen_toy", "busgen")
+# Each setting is one field of a sampling preset (and of configs/synthesize.py).
+SAMPLING_PRESETS = {
+    "published": {
+        "sampler": "dpm_solver_pp_3s",
+        "steps": 50,
+        "guidance_weight": 1.8,
+        "skip": "time_uniform",
+        "drop_box_mask": True,
+        "time_input": "floor",
+        "clip_x0": False,
+        "box_raster": "truncate",
+    },
+    "project": {
+        "sampler": "dpm_solver_3s",
+        "steps": 50,
+        "guidance_weight": 1.8,
+        "skip": "time_uniform",
+        "drop_box_mask": False,
+        "time_input": "interpolate",
+        "clip_x0": True,
+        "box_raster": "outward",
+    },
+}
+SAMPLING_FIELDS = tuple(SAMPLING_PRESETS["published"])
 
 
 def _busgen_toy() -> ml_collections.ConfigDict:
@@ -104,3 +140,12 @@ def model_config(name: str) -> ml_collections.ConfigDict:
     if name not in builders:
         raise ValueError(f"unknown model preset {name!r}; expected one of {PRESETS}")
     return builders[name]()
+
+
+def sampling_preset(name: str) -> dict:
+    """A fresh copy of sampling preset `name` (one of SAMPLING_PRESETS), its name included."""
+    if name not in SAMPLING_PRESETS:
+        raise ValueError(
+            f"unknown sampling preset {name!r}; expected one of {tuple(SAMPLING_PRESETS)}"
+        )
+    return {"preset": name, **SAMPLING_PRESETS[name]}
