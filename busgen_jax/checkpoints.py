@@ -35,8 +35,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from busgen_jax import job
 
-class CheckpointError(RuntimeError):
+
+class CheckpointError(job.JobError):
     """No checkpoint in a directory that has some could be restored, or a save failed."""
 
 

@@ -2,11 +2,15 @@
 
 A job module defines `run(config, workdir)` and ends with `main = job.command(run, default)`.
 `busgen <job> --config=configs/x.py:preset --workdir=DIR --config.some.field=value` and
-`python -m busgen_jax.<job> ...` both end up here.
+`python -m busgen_jax.<job> ...` both end up here. Before `run` starts, the workdir is checked to
+be a writable directory, locked for this job (one writer at a time; process 0 of a multi-host
+job) and its config compared with the one it was started with (`busgen_jax.workdir`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import importlib.util
 import logging as std_logging
 import os
@@ -20,6 +24,7 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
+from busgen_jax import workdir as workdir_lib
 from busgen_jax.data import schema, shards
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -28,11 +33,33 @@ DISTRIBUTED_ENV = "BUSGEN_DISTRIBUTED"
 
 
 class JobError(RuntimeError):
-    """An error the user can fix (bad input, missing checkpoint); printed as one line."""
+    """An error the user can fix (bad input, missing checkpoint); printed as one line.
+
+    Libraries subclass it for their own user-facing errors (checkpoints.CheckpointError), so
+    that every job reports them in one line without wrapping them.
+    """
 
 
 # Errors a job raises about its inputs (each names the file or field): one line, no traceback.
-USER_ERRORS = (JobError, FileNotFoundError, shards.DatasetError, schema.SchemaError)
+USER_ERRORS = (
+    JobError,
+    FileNotFoundError,
+    shards.DatasetError,
+    schema.SchemaError,
+    workdir_lib.WorkdirError,
+)
+# OS errors about the machine rather than the code: a full disk, a read-only or foreign folder.
+USER_ERRNOS = frozenset({
+    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS,
+    errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
+})  # fmt: skip
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether `error` is the user's to fix, and so one `error:` line rather than a traceback."""
+    return isinstance(error, USER_ERRORS) or (
+        isinstance(error, OSError) and error.errno in USER_ERRNOS
+    )
 
 
 def resolve_config_path(spec: str) -> str:
@@ -117,6 +144,13 @@ def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config
             "Directory for this job's outputs, checkpoints and logs.",
             flag_values=flag_values,
         )
+        allow_flag = flags.DEFINE_bool(
+            "allow_config_change",
+            False,
+            "Restart on a workdir whose config differs only in fields that do not change what was "
+            "already written: training steps, log and checkpoint intervals, mesh, timeouts.",
+            flag_values=flag_values,
+        )
         flags.DEFINE_bool("help", False, "Show this help.", flag_values=flag_values, short_name="h")
         try:
             flag_values(argv)
@@ -133,16 +167,77 @@ def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config
             config = config_flag.value
             config.keys()  # a config that failed to load raises here, not deep inside the job
             check_local_paths(config, workdir_flag.value)
-        except (flags.Error, JobError, ValueError, OSError, KeyError, AttributeError) as e:
+        except (KeyError, AttributeError) as e:
+            _fail(_unknown_field(argv) or e)
+        except (flags.Error, JobError, ValueError, OSError) as e:
             _fail(e)
         _log_to_stderr()
         maybe_initialize_distributed()
-        try:
-            run(config, workdir_flag.value)
-        except USER_ERRORS as e:
-            _fail(e)
+        _run_in_workdir(run, config, workdir_flag.value, allow_flag.value)
 
     return main
+
+
+def _job_name(run: Callable) -> str:
+    module = run.__module__
+    if module == "__main__":  # python -m busgen_jax.<job>
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec else "main"
+    return module.rsplit(".", 1)[-1]
+
+
+def _run_in_workdir(run: Callable, config, workdir: str, allow_config_change: bool) -> None:
+    """`run(config, workdir)` holding the workdir, with user errors as one line."""
+    name = _job_name(run)
+    writer = _is_writer()
+    try:
+        workdir_lib.check_writable(workdir)
+        with workdir_lib.lock(workdir, name) if writer else contextlib.nullcontext():
+            first = workdir_lib.check_config(
+                workdir, name, config, allow_safe_changes=allow_config_change, write=writer
+            )
+            try:
+                run(config, workdir)
+            except BaseException:
+                if first and writer:
+                    workdir_lib.forget_config(workdir, name)
+                raise
+    except Exception as e:
+        if not is_user_error(e):
+            raise
+        _fail(e)
+
+
+def _is_writer() -> bool:
+    """Whether this process writes the workdir's bookkeeping: all but process 0 of a
+    multi-host job only read it."""
+    if os.environ.get(DISTRIBUTED_ENV) != "1":
+        return True
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _unknown_field(argv: Sequence[str]) -> str | None:
+    """ "--config.a.b: no such field ..." for the first override the config lacks, in place of
+    ml_collections' message (a quoted KeyError repr)."""
+    spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+    try:
+        config = load_config(spec) if spec else None
+    except Exception:  # noqa: BLE001 - the original error is reported instead
+        return None
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        path = arg[len("--config.") :].split("=", 1)[0]
+        node, parent = config, "config"
+        for part in path.split("."):
+            keys = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+            if part not in keys:
+                known = ", ".join(sorted(keys)) or "no fields"
+                return f"--config.{path}: no such field ({parent} has {known})"
+            node, parent = node[part], f"{parent}.{part}"
+    return None
 
 
 def _log_to_stderr() -> None:
@@ -156,8 +251,13 @@ def _log_to_stderr() -> None:
 
 
 def _quiet_libraries(record: std_logging.LogRecord) -> bool:
-    """Drops the INFO chatter of orbax (dozens of lines per checkpoint); warnings still show."""
-    return record.levelno >= std_logging.WARNING or f"{os.sep}orbax{os.sep}" not in record.pathname
+    """Drops the INFO chatter of orbax (dozens of lines per checkpoint); warnings still show,
+    without the tracebacks of its background threads (a failed save is reported in one line by
+    `checkpoints`)."""
+    if f"{os.sep}orbax{os.sep}" not in record.pathname:
+        return True
+    record.exc_info, record.exc_text = None, None
+    return record.levelno >= std_logging.WARNING
 
 
 def maybe_initialize_distributed() -> None:
@@ -188,7 +288,10 @@ def _help(flag_values: flags.FlagValues) -> str:
     )
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: Exception | str) -> None:
+    if isinstance(error, OSError) and error.strerror:
+        where = "" if error.filename is None else f"{error.filename}: "
+        error = f"{where}{error.strerror}"
     message = str(error).strip().splitlines()
     print(f"error: {message[-1] if message else type(error).__name__}", file=sys.stderr)
     sys.exit(2)

@@ -23,11 +23,15 @@ import numpy as np
 from clu import metric_writers, parameter_overview, periodic_actions
 from flax import nnx
 
-from busgen_jax import checkpoints
+from busgen_jax import checkpoints, job
 from busgen_jax.parallel import mesh as mesh_lib
 
 # Metrics whose non-finite value means the state is no longer worth keeping.
 FINITE_METRICS = ("loss", "grad_norm")
+
+
+class NonFiniteError(job.JobError, FloatingPointError):
+    """Training produced a non-finite loss or gradient; the last good checkpoint is kept."""
 
 
 def fetch_checked(
@@ -36,7 +40,7 @@ def fetch_checked(
     """Moves the metrics of the steps since the last check to the host in one transfer.
 
     Raises:
-      FloatingPointError: a loss or gradient norm is not finite; the message names the first
+      NonFiniteError: a loss or gradient norm is not finite; the message names the first
         bad step, the steps checked and the last good checkpoint, which stays in place.
     """
     if not pending:
@@ -51,7 +55,7 @@ def fetch_checked(
         if bad:
             manager.wait_until_finished()
             latest = manager.latest_step()
-            raise FloatingPointError(
+            raise NonFiniteError(
                 f"non-finite {bad} at step {step}; stopping without saving this state "
                 f"(metrics of steps {history[0][0]}-{history[-1][0]} checked; last good "
                 f"checkpoint: {'none' if latest is None else f'step {latest}'})"

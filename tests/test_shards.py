@@ -3,6 +3,9 @@
 import json
 import os
 import pathlib
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -107,3 +110,64 @@ def test_missing_shard_and_missing_manifest_are_named(tmp_path):
         shards.shard_paths(tmp_path, "test")
     with pytest.raises(shards.DatasetError, match="no manifest"):
         shards.read_manifest(tmp_path / "nowhere")
+
+
+_KILLED_WRITER = """
+import pathlib, sys, time
+sys.path.insert(0, "tests")
+from records import make_records
+from busgen_jax.data import shards
+
+def records():
+    for i, record in enumerate(make_records(30)):
+        if i == 20:  # three shards of train are complete in the staging folder by now
+            pathlib.Path(sys.argv[2]).write_text("stuck")
+            time.sleep(3600)
+        yield record
+
+shards.write_dataset(records(), sys.argv[1], name="k", records_per_shard=4)
+"""
+
+
+def test_a_killed_writer_leaves_nothing_behind_after_the_next_write(tmp_path):
+    marker = tmp_path / "stuck"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(tmp_path / "ds"), str(marker)],
+        cwd=pathlib.Path(__file__).parent.parent,
+    )
+    try:
+        while not marker.exists() and writer.poll() is None:
+            time.sleep(0.05)
+        assert marker.exists(), "the writer ended before it could be killed"
+    finally:
+        writer.kill()
+        writer.wait()
+    (staged,) = (tmp_path / "ds").glob(".staging-*")
+    assert list(staged.iterdir())
+    shards.write_dataset(make_records(30), tmp_path / "ds", name="k", records_per_shard=4)
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir() if p.name.startswith(".")) == []
+    assert shards.verify_dataset(tmp_path / "ds")["num_records"] == 30
+
+
+_FULL_DISK_WRITER = """
+import resource, signal, sys
+sys.path.insert(0, "tests")
+from records import make_records
+from busgen_jax.data import shards
+
+# No file may grow past 16 KiB, as on a full disk: writes fail with EFBIG.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 14, 1 << 14))
+shards.write_dataset(make_records(40), sys.argv[1], name="full")
+"""
+
+
+def test_a_full_disk_is_one_error_naming_the_shard(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_WRITER, str(tmp_path / "ds")],
+        cwd=pathlib.Path(__file__).parent.parent, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("busgen_jax.data.shards.DatasetError: "), out.stderr[-2000:]
+    assert str(tmp_path / "ds") in last and "File too large" in last
+    assert list((tmp_path / "ds").iterdir()) == []

@@ -4,6 +4,8 @@ A dataset directory holds `{name}-{split}-{i:05d}-of-{n:05d}.array_record` shard
 `manifest.json`. Shards are written under a temporary name and renamed when complete, and the
 manifest is written last (also atomically), so a reader that finds a manifest finds every shard
 it names, complete. The manifest carries no timestamps: the same records give the same bytes.
+What a killed writer leaves behind (a hidden staging folder, a half-written shard) is removed by
+the next writer of that directory, which the job's workdir lock makes the only one.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -47,22 +50,51 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     os.replace(tmp, path)
 
 
+_STAGING_PREFIX = ".staging-"
+_TMP_MARK = ".tmp-"
+
+
+def remove_stale_staging(directory: str | os.PathLike) -> list[str]:
+    """Deletes the staging folders and half-written files a killed writer left in `directory`;
+    returns their names. Only for a directory this process alone writes."""
+    directory = pathlib.Path(directory)
+    stale = [
+        p for p in (directory.iterdir() if directory.is_dir() else [])
+        if p.name.startswith(_STAGING_PREFIX) or (p.name.startswith(".") and _TMP_MARK in p.name)
+    ]  # fmt: skip
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return sorted(p.name for p in stale)
+
+
 def write_shard(payloads: Iterable[bytes], path: str | os.PathLike) -> dict[str, Any]:
-    """Writes serialized records to one ArrayRecord file atomically; returns its shard entry."""
+    """Writes serialized records to one ArrayRecord file atomically; returns its shard entry.
+
+    Raises:
+      DatasetError: the file cannot be written (disk full, no permission), naming it.
+    """
     path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
-    writer = ArrayRecordWriter(str(tmp), _WRITER_OPTIONS)
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{uuid.uuid4().hex}")
     count = 0
     try:
-        for payload in payloads:
-            writer.write(payload)
-            count += 1
-    except BaseException:
-        writer.close()
+        writer = ArrayRecordWriter(str(tmp), _WRITER_OPTIONS)
+        try:
+            for payload in payloads:
+                writer.write(payload)
+                count += 1
+        finally:
+            writer.close()
+        os.replace(tmp, path)
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        # array_record reports I/O failures as RuntimeError("write() failed: <reason>; ...").
+        if isinstance(error, OSError | RuntimeError) and not isinstance(error, DatasetError):
+            reason = error.strerror if isinstance(error, OSError) else str(error).split(";")[0]
+            raise DatasetError(f"{path}: cannot write shard ({reason})") from error
         raise
-    writer.close()
-    os.replace(tmp, path)
     return {"file": path.name, "num_records": count, "sha256": _sha256(path)}
 
 
@@ -124,7 +156,10 @@ def write_dataset(
         raise DatasetError(
             f"{out_dir / MANIFEST}: a dataset already exists here; use a new directory"
         )
-    staging = out_dir / f".staging-{uuid.uuid4().hex}"
+    stale = remove_stale_staging(out_dir)
+    if stale:
+        logging.warning("%s: removed %s left by an interrupted writer", out_dir, ", ".join(stale))
+    staging = out_dir / f"{_STAGING_PREFIX}{uuid.uuid4().hex}"
     staging.mkdir()
     try:
         manifest = _write_staged(_iter_validated(records), staging, name, records_per_shard)

@@ -1,0 +1,227 @@
+"""A job's hold on its workdir: one writer at a time, and one config per run.
+
+Every job (through `job.command`) checks that its workdir is a writable directory, takes an
+advisory lock on it and compares its config with the one the workdir was started with, before it
+reads or writes anything else there. Both live in `WORKDIR/.busgen/`:
+
+  lock                   host, pid and job of the holder while a job runs. The lock is a
+                         kernel `flock`, so a crashed holder (SIGKILL, power loss of a local
+                         disk) releases it by itself; the file left behind is only a label.
+                         Where a filesystem has no `flock` (some FUSE mounts), an exclusive
+                         create with a liveness check of the recorded pid stands in.
+  <job>.config.json      the fields of the config that fix the job's output, written when the
+                         job first starts. A restart whose config differs stops with one line
+                         naming the changed fields; `--allow_config_change` accepts changes of
+                         SAFE_FIELDS only (more steps, other log or checkpoint intervals, mesh).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import fnmatch
+import hashlib
+import json
+import os
+import pathlib
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import ml_collections
+
+META_DIR = ".busgen"
+LOCK_FILE = "lock"
+# Fields whose change does not alter what a run already wrote, matched against dotted config
+# paths ("*" spans dots, so they match inside the demo's nested stage configs too).
+SAFE_FIELDS = (
+    "*train.steps",
+    "*log_every_steps",
+    "*every_steps",
+    "*checkpoint.*",
+    "*mesh",
+    "*mesh.*",
+    "*finalize_timeout_s",
+)
+# Secrets are fingerprinted by their hash, never written down.
+_SECRET_FIELDS = ("*salt",)
+
+
+class WorkdirError(RuntimeError):
+    """The workdir cannot be used: not a writable directory, in use, or started otherwise."""
+
+
+def check_writable(workdir: str | os.PathLike) -> pathlib.Path:
+    """Creates `workdir` if needed and proves it takes a file; errors name it and the reason."""
+    path = pathlib.Path(workdir)
+    if path.exists() and not path.is_dir():
+        raise WorkdirError(f"--workdir={workdir}: is a file, not a directory")
+    probe = path / META_DIR / f".probe-{uuid.uuid4().hex}"
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"\0" * 4096)
+        probe.unlink()
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        raise WorkdirError(
+            f"--workdir={workdir}: cannot write there ({error.strerror or error})"
+        ) from error
+    return path
+
+
+def _holder(path: pathlib.Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    if not holder:
+        return "a job that is starting"
+    return f"'{holder.get('job')}' on host {holder.get('host')}, pid {holder.get('pid')}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def lock(workdir: str | os.PathLike, job: str) -> Iterator[None]:
+    """Holds the workdir's advisory lock for the duration of the block.
+
+    Raises:
+      WorkdirError: another job holds it; the message names its host and pid.
+    """
+    path = pathlib.Path(workdir) / META_DIR / LOCK_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "job": job, "since": time.time()}
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            use_flock = True
+        except OSError as error:
+            if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise WorkdirError(
+                    f"--workdir={workdir}: in use by {_describe(_holder(path))}; wait for it to "
+                    "finish or choose another --workdir"
+                ) from None
+            use_flock = False  # no flock on this filesystem
+        if not use_flock:
+            _claim_without_flock(path, workdir, me)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        yield
+    finally:
+        # An empty file marks a clean release; the flock goes with the descriptor.
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)
+
+
+def _claim_without_flock(path: pathlib.Path, workdir, me: dict[str, Any]) -> None:
+    """The lock by content alone: free when empty, or when its holder on this host is gone."""
+    holder = _holder(path)
+    if holder and not (holder.get("host") == me["host"] and not _alive(int(holder["pid"]))):
+        raise WorkdirError(
+            f"--workdir={workdir}: in use by {_describe(holder)} (if that job is gone, delete "
+            f"{path})"
+        )
+
+
+def _flatten(config: ml_collections.ConfigDict | dict, prefix: str = "config") -> dict[str, Any]:
+    flat = {}
+    for key, value in sorted(config.items()):
+        name = f"{prefix}.{key}"
+        if isinstance(value, ml_collections.ConfigDict | dict) and value:
+            flat.update(_flatten(value, name))
+        else:
+            value = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+            flat[name] = json.loads(json.dumps(value, default=str))
+    return flat
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as {dotted field: JSON value}, secrets replaced by their SHA-256."""
+    flat = _flatten(config)
+    for name, value in flat.items():
+        if value and any(fnmatch.fnmatchcase(name, p) for p in _SECRET_FIELDS):
+            flat[name] = "sha256:" + hashlib.sha256(str(value).encode()).hexdigest()
+    return flat
+
+
+def _short(flat: dict[str, Any], key: str) -> str:
+    text = json.dumps(flat[key]) if key in flat else "(none)"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_secret(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith("sha256:")
+
+
+def check_config(
+    workdir: str | os.PathLike,
+    job: str,
+    config: ml_collections.ConfigDict,
+    *,
+    allow_safe_changes: bool = False,
+    write: bool = True,
+) -> bool:
+    """Records `config` as the workdir's, or checks it against the one recorded.
+
+    Returns:
+      True when this call recorded the fingerprint for the first time.
+
+    Raises:
+      WorkdirError: the workdir was started with another config; names the changed fields.
+    """
+    path = pathlib.Path(workdir) / META_DIR / f"{job}.config.json"
+    new = fingerprint(config)
+    old = json.loads(path.read_text()) if path.exists() else None
+    if old is not None:
+        changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+        unsafe = [k for k in changed if not any(fnmatch.fnmatchcase(k, p) for p in SAFE_FIELDS)]
+        if changed and (unsafe or not allow_safe_changes):
+            shown = ", ".join(
+                k if _is_secret(old.get(k)) else f"{k} {_short(old, k)} -> {_short(new, k)}"
+                for k in (unsafe or changed)
+            )
+            hint = (
+                "start a new --workdir"
+                if unsafe
+                else "pass --allow_config_change to accept these, or start a new --workdir"
+            )
+            raise WorkdirError(
+                f"--workdir={workdir} was started by '{job}' with another config; changed: "
+                f"{shown} ({hint})"
+            )
+        if not changed:
+            return False
+    if write:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+        tmp.write_text(json.dumps(new, indent=1, sort_keys=True))
+        os.replace(tmp, path)
+    return old is None
+
+
+def forget_config(workdir: str | os.PathLike, job: str) -> None:
+    """Drops a just-recorded config when the run failed before writing anything else, so that
+    fixing a typo in the config is not taken for a restart with another config."""
+    root = pathlib.Path(workdir)
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = [d for d in subdirs if not (directory == str(root) and d == META_DIR)]
+        if files:
+            return
+    (root / META_DIR / f"{job}.config.json").unlink(missing_ok=True)

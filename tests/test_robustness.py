@@ -1,0 +1,263 @@
+"""Jobs hold their workdir: one writer at a time, one config per run, one line per user error.
+
+Kills here never race the clock: a job is killed only once it has shown (a lock file naming its
+pid, a marker) that it reached the point the test is about.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pathlib
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import ml_collections
+import pytest
+from generator_fixtures import phantom_dataset
+
+from busgen_jax import import_data, job, pretrain, synthesize, workdir
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _busgen(*args, preexec_fn=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "busgen_jax.cli", *map(str, args)], cwd=ROOT,
+        capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn,
+    )  # fmt: skip
+
+
+def _last_line(out: subprocess.CompletedProcess) -> str:
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    return out.stderr.strip().splitlines()[-1]
+
+
+def _wait_for_holder(lock: pathlib.Path, process: subprocess.Popen) -> dict:
+    """The lock file's holder once `process` has written itself there."""
+    while process.poll() is None:
+        holder = lock.read_text() if lock.exists() else ""
+        if holder:
+            return json.loads(holder)
+        time.sleep(0.05)
+    raise AssertionError(f"the job ended (rc {process.returncode}) before it held the lock")
+
+
+def test_a_second_job_on_a_busy_workdir_is_refused_naming_the_first(tmp_path):
+    # Millions of phantom images: the first job holds the workdir until it is killed.
+    first = subprocess.Popen(
+        [sys.executable, "-m", "busgen_jax.cli", "phantom", "--config=configs/phantom.py:tiny",
+         "--config.num_images=10000000", f"--workdir={tmp_path}"],
+        cwd=ROOT, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        holder = _wait_for_holder(tmp_path / workdir.META_DIR / workdir.LOCK_FILE, first)
+        assert holder["pid"] == first.pid
+        second = _busgen("phantom", "--config=configs/phantom.py:tiny", f"--workdir={tmp_path}")
+    finally:
+        first.kill()
+        first.wait()
+    line = _last_line(second)
+    assert f"on host {socket.gethostname()}, pid {first.pid}" in line, line
+    assert line.startswith(f"error: --workdir={tmp_path}: in use by 'generate_phantom'")
+
+
+_HOLDER = """
+import sys, time
+from busgen_jax import workdir
+with workdir.lock(sys.argv[1], "holder"):
+    print("locked", flush=True)
+    time.sleep(3600)
+"""
+
+
+def test_a_crashed_holders_lock_is_taken_over(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "locked"
+    holder.send_signal(signal.SIGKILL)
+    assert holder.wait() == -signal.SIGKILL
+    # The crashed holder's label is still there, but no process holds the lock any more.
+    assert json.loads((tmp_path / workdir.META_DIR / workdir.LOCK_FILE).read_text())["pid"]
+    out = _busgen("phantom", "--config=configs/phantom.py:tiny", f"--workdir={tmp_path}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "data" / "phantom" / "manifest.json").exists()
+
+
+def test_the_lock_is_exclusive_within_and_across_processes(tmp_path):
+    with workdir.lock(tmp_path, "a"):
+        with pytest.raises(
+            workdir.WorkdirError, match=rf"in use by 'a' on host .*, pid {os.getpid()}"
+        ):
+            with workdir.lock(tmp_path, "b"):
+                pass
+    with workdir.lock(tmp_path, "b"):  # released when the first block ended
+        pass
+
+
+def test_a_restart_with_another_config_is_refused_naming_the_fields(tmp_path):
+    args = ("phantom", "--config=configs/phantom.py:tiny", f"--workdir={tmp_path}")
+    assert _busgen(*args).returncode == 0
+    line = _last_line(_busgen(*args, "--config.seed=1", "--config.name=other"))
+    assert 'config.name "phantom" -> "other", config.seed 0 -> 1' in line, line
+    assert "start a new --workdir" in line
+    assert not (tmp_path / "data" / "other").exists()
+    # The flag accepts safe changes only; a seed is not one.
+    line = _last_line(_busgen(*args, "--config.seed=1", "--allow_config_change"))
+    assert "config.seed 0 -> 1" in line
+
+
+def _config(**fields) -> ml_collections.ConfigDict:
+    base = {"seed": 0, "salt": "secret", "train": {"steps": 10}, "log_every_steps": 5}
+    return ml_collections.ConfigDict({**base, **fields})
+
+
+def test_safe_fields_change_only_with_the_flag_and_secrets_are_not_stored(tmp_path):
+    assert workdir.check_config(tmp_path, "j", _config())
+    stored = (tmp_path / workdir.META_DIR / "j.config.json").read_text()
+    assert "secret" not in stored and "sha256:" in stored
+    longer = _config(train={"steps": 20}, log_every_steps=10)
+    with pytest.raises(workdir.WorkdirError, match=r"config.log_every_steps 5 -> 10, "
+                       r"config.train.steps 10 -> 20 \(pass --allow_config_change"):  # fmt: skip
+        workdir.check_config(tmp_path, "j", longer)
+    assert not workdir.check_config(tmp_path, "j", longer, allow_safe_changes=True)
+    with pytest.raises(workdir.WorkdirError, match=r"changed: config.salt \(start a new"):
+        workdir.check_config(tmp_path, "j", _config(train={"steps": 20}, salt="other"))
+    # Another job's record in the same workdir is its own.
+    assert workdir.check_config(tmp_path, "k", _config(seed=5))
+
+
+def _fake_job(tmp_path, behaviour):
+    """A job whose run does `behaviour(config, workdir)`, through the real command path."""
+
+    def run(config, workdir):
+        behaviour(config, pathlib.Path(workdir))
+
+    run.__module__ = "busgen_jax.fake"
+    return job.command(run, "configs/phantom.py:tiny", "A fake job.")
+
+
+def _main(main, tmp_path, *overrides, capsys) -> tuple[int, str]:
+    try:
+        main(["fake", "--config=configs/phantom.py:tiny", f"--workdir={tmp_path}", *overrides])
+    except SystemExit as exit_info:
+        return exit_info.code, capsys.readouterr().err.strip()
+    return 0, capsys.readouterr().err.strip()
+
+
+def test_a_run_that_failed_before_writing_does_not_pin_its_config(tmp_path, capsys):
+    def fail(config, path):
+        if config.seed == 0:
+            raise job.JobError("config.seed: the first try had a typo")
+
+    main = _fake_job(tmp_path, fail)
+    assert _main(main, tmp_path, capsys=capsys) == (
+        2,
+        "error: config.seed: the first try had a typo",
+    )
+    assert _main(main, tmp_path, "--config.seed=2", capsys=capsys)[0] == 0
+
+    def write_then_fail(config, path):
+        (path / "half.bin").write_bytes(b"x")
+        raise job.JobError("stopped")
+
+    other = tmp_path / "other"
+    main = _fake_job(other, write_then_fail)
+    assert _main(main, other, capsys=capsys)[0] == 2
+    code, err = _main(main, other, "--config.seed=2", capsys=capsys)
+    assert code == 2 and "config.seed 0 -> 2" in err
+
+
+@pytest.mark.parametrize(
+    "error, message",
+    [
+        (OSError(errno.ENOSPC, "No space left on device", "/w/x.bin"),
+         "error: /w/x.bin: No space left on device"),
+        (PermissionError(errno.EACCES, "Permission denied", "/w/y"),
+         "error: /w/y: Permission denied"),
+        (OSError(errno.EROFS, "Read-only file system"), "error: Read-only file system"),
+    ],
+)  # fmt: skip
+def test_disk_and_permission_errors_are_one_line(tmp_path, capsys, error, message):
+    def fail(config, path):
+        raise error
+
+    code, err = _main(_fake_job(tmp_path, fail), tmp_path, capsys=capsys)
+    assert code == 2 and err.splitlines()[-1] == message
+
+
+def test_other_errors_keep_their_traceback(tmp_path, capsys):
+    def fail(config, path):
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ZeroDivisionError):
+        _main(_fake_job(tmp_path, fail), tmp_path, capsys=capsys)
+
+
+@pytest.mark.parametrize("module", [pretrain, synthesize, import_data])
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path, capsys, module):
+    path = tmp_path / "file"
+    path.write_text("not a directory")
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["job", f"--workdir={path}"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: --workdir={path}: is a file, not a directory"
+
+
+def test_a_workdir_below_a_file_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    code, err = _main(_fake_job(tmp_path, print), tmp_path / "file" / "w", capsys=capsys)
+    assert (
+        code == 2
+        and err == f"error: --workdir={tmp_path}/file/w: cannot write there (Not a directory)"
+    )
+
+
+def test_an_unknown_field_is_named_readably(tmp_path, capsys):
+    code, err = _main(_fake_job(tmp_path, print), tmp_path, "--config.seeed=1", capsys=capsys)
+    assert code == 2
+    assert err == ("error: --config.seeed: no such field (config has class_probs, devices, "
+                   "image_size, label_map, name, num_images, records_per_shard, seed, "
+                   "split_fractions)")  # fmt: skip
+
+
+def _file_size_limit(limit: int):
+    def apply():
+        # As on a full disk: no file may grow past `limit` bytes (writes fail with EFBIG).
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_a_full_disk_while_writing_a_dataset_is_one_line(tmp_path):
+    out = _busgen("phantom", "--config=configs/phantom.py:tiny", f"--workdir={tmp_path}",
+                  preexec_fn=_file_size_limit(20_000))  # fmt: skip
+    line = _last_line(out)
+    assert line.startswith(f"error: {tmp_path}/data/phantom/") and "File too large" in line, line
+    assert not any((tmp_path / "data" / "phantom").iterdir())
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_a_checkpoint_save_stops_pretraining_at_once(tmp_path):
+    data = phantom_dataset(tmp_path / "data", num=24)
+    run = tmp_path / "run"
+    start = time.monotonic()
+    out = _busgen(
+        "pretrain", "--config=configs/pretrain.py:tiny", f"--workdir={run}",
+        f"--config.data.paths=('{data}',)", "--config.train.steps=400",
+        "--config.checkpoint.every_steps=2", "--config.sample.every_steps=1000",
+        preexec_fn=_file_size_limit(32_000),
+    )  # fmt: skip
+    line = _last_line(out)
+    assert "saving checkpoint step 2 failed: File too large" in line, out.stderr[-3000:]
+    assert line.startswith(f"error: {run}/checkpoints"), line
+    assert time.monotonic() - start < 300
+    assert out.stderr.count("Traceback") == 0
