@@ -32,7 +32,8 @@ from busgen_jax import generator as generator_lib
 from busgen_jax import job, synthesis_plan, visualize
 from busgen_jax.data import box_priors, pipeline, schema, shards
 from busgen_jax.parallel import mesh as mesh_lib
-from busgen_jax.privacy import audit
+from busgen_jax.privacy import audit, membership
+from busgen_jax.privacy import report as privacy_report
 
 OUTPUT = "synthetic"
 # Kernel width (in box-feature units: centre, log aspect, log area) when a class has too few
@@ -79,18 +80,28 @@ def _train_records(paths):
         yield from shards.read_records(path, "train")
 
 
-def audit_reference(
-    config: ml_collections.ConfigDict, spec
-) -> tuple[np.ndarray, float, np.ndarray]:
-    """Training images, the rejection threshold and held-out-to-training similarities."""
+def audit_reference(config: ml_collections.ConfigDict, spec) -> dict[str, Any]:
+    """Training and held-out splits, their similarities and the rejection thresholds.
+
+    `thresholds` are the configured quantile of held-out-to-training similarity (or the
+    configured overrides); `strict_thresholds` the `strict_quantile` one, used for a shard whose
+    own candidates test as copying.
+    """
     paths, size, classes = list(config.audit.train_paths), spec.image_size, spec.class_names
-    train = pipeline.load_split(paths, "train", size, classes)["image"]
-    heldout = pipeline.load_split(paths, config.audit.heldout_split, size, classes)["image"]
-    heldout_sims, _ = audit.nearest_neighbours(heldout, train)
-    threshold = config.audit.threshold
-    if threshold is None:
-        threshold = audit.quantile_threshold(heldout_sims, config.audit.quantile)
-    return train, float(threshold), heldout_sims
+    train = pipeline.load_split(paths, "train", size, classes)
+    heldout = pipeline.load_split(paths, config.audit.heldout_split, size, classes)
+    heldout_sims, _ = audit.search(heldout["image"], train["image"])
+    overrides = {"ncc": config.audit.threshold, "windowed": config.audit.windowed_threshold}
+    thresholds = audit.calibrate(heldout_sims, config.audit.quantile)
+    thresholds.update({m: float(v) for m, v in overrides.items() if v is not None})
+    strict = audit.calibrate(heldout_sims, config.audit.strict_quantile)
+    return {
+        "train": train,
+        "heldout": heldout,
+        "heldout_sims": heldout_sims,
+        "thresholds": thresholds,
+        "strict_thresholds": {m: min(strict[m], thresholds[m]) for m in audit.MEASURES},
+    }
 
 
 def _shard_name(config, shard: int, num_shards: int) -> str:
@@ -102,37 +113,48 @@ def _boxes_for(prior, pathology: str, seed: int, index: int, attempt: int) -> np
     return box_priors.sample_boxes(prior, pathology, 1, rng)[0]
 
 
-def generate_shard(ctx: dict[str, Any], shard: int) -> tuple[list[dict], dict, dict]:
-    """One shard: accepted records, a sidecar (per-record metadata, every candidate's
-    similarity) and the shard's closest candidates (accepted or not) for the audit figure."""
+def generate_shard(ctx: dict[str, Any], shard: int) -> tuple[list[dict], dict]:
+    """One shard: accepted records and a sidecar (per-record metadata, every candidate's
+    similarities, and the shard's closest candidates as similarities and training case ids).
+
+    Rejected candidates are dropped here: neither they nor any training image reach the disk.
+    """
     config, plan = ctx["config"], ctx["plan"]
     start = shard * config.records_per_shard
     pending = list(range(start, min(start + config.records_per_shard, len(plan))))
-    accepted: dict[int, tuple[np.ndarray, np.ndarray, int, float]] = {}
-    candidate_sims: list[float] = []
-    closest = {"image": [], "train_index": [], "similarity": []}
+    thresholds = ctx["thresholds"]
+    accepted: dict[int, tuple[np.ndarray, np.ndarray, int, dict[str, float]]] = {}
+    candidate_sims: dict[str, list[float]] = {m: [] for m in audit.MEASURES}
+    closest: list[dict] = []
     for attempt in range(config.audit.max_rounds):
         if not pending:
             break
         boxes = {i: _boxes_for(ctx["prior"], plan[i][0], config.seed, i, attempt) for i in pending}
         images = _sample(ctx, pending, boxes, jax.random.fold_in(ctx["key"], shard), attempt)
-        sims, nearest = audit.nearest_neighbours(images, ctx["train_images"])
-        candidate_sims += sims.tolist()
-        for k in np.argsort(-sims, kind="stable")[: config.audit.num_closest]:
-            closest["image"].append(visualize.to_uint8(images[k, ..., 0]))
-            closest["train_index"].append(int(nearest[k]))
-            closest["similarity"].append(float(sims[k]))
+        sims, nearest = audit.search(images, ctx["train_images"])
         still = []
-        for i, image, sim in zip(pending, images, sims, strict=True):
-            if sim <= ctx["threshold"]:
-                accepted[i] = (image, boxes[i], attempt, float(sim))
-            else:
+        for j, i in enumerate(pending):
+            sim = {m: float(sims[m][j]) for m in audit.MEASURES}
+            neighbour = ctx["train_case_ids"][nearest["windowed"][j]]
+            closest.append(_closest_entry(i, attempt, sim, neighbour, thresholds))
+            if audit.flagged(sim, thresholds):
                 still.append(i)
-        pending = still
+            else:
+                accepted[i] = (images[j], boxes[i], attempt, sim)
+        for m in audit.MEASURES:
+            candidate_sims[m] += sims[m].tolist()
+        if thresholds is not ctx["strict_thresholds"] and _tests_as_copying(ctx, candidate_sims):
+            # The generator copies: tighten the thresholds and recheck what was accepted.
+            thresholds = ctx["strict_thresholds"]
+            logging.warning("shard %d: candidates test as copying; using strict thresholds", shard)
+            still += [i for i in accepted if audit.flagged(accepted[i][3], thresholds)]
+            accepted = {i: a for i, a in accepted.items() if i not in still}
+        pending = sorted(still)
+        closest = sorted(closest, key=lambda c: -c["score"])[: config.audit.num_closest]
     if pending:
         raise job.JobError(
-            f"shard {shard}: {len(pending)} candidates stayed above the privacy threshold "
-            f"{ctx['threshold']:.4f} after {config.audit.max_rounds} rounds; the generator may be "
+            f"shard {shard}: {len(pending)} candidates stayed above the privacy thresholds "
+            f"{thresholds} after {config.audit.max_rounds} rounds; the generator may be "
             "memorizing its training images (see audit settings)"
         )
     records, meta = [], []
@@ -152,17 +174,40 @@ def generate_shard(ctx: dict[str, Any], shard: int) -> tuple[list[dict], dict, d
                     **ctx["provenance"],
                     "index": i,
                     "attempt": attempt,
-                    "nn_similarity": sim,
+                    "nn_similarity": sim["ncc"],
+                    "windowed_similarity": sim["windowed"],
                 },
             )
         )
         meta.append({"pathology": pathology, "device": device})
+    for entry in closest:
+        kept = entry["index"] in accepted and accepted[entry["index"]][2] == entry["attempt"]
+        entry["synthetic_case_id"] = f"{config.name}-{entry['index']:08d}" if kept else None
     sidecar = {
         "records": meta,
         "candidate_sims": candidate_sims,
-        "rejected": len(candidate_sims) - len(records),
+        "accepted_sims": {m: [accepted[i][3][m] for i in sorted(accepted)] for m in audit.MEASURES},
+        "rejected": len(candidate_sims["ncc"]) - len(records),
+        "closest": closest,
     }
-    return records, sidecar, {k: np.asarray(v) for k, v in closest.items()}
+    return records, sidecar
+
+
+def _closest_entry(index, attempt, sim, neighbour, thresholds) -> dict[str, Any]:
+    """A candidate as the audit lists it; `score` ranks by the largest margin over a threshold."""
+    return {
+        "index": index,
+        "attempt": attempt,
+        "similarity": sim,
+        "train_case_id": neighbour,
+        "flagged": bool(audit.flagged(sim, thresholds)),
+        "score": max(sim[m] - thresholds[m] for m in audit.MEASURES),
+    }
+
+
+def _tests_as_copying(ctx, candidate_sims: dict[str, list[float]]) -> bool:
+    sims = {m: np.asarray(v) for m, v in candidate_sims.items()}
+    return audit.copying_verdict(sims, ctx["heldout_sims"])["copying"]
 
 
 def _sample(ctx, indices: list[int], boxes: dict, shard_key: jax.Array, attempt: int) -> np.ndarray:
@@ -193,10 +238,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / shards.MANIFEST).exists():
         logging.info("%s is complete already", out_dir)
+        _remove_scratch(out_dir, "")
         return shards.read_manifest(out_dir)
     ctx = _context(config)
     num_shards = -(-len(ctx["plan"]) // config.records_per_shard)
     mine = range(jax.process_index(), num_shards, jax.process_count())
+    for k in mine:  # what a killed run of this process left half-written
+        _remove_scratch(out_dir, _shard_name(config, k, num_shards), sidecars=False)
     todo = [k for k in mine if not _sidecar(out_dir, config, k, num_shards).exists()]
     logging.info(
         "synthesis: %d records in %d shards; %d shards to write here (%d done)",
@@ -207,10 +255,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     )
     start, made = time.perf_counter(), 0
     for n, shard in enumerate(todo, 1):
-        records, sidecar, closest = generate_shard(ctx, shard)
+        records, sidecar = generate_shard(ctx, shard)
         name = _shard_name(config, shard, num_shards)
         sidecar["shard"] = shards.write_shard(map(schema.serialize, records), out_dir / name)
-        np.savez(_sidecar(out_dir, config, shard, num_shards).with_suffix(".npz"), **closest)
         shards.atomic_write_text(_sidecar(out_dir, config, shard, num_shards), json.dumps(sidecar))
         made += len(records)
         rate = made / (time.perf_counter() - start)
@@ -224,7 +271,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             len(todo),
             rate,
             sidecar["rejected"],
-            len(sidecar["candidate_sims"]),
+            len(sidecar["candidate_sims"]["ncc"]),
             left / max(rate, 1e-9),
         )
     if jax.process_index() != 0:
@@ -234,6 +281,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 
 def _sidecar(out_dir: pathlib.Path, config, shard: int, num_shards: int) -> pathlib.Path:
     return out_dir / f".{_shard_name(config, shard, num_shards)}.done.json"
+
+
+def _remove_scratch(out_dir: pathlib.Path, shard_name: str, sidecars: bool = True) -> None:
+    """Deletes hidden temporaries (and, once the dataset is complete, sidecars) of a shard name
+    ('' for all): a shared dataset directory holds only shards, manifest and audit."""
+    for path in out_dir.iterdir():
+        if not path.name.startswith(".") or shard_name not in path.name:
+            continue
+        if ".tmp-" in path.name or (sidecars and path.name.endswith(".done.json")):
+            path.unlink(missing_ok=True)
 
 
 def finalize(config, out_dir: pathlib.Path, num_shards: int, ctx: dict[str, Any]) -> dict:
@@ -251,13 +308,21 @@ def finalize(config, out_dir: pathlib.Path, num_shards: int, ctx: dict[str, Any]
         config.name, {"train": [d["shard"] for d in done]}, {"train": meta}
     )
     manifest["extra"] = {"provenance": ctx["provenance"], "config": config.to_dict()}
-    report = write_audit(out_dir, ctx, done, [p.with_suffix(".npz") for p in sidecars])
+    report = write_audit(out_dir, ctx, done)
     manifest["extra"]["audit"] = {
-        k: report[k] for k in ("threshold", "num_candidates", "rejected_count", "rejection_rate")
+        k: report[k] for k in ("thresholds", "num_candidates", "rejected_count", "rejection_rate")
     }
+    accepted = {m: np.concatenate([d["accepted_sims"][m] for d in done]) for m in audit.MEASURES}
+    verdict = audit.copying_verdict(accepted, ctx["heldout_sims"])
+    if verdict["copying"]:
+        raise job.JobError(
+            f"{out_dir}: the accepted images test as copying their training images "
+            f"({verdict['interpretation']}); no manifest written; see {out_dir / 'audit'}"
+        )
     shards.atomic_write_text(
         out_dir / shards.MANIFEST, json.dumps(manifest, indent=1, sort_keys=True)
     )
+    _remove_scratch(out_dir, "")
     print(
         f"synthetic dataset: {out_dir} ({manifest['num_records']} images); "
         f"audit: {out_dir / 'audit'}"
@@ -265,33 +330,81 @@ def finalize(config, out_dir: pathlib.Path, num_shards: int, ctx: dict[str, Any]
     return manifest
 
 
-def write_audit(
-    out_dir: pathlib.Path, ctx: dict[str, Any], done: list[dict], closest_files
-) -> dict:
-    """audit/: every candidate's similarity against held-out, and the closest pairs overall."""
-    sims = np.array([s for d in done for s in d["candidate_sims"]])
-    closest = [np.load(path) for path in closest_files]
-    similarity = np.concatenate([c["similarity"] for c in closest])
-    images = np.concatenate([c["image"] for c in closest])
-    train_index = np.concatenate([c["train_index"] for c in closest])
-    train_uint8 = visualize.to_uint8(ctx["train_images"])
-    pairs = [
-        (images[k], train_uint8[train_index[k]], float(similarity[k]))
-        for k in np.argsort(-similarity, kind="stable")[: ctx["config"].audit.num_closest]
-    ]
-    return audit.write_audit_report(
+def write_audit(out_dir: pathlib.Path, ctx: dict[str, Any], done: list[dict]) -> dict:
+    """audit/: every candidate's similarities against held-out ones, the closest candidates as
+    synthetic image (accepted ones only) beside the training neighbour's case id, membership
+    inference, and optionally the operator-only pictures in WORKDIR/private_audit/."""
+    config = ctx["config"]
+    sims = {m: np.concatenate([d["candidate_sims"][m] for d in done]) for m in audit.MEASURES}
+    closest = sorted((c for d in done for c in d["closest"]), key=lambda c: -c["score"])
+    closest = closest[: config.audit.num_closest]
+    stored = {
+        r["case_id"]: r["image"]
+        for k in {c["index"] // config.records_per_shard for c in closest}
+        for r in shards.read_shard(out_dir / done[k]["shard"]["file"])
+    }
+    for entry in closest:
+        png = stored.get(entry["synthetic_case_id"])
+        entry["image"] = None if png is None else schema.decode_png(png)
+    private = None
+    if config.audit.private_pictures:
+        train = ctx["reference"]["train"]
+        rows = [
+            (
+                c["image"],
+                train["image"][train["case_id"].index(c["train_case_id"])],
+                c["synthetic_case_id"],
+            )
+            for c in closest
+            if c["image"] is not None
+        ]
+        private = str(
+            privacy_report.write_private_pairs(
+                out_dir.parent / privacy_report.PRIVATE_DIR / "closest_pairs.png", rows
+            )
+        )
+    return privacy_report.write_audit_report(
         out_dir / "audit",
-        sims=sims,
+        candidate_sims=sims,
         heldout_sims=ctx["heldout_sims"],
-        threshold=ctx["threshold"],
+        thresholds=ctx["thresholds"],
         rejected_count=sum(d["rejected"] for d in done),
-        closest_pairs=pairs,
+        closest=closest,
+        membership=_membership(ctx) if config.audit.membership_draws else None,
+        private_pictures=private,
     )
+
+
+def _membership(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Loss-based membership inference: the generator's training split against held-out."""
+    spec, draws = ctx["spec"], ctx["config"].audit.membership_draws
+    losses = []
+    for split in (ctx["reference"]["train"], ctx["reference"]["heldout"]):
+        # A device the generator does not know gets the null condition.
+        device_ids = np.asarray(
+            [
+                spec.device_names.index(d) + 1 if d in spec.device_names else 0
+                for d in split["device"]
+            ]
+        )
+        losses.append(
+            membership.per_image_losses(
+                ctx["model"],
+                spec,
+                split["image"],
+                split["class_id"],
+                device_ids,
+                split["box_mask"],
+                num_draws=draws,
+                seed=ctx["config"].seed,
+            )
+        )
+    return membership.loss_attack(*losses)
 
 
 def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
     model, spec = generator_lib.load_generator(config.generator, adapter=config.adapter or None)
-    train_images, threshold, heldout_sims = audit_reference(config, spec)
+    reference = audit_reference(config, spec)
     mesh = mesh_lib.make_mesh(dict(config.mesh))
     if config.batch_size % mesh_lib.num_batch_shards(mesh):
         raise job.JobError(
@@ -305,9 +418,12 @@ def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "prior": load_box_prior(config, spec.class_names),
         "key": jax.random.key(config.seed),
         "mesh": mesh,
-        "train_images": train_images,
-        "threshold": threshold,
-        "heldout_sims": heldout_sims,
+        "reference": reference,
+        "train_images": reference["train"]["image"],
+        "train_case_ids": reference["train"]["case_id"],
+        "thresholds": reference["thresholds"],
+        "strict_thresholds": reference["strict_thresholds"],
+        "heldout_sims": reference["heldout_sims"],
         "sample_fn": generator_lib.make_sample_fn(
             spec,
             sampler=config.sampler,

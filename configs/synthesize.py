@@ -50,11 +50,21 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     # split, and the rejection threshold is calibrated on its held-out split.
     config.audit.train_paths = ()
     config.audit.heldout_split = "test"
+    # Thresholds of the two similarities (NCC, shift/crop/rotation-tolerant windowed NCC);
+    # unset, each is the `quantile` of held-out-to-training similarity.
     config.audit.threshold = ml_collections.config_dict.placeholder(float)
+    config.audit.windowed_threshold = ml_collections.config_dict.placeholder(float)
     config.audit.quantile = 0.999
+    # A shard whose own candidates test as copying is refiltered at this stricter quantile.
+    config.audit.strict_quantile = 0.95
     config.audit.max_rounds = 5
-    # Closest candidate/training pairs shown in the audit figure.
+    # Closest candidates listed in the audit (synthetic image beside the training case id).
     config.audit.num_closest = 8
+    # Pictures of the closest training neighbours for the operator, in WORKDIR/private_audit/
+    # (never inside the dataset): off, since they are training images.
+    config.audit.private_pictures = False
+    # Noise draws per image of the loss-based membership-inference test (0: no test).
+    config.audit.membership_draws = 16
 
     if preset == "tiny":
         config.num_images = 24

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from generator_fixtures import phantom_dataset, tiny_generator
 
-from busgen_jax import job, synthesis_plan, synthesize
-from busgen_jax.data import shards
+from busgen_jax import job, synthesis_plan, synthesize, visualize
+from busgen_jax.data import pipeline, schema, shards
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,11 @@ def test_synthesis_writes_exactly_the_planned_audited_dataset(inputs, tmp_path):
     assert len(first["boxes"]) >= 1  # benign and DCIS lesions get boxes from the prior
     report = json.loads((out / "audit" / "audit.json").read_text())
     assert report["num_candidates"] >= config.num_images
-    assert all(r["provenance"]["nn_similarity"] <= report["threshold"] for r in records)
+    thresholds = report["thresholds"]
+    assert all(r["provenance"]["nn_similarity"] <= thresholds["ncc"] for r in records)
+    assert all(r["provenance"]["windowed_similarity"] <= thresholds["windowed"] for r in records)
+    assert [r["quantile"] for r in report["memorization_rates"]] == [0.95, 0.99, 0.999]
+    assert 0.0 <= report["membership_inference"]["auc"] <= 1.0
     assert (out / "audit" / "audit_closest_pairs.png").stat().st_size > 0
     shards.verify_dataset(out)
 
@@ -136,3 +140,56 @@ def test_killed_job_resumes_to_the_same_bytes(inputs, tmp_path):
     assert len({r["case_id"] for r in resumed}) == 24
     assert all(a["image"] == b["image"] for a, b in zip(whole, resumed, strict=True))
     assert not np.any([p.name.startswith(".") and ".tmp-" in p.name for p in out.iterdir()])
+
+
+def _training_byte_patterns(data_dir, image_size):
+    """Every form a training image could be written in: its PNG, its pixels as stored, and the
+    audit's resized copy as float32 and as uint8."""
+    records = list(shards.read_records(data_dir, "train"))
+    resized = pipeline.load_split([str(data_dir)], "train", image_size)["image"]
+    patterns = [r["image"] for r in records]
+    patterns += [schema.decode_png(r["image"]).tobytes() for r in records]
+    patterns += [image.astype(np.float32).tobytes() for image in resized]
+    patterns += [visualize.to_uint8(image).tobytes() for image in resized]
+    return patterns
+
+
+def test_nothing_written_holds_training_pixels(inputs, tmp_path, monkeypatch):
+    """A generator that copies on its first try: its candidates are rejected and never stored,
+    the dataset directory holds only shards, manifest and audit, and no file anywhere holds a
+    training image's PNG or pixel bytes; pictures of neighbours go to private_audit/ only."""
+    config = _config(inputs, num_images=8)
+    config.audit.private_pictures = True
+    real_sample = synthesize._sample
+
+    def copying_sample(ctx, indices, boxes, shard_key, attempt):
+        if attempt == 0:
+            return ctx["train_images"][: len(indices), ..., None]
+        return real_sample(ctx, indices, boxes, shard_key, attempt)
+
+    monkeypatch.setattr(synthesize, "_sample", copying_sample)
+    out = tmp_path / synthesize.OUTPUT
+    out.mkdir()
+    (out / ".synthetic-train-00000-of-00001.array_record.tmp-0123").write_bytes(b"killed run")
+    synthesize.run(config, str(tmp_path))
+    manifest = shards.read_manifest(out)
+    expected = {s["file"] for s in manifest["splits"]["train"]["shards"]} | {"manifest.json"}
+    assert {p.name for p in out.iterdir()} == expected | {"audit"}
+    assert {p.name for p in (out / "audit").iterdir()} == {
+        "audit.json",
+        "audit_similarity_hist.png",
+        "audit_closest_pairs.png",
+    }
+    report = json.loads((out / "audit" / "audit.json").read_text())
+    private = tmp_path / "private_audit" / "closest_pairs.png"
+    assert report["private_pictures"] == str(private) and private.stat().st_size > 0
+    train_ids = set(pipeline.load_split([inputs["data"]], "train", 32)["case_id"])
+    assert {c["train_case_id"] for c in report["closest_pairs"]} <= train_ids
+    assert all(c["synthetic_case_id"] is None for c in report["closest_pairs"] if c["flagged"])
+
+    patterns = _training_byte_patterns(inputs["data"], 32)
+    assert len(patterns) >= 4 * 40
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path != private:
+            content = path.read_bytes()
+            assert not any(p in content for p in patterns), path

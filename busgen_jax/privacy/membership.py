@@ -1,0 +1,100 @@
+"""Loss-based membership inference against a (few-shot adapted) diffusion generator.
+
+A generator that memorized its training images denoises them better than images of other
+patients. The attack of Matsumoto et al. 2023 / Carlini et al. 2023 ("loss threshold") scores
+each image by minus its denoising loss, averaged over fixed timesteps and noise draws that are the
+same for every image, and asks how well that score separates training images (members) from
+held-out real images (non-members): AUC (0.5 = no leak) and the true-positive rate at 1%
+false-positive rate (Carlini et al. 2022's low-FPR metric).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from flax import nnx
+
+from busgen_jax.diffusion import losses, schedules
+
+
+@functools.partial(nnx.jit, static_argnames=("prediction",))
+def _squared_errors(model, x0, t, noise, class_ids, device_ids, box_mask, schedule, prediction):
+    alpha_t, sigma_t = schedules.alpha(schedule, t), schedules.sigma(schedule, t)
+    pred = model(losses.q_sample(schedule, x0, t, noise), t, class_ids, device_ids, box_mask)
+    target = losses.target(prediction, x0, noise, alpha_t, sigma_t)
+    return jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=(1, 2, 3))
+
+
+def per_image_losses(
+    model: nnx.Module,
+    spec: Any,
+    images: np.ndarray,
+    class_ids: np.ndarray,
+    device_ids: np.ndarray,
+    box_mask: np.ndarray,
+    *,
+    num_draws: int = 16,
+    seed: int = 0,
+    batch: int = 32,
+) -> np.ndarray:
+    """[N] mean denoising loss of each image in [-1, 1] [N, H, W] under its own condition.
+
+    Timesteps are stratified over the schedule (draw d uses t = (d + 1/2) T / num_draws) and the
+    noise of draw d is fixed, so every image meets the same t and noise: differences in loss are
+    the model's, not the draws'.
+    """
+    schedule = schedules.make_schedule(ml_collections.ConfigDict(spec.schedule))
+    channels = model.head.in_features - 1
+    n, size = len(images), images.shape[1]
+    total = np.zeros(n)
+    for d in range(num_draws):
+        t_value = int((d + 0.5) * schedule.T / num_draws)
+        noise_one = jax.random.normal(jax.random.key(seed + d), (1, size, size, channels))
+        for start in range(0, n, batch):
+            stop = min(start + batch, n)
+            pad = batch - (stop - start)  # one compiled shape
+            take = np.r_[np.arange(start, stop), np.full(pad, stop - 1)]
+            x0 = jnp.repeat(jnp.asarray(images[take], jnp.float32)[..., None], channels, axis=-1)
+            errors = _squared_errors(
+                model,
+                x0,
+                jnp.full((batch,), t_value, jnp.float32),
+                jnp.broadcast_to(noise_one, x0.shape),
+                jnp.asarray(class_ids[take], jnp.int32),
+                jnp.asarray(device_ids[take], jnp.int32),
+                jnp.asarray(box_mask[take], jnp.float32)[..., None],
+                schedule,
+                spec.prediction,
+            )
+            total[start:stop] += np.asarray(errors)[: stop - start]
+    return total / num_draws
+
+
+def loss_attack(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> dict[str, Any]:
+    """AUC and TPR at 1% FPR of the score -loss for members against non-members.
+
+    AUC counts ties 1/2 (the Mann-Whitney form). At 1% FPR the threshold is the 99th percentile
+    of non-member scores; with fewer than 100 non-members that is in effect their maximum, so the
+    reported FPR (`fpr_at_threshold`) is the one actually achieved.
+    """
+    members = -np.asarray(member_losses, np.float64)
+    others = -np.asarray(nonmember_losses, np.float64)
+    if members.size == 0 or others.size == 0:
+        raise ValueError("membership inference needs member and non-member losses")
+    greater = (members[:, None] > others[None, :]).mean()
+    ties = (members[:, None] == others[None, :]).mean()
+    threshold = float(np.quantile(others, 0.99, method="higher"))
+    return {
+        "auc": float(greater + 0.5 * ties),
+        "tpr_at_1pct_fpr": float((members > threshold).mean()),
+        "fpr_at_threshold": float((others > threshold).mean()),
+        "num_members": int(members.size),
+        "num_nonmembers": int(others.size),
+        "member_loss_mean": float(np.mean(member_losses)),
+        "nonmember_loss_mean": float(np.mean(nonmember_losses)),
+    }
