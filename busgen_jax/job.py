@@ -191,7 +191,7 @@ def _run_in_workdir(run: Callable, config, workdir: str, allow_config_change: bo
     name = _job_name(run)
     writer = _is_writer()
     try:
-        workdir_lib.check_writable(workdir)
+        before = {p.name for p in workdir_lib.check_writable(workdir).iterdir()}
         with workdir_lib.lock(workdir, name) if writer else contextlib.nullcontext():
             first = workdir_lib.check_config(
                 workdir, name, config, allow_safe_changes=allow_config_change, write=writer
@@ -199,8 +199,10 @@ def _run_in_workdir(run: Callable, config, workdir: str, allow_config_change: bo
             try:
                 run(config, workdir)
             except BaseException:
-                if first and writer:
-                    workdir_lib.forget_config(workdir, name)
+                if writer:
+                    workdir_lib.remove_new_empty_dirs(workdir, before)
+                    if first:
+                        workdir_lib.forget_config(workdir, name)
                 raise
     except Exception as e:
         if not is_user_error(e):

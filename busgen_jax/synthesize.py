@@ -403,7 +403,16 @@ def _membership(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    model, spec = generator_lib.load_generator(config.generator, adapter=config.adapter or None)
+    if not config.generator:
+        raise job.JobError("config.generator is empty (an exported generator, e.g. RUN/export)")
+    if not config.audit.train_paths:
+        raise job.JobError("config.audit.train_paths is empty (the data the generator learned)")
+    try:
+        model, spec = generator_lib.load_generator(config.generator, config.adapter or None)
+        # Unknown classes or devices fail here, before the audit reference costs its time.
+        plan = make_plan(config, spec)
+    except ValueError as e:  # an adapter of another generator, a broken export, a bad mix
+        raise job.JobError(str(e)) from e
     reference = audit_reference(config, spec)
     mesh = mesh_lib.make_mesh(dict(config.mesh))
     if config.batch_size % mesh_lib.num_batch_shards(mesh):
@@ -414,7 +423,7 @@ def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "config": config,
         "spec": spec,
         "model": model,
-        "plan": make_plan(config, spec),
+        "plan": plan,
         "prior": load_box_prior(config, spec.class_names),
         "key": jax.random.key(config.seed),
         "mesh": mesh,

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import socket
 import time
 import uuid
@@ -216,12 +217,25 @@ def check_config(
     return old is None
 
 
+def _has_files(path: pathlib.Path, skip: str | None = None) -> bool:
+    for directory, subdirs, files in os.walk(path):
+        subdirs[:] = [d for d in subdirs if not (directory == str(path) and d == skip)]
+        if files:
+            return True
+    return False
+
+
 def forget_config(workdir: str | os.PathLike, job: str) -> None:
     """Drops a just-recorded config when the run failed before writing anything else, so that
     fixing a typo in the config is not taken for a restart with another config."""
     root = pathlib.Path(workdir)
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = [d for d in subdirs if not (directory == str(root) and d == META_DIR)]
-        if files:
-            return
-    (root / META_DIR / f"{job}.config.json").unlink(missing_ok=True)
+    if not _has_files(root, skip=META_DIR):
+        (root / META_DIR / f"{job}.config.json").unlink(missing_ok=True)
+
+
+def remove_new_empty_dirs(workdir: str | os.PathLike, before: set[str]) -> None:
+    """Removes folders a failed run created in `workdir` (not in `before`) but left without a
+    file, so that an output folder exists only when something is in it."""
+    for path in pathlib.Path(workdir).iterdir():
+        if path.name not in before and path.is_dir() and not _has_files(path):
+            shutil.rmtree(path, ignore_errors=True)

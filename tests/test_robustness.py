@@ -19,9 +19,10 @@ import time
 
 import ml_collections
 import pytest
-from generator_fixtures import phantom_dataset
+from generator_fixtures import phantom_dataset, tiny_generator
 
-from busgen_jax import import_data, job, pretrain, synthesize, workdir
+from busgen_jax import generator, import_data, job, pretrain, synthesize, workdir
+from busgen_jax.models import lora
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -261,3 +262,56 @@ def test_a_full_disk_during_a_checkpoint_save_stops_pretraining_at_once(tmp_path
     assert line.startswith(f"error: {run}/checkpoints"), line
     assert time.monotonic() - start < 300
     assert out.stderr.count("Traceback") == 0
+
+
+@pytest.fixture(scope="module")
+def generator_dir(tmp_path_factory):
+    return tiny_generator(tmp_path_factory.mktemp("gen") / "generator")
+
+
+def _synthesize(tmp_path, capsys, *overrides) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        synthesize.main(
+            ["busgen synthesize", "--config=configs/synthesize.py:tiny", f"--workdir={tmp_path}",
+             *overrides]
+        )  # fmt: skip
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1
+    # A failed synthesis leaves no (empty) output folder behind.
+    assert not (tmp_path / synthesize.OUTPUT).exists()
+    return err[0]
+
+
+def test_synthesis_names_an_empty_generator_and_empty_audit_data(tmp_path, capsys, generator_dir):
+    assert _synthesize(tmp_path, capsys) == "error: " + (
+        "config.generator is empty (an exported generator, e.g. RUN/export)"
+    )
+    err = _synthesize(tmp_path, capsys, f"--config.generator={generator_dir}")
+    assert err.startswith("error: config.audit.train_paths is empty"), err
+
+
+def test_synthesis_refuses_an_unknown_class_before_reading_the_audit_data(
+    tmp_path, capsys, generator_dir
+):
+    # The audit data does not exist: had it been read first, the error would name it.
+    err = _synthesize(
+        tmp_path, capsys, f"--config.generator={generator_dir}",
+        f"--config.audit.train_paths=('{tmp_path / 'nowhere'}',)", "--config.classes={'fibroma': 1.0}",
+    )  # fmt: skip
+    assert "['fibroma'] not known to this generator" in err, err
+
+
+def test_synthesis_refuses_an_adapter_of_another_generator(tmp_path, capsys, generator_dir):
+    other, _ = generator.load_generator(tiny_generator(tmp_path / "other", seed=1))
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / lora.ADAPTER_FILE).write_text(json.dumps({
+        "base_fingerprint": lora.params_fingerprint(other), "base_generator": "other/export",
+    }))  # fmt: skip
+    data = phantom_dataset(tmp_path / "data", num=16)
+    err = _synthesize(
+        tmp_path / "run", capsys, f"--config.generator={generator_dir}",
+        f"--config.adapter={adapter}", f"--config.audit.train_paths=('{data}',)",
+    )  # fmt: skip
+    assert "adapter was trained on the base generator other/export" in err, err
