@@ -10,12 +10,13 @@ per named model; the ground truth is the `label` column (1 = the task's positive
 all files must agree on. Per model: ROC AUC with a DeLong and a
 bootstrap interval, and sensitivity, specificity, PPV, NPV and accuracy at a threshold chosen on
 the model's validation predictions (or, flagged `chosen_on: test`, on the test set itself);
-every pair of models: a paired DeLong test. With a reader study (a CSV of BI-RADS reads, or for
-the phantom a study *simulated* from its latent malignancy score, labelled so everywhere): each
-reader's operating point, each model at each reader's specificity and sensitivity with McNemar
-tests, the mean improvement over readers, the OR MRMC model-vs-readers analysis, and with two
-modalities the OR MRMC modality comparison. Writes DIR/evaluation/{results.json, roc.png,
-evaluation.md}.
+every pair of models: a paired DeLong test. With a reader study (reads in a long table, iMRMC or
+RJafroc layout on a BI-RADS or numeric scale, or for the phantom a Roe-Metz panel *simulated* with
+its latent malignancy score as case difficulty, labelled so everywhere): each reader's operating
+point, each model at each reader's specificity and sensitivity with McNemar tests, the mean
+sensitivity and specificity gains with OR MRMC tests, the OR MRMC model-vs-readers AUC analysis,
+and with two or more modalities the OR MRMC modality comparison. Writes
+DIR/evaluation/{results.json, roc.png, evaluation.md}.
 """
 
 from __future__ import annotations
@@ -35,10 +36,12 @@ from sklearn import metrics
 
 from busgen_jax import job
 from busgen_jax.data import shards
-from busgen_jax.evaluation import mrmc, plots, reader_study, statistics
+from busgen_jax.evaluation import mrmc, plots, reader_io, reader_study, roe_metz, statistics
 
 THRESHOLD_RULES = ("target_specificity", "target_sensitivity", "youden", "fixed")
-SIMULATED_LABEL = "SIMULATED reader study (readers simulated from the phantom's latent score)"
+SIMULATED_LABEL = (
+    "SIMULATED reader study (Roe-Metz readers; case difficulty from the phantom's latent score)"
+)
 
 
 def read_predictions(path: str | os.PathLike) -> dict[str, list]:
@@ -143,12 +146,18 @@ def _evaluate_model(truth, scores, threshold, *, n_boot, seed, alpha, method) ->
     }
 
 
-def _reader_analysis(study, models, *, modality, threshold, method, alpha, cov_method):
+def _reader_analysis(
+    study, models, *, modality, threshold, method, alpha, cov_method, mcnemar_method="exact"
+):
     """Readers' operating points, and each model (case_id -> score) against the readers."""
     modality = modality or study.modalities[0]
+    listed = sorted(set(models) & set(study.reader_ids))
+    if listed:
+        raise job.JobError(f"model(s) {listed} are also listed among the reader study's readers")
     out: dict[str, Any] = {
         "simulated": study.simulated,
         "label": SIMULATED_LABEL if study.simulated else "reader study",
+        "alpha": alpha,
         "n_cases": len(study.case_ids),
         "n_readers": len(study.reader_ids),
         "modalities": list(study.modalities),
@@ -168,19 +177,22 @@ def _reader_analysis(study, models, *, modality, threshold, method, alpha, cov_m
     for name, by_case in models.items():
         scores = [by_case[case] for case in study.case_ids]
         vs_readers = reader_study.compare_model_to_readers(
-            study, scores, threshold=threshold, modality=modality, method=method, alpha=alpha
-        )
+            study, scores, threshold=threshold, modality=modality, method=method, alpha=alpha,
+            mcnemar_method=mcnemar_method,
+        )  # fmt: skip
         or_test = mrmc.or_model_vs_readers(
-            study.truth, scores, study.modality_scores(modality), cov_method=cov_method, alpha=alpha
-        )
+            study.truth, scores, study.modality_scores(modality), cov_method=cov_method,
+            alpha=alpha, reader_ids=study.reader_ids,
+        )  # fmt: skip
         out["models"][name] = {"vs_readers": vs_readers.to_dict(), "mrmc": or_test.to_dict()}
-    if len(study.modalities) == 2:
+    if len(study.modalities) >= 2:
         out["modality_comparison"] = mrmc.or_modalities(
             study.truth,
             study.scores,
             modalities=study.modalities,
             cov_method=cov_method,
             alpha=alpha,
+            reader_ids=study.reader_ids,
         ).to_dict()
     return out
 
@@ -197,9 +209,10 @@ def evaluate_predictions(
     seed: int = 0,
     alpha: float = 0.05,
     method: str = "clopper-pearson",
-    reader_threshold: str = reader_study.DEFAULT_THRESHOLD,
+    reader_threshold: str | None = None,
     reader_modality: str | None = None,
     cov_method: str = "jackknife",
+    mcnemar_method: str = "exact",
 ) -> dict[str, Any]:
     """All the numbers of the evaluation, as a JSON-ready dict (see the module docstring).
 
@@ -269,6 +282,7 @@ def evaluate_predictions(
             method=method,
             alpha=alpha,
             cov_method=cov_method,
+            mcnemar_method=mcnemar_method,
         )
     return results
 
@@ -283,8 +297,8 @@ def _check_study_truth(study: reader_study.ReaderStudy, truth, evaluated: set[st
             )
 
 
-def latent_scores(dataset_dirs: Sequence[str], split: str) -> dict[str, float]:
-    """case_id -> latent malignancy score of a split's records (phantom data only)."""
+def latent_scores(dataset_dirs: Sequence[str], split: str) -> dict[str, tuple[float, str]]:
+    """case_id -> (latent malignancy score, pathology) of a split's records (phantom data)."""
     scores = {}
     for directory in dataset_dirs:
         for record in shards.read_records(directory, split):
@@ -293,20 +307,31 @@ def latent_scores(dataset_dirs: Sequence[str], split: str) -> dict[str, float]:
                     f"{directory}: case {record['case_id']!r} has no latent "
                     "malignancy_score; give reader_study.csv instead"
                 )
-            scores[record["case_id"]] = float(record["malignancy_score"])
+            scores[record["case_id"]] = (
+                float(record["malignancy_score"]),
+                str(record.get("pathology", "")),
+            )
     return scores
+
+
+def rating_scale(cfg: ml_collections.ConfigDict) -> reader_study.RatingScale:
+    """The rating scale `config.reader_study` declares (kind, direction, threshold)."""
+    try:
+        return reader_io.rating_scale_of(cfg)
+    except ValueError as e:
+        raise job.JobError(f"config.reader_study: {e}") from e
 
 
 def make_reader_study(
     config: ml_collections.ConfigDict, truth: Mapping[str, int], case_ids: Sequence[str]
 ) -> reader_study.ReaderStudy | None:
-    """The study the config names: a reads CSV, a simulated study, or None."""
+    """The study the config names: a reads file, a simulated study, or None."""
     cfg = config.reader_study
     if cfg.csv:
-        if not os.path.isfile(cfg.csv):
+        if not os.path.exists(cfg.csv):
             raise job.JobError(f"reader_study.csv: {cfg.csv} does not exist")
         try:
-            return reader_study.load_reader_study(cfg.csv, truth)
+            return reader_io.load(cfg.csv, cfg.format, truth, rating_scale(cfg))
         except ValueError as e:
             raise job.JobError(str(e)) from e
     if not cfg.simulate:
@@ -318,13 +343,15 @@ def make_reader_study(
             f"reader_study.data_paths has no latent score for {len(missing)} "
             f"evaluated case(s), e.g. {missing[:3]}"
         )
-    return reader_study.simulate_reader_study(
+    return roe_metz.simulate_panel(
         [truth[case] for case in case_ids],
-        [latent[case] for case in case_ids],
         n_readers=cfg.n_readers,
         seed=cfg.seed,
         modalities=tuple(cfg.modalities) or None,
         case_ids=case_ids,
+        case_score=[latent[case][0] for case in case_ids],
+        dcis=[latent[case][1] == "dcis" for case in case_ids],
+        params=roe_metz.RoeMetz(modality_gain=cfg.modality_gain),
     )
 
 
@@ -356,17 +383,22 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             "config.reader_study.data_paths is empty: a simulated study needs the "
             "dataset holding the latent malignancy scores"
         )
-
-
-def _jsonable(value: Any) -> Any:
-    """Strict JSON: NaN and infinities (an undefined PPV, a degenerate test) become null."""
-    if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    if study.format not in reader_io.FORMATS:
+        raise job.JobError(
+            f"config.reader_study.format = {study.format!r} is not one of {reader_io.FORMATS}"
+        )
+    if study.mcnemar not in statistics.MCNEMAR_METHODS:
+        raise job.JobError(
+            f"config.reader_study.mcnemar = {study.mcnemar!r} is not one of "
+            f"{statistics.MCNEMAR_METHODS}"
+        )
+    if study.simulate and study.n_readers < 2:
+        raise job.JobError(f"config.reader_study.n_readers = {study.n_readers}: at least 2")
+    rating_scale(study)
+    try:
+        statistics.check_alpha(config.alpha)
+    except ValueError as e:
+        raise job.JobError(f"config.alpha: {e}") from e
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -400,16 +432,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             seed=config.bootstrap.seed,
             alpha=config.alpha,
             method=config.binomial_method,
-            reader_threshold=config.reader_study.threshold,
+            reader_threshold=config.reader_study.threshold or None,
             reader_modality=config.reader_study.modality or None,
             cov_method=config.cov_method,
+            mcnemar_method=config.reader_study.mcnemar,
         )
     except ValueError as e:
         raise job.JobError(str(e)) from e
     results["config"] = config.to_dict()
     out = pathlib.Path(workdir) / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(_jsonable(results), indent=2, allow_nan=False))
+    (out / "results.json").write_text(
+        json.dumps(statistics.strict_json(results), indent=2, allow_nan=False)
+    )
     plot_cases = list(study.case_ids) if study is not None else case_ids
     write_roc(out / "roc.png", tests, truth, plot_cases, results["reader_study"])
     (out / "evaluation.md").write_text(markdown_report(results))
@@ -451,7 +486,69 @@ def _table(header: str, rows: Sequence[Sequence[str]]) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
 
 
+def _pct(value: float) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.0%}"
+
+
+def _vs_readers_markdown(name: str, model: Mapping[str, Any], level: str) -> list[str]:
+    """BUSGen's reader figure as text: each reader against the model at matched operating
+    points, the mean gains with MRMC intervals and p-values, and what was tested."""
+    vs, rrrc = model["vs_readers"], model["mrmc"]["rrrc"]
+    rows = [
+        [
+            c["reader_id"],
+            _num(c["reader_sensitivity"]),
+            _num(c["reader_specificity"]),
+            _prop(c["model_sensitivity_at_spec"]),
+            f"{c['model_sensitivity_at_spec']['estimate'] - c['reader_sensitivity']:+.3f}",
+            _num(c["mcnemar_at_spec"]["p_value"], 4),
+            _prop(c["model_specificity_at_sens"]),
+            _num(c["mcnemar_at_sens"]["p_value"], 4),
+        ]
+        for c in vs["readers"]
+    ]
+    better = sum(
+        c["model_sensitivity_at_spec"]["estimate"] > c["reader_sensitivity"] for c in vs["readers"]
+    )
+    significant = sum(
+        c["model_sensitivity_at_spec"]["estimate"] > c["reader_sensitivity"]
+        and c["mcnemar_at_spec"]["p_value"] < 0.05
+        for c in vs["readers"]
+    )
+    sens_gain = _ci(vs["mean_sensitivity_gain"], *vs["sensitivity_gain_ci"])
+    spec_gain = _ci(vs["mean_specificity_gain"], *vs["specificity_gain_ci"])
+    lines = [f"### {name} vs readers at BI-RADS >= {vs['threshold']}", ""]
+    lines += [
+        f"What was tested: for each reader, {name}'s threshold was set to match that reader's "
+        f"specificity on the cases the reader read, and the two sensitivities were compared on "
+        f"the malignant cases ({vs['mcnemar_method']}). The mean sensitivity gain is the "
+        f"average of these differences over readers; its {level} CI and p-value come from an "
+        "Obuchowski-Rockette MRMC test on sensitivity with readers and cases both random "
+        "(Hillis df, jackknife covariance). Specificity at each reader's sensitivity is "
+        "tested the same way.",
+        "",
+    ]
+    lines += _table(
+        "Reader|Reader sens.|Reader spec.|Model sens. at reader spec.|Sens. gain|McNemar p"
+        "|Model spec. at reader sens.|McNemar p",
+        rows,
+    )
+    lines += [
+        f"{name} was more sensitive than {better} of {len(rows)} readers at their "
+        f"specificity ({significant} with McNemar p < 0.05). Mean sensitivity gain {sens_gain}, "
+        f"MRMC p = {_num(vs['sensitivity_gain_p'], 4)}; mean specificity gain {spec_gain}, "
+        f"MRMC p = {_num(vs['specificity_gain_p'], 4)}.",
+        "",
+        f"OR MRMC {name} - reader mean AUC (RRRC): "
+        f"{_ci(rrrc['estimate'], rrrc['ci_low'], rrrc['ci_high'])}, "
+        f"p = {_num(rrrc['p_value'], 4)}.",
+        "",
+    ]
+    return lines
+
+
 def _reader_markdown(study: Mapping[str, Any]) -> list[str]:
+    level = _pct(1 - study.get("alpha", 0.05))
     lines = [
         f"## {study['label']}",
         "",
@@ -461,53 +558,38 @@ def _reader_markdown(study: Mapping[str, Any]) -> list[str]:
     ]
     for modality, readers in study["readers"].items():
         rows = [
-            [r["reader_id"], _prop(r["sensitivity"]), _prop(r["specificity"]), _num(r["auc"])]
+            [
+                r["reader_id"],
+                str(r["n_cases"]),
+                _prop(r["sensitivity"]),
+                _prop(r["specificity"]),
+                _num(r["auc"]),
+            ]
             for r in readers
         ]
         lines += [f"### Readers, modality '{modality}'", ""]
-        lines += _table("Reader|Sensitivity|Specificity|AUC", rows)
+        lines += _table("Reader|Cases|Sensitivity|Specificity|AUC", rows)
     for name, model in study["models"].items():
-        vs, rrrc = model["vs_readers"], model["mrmc"]["rrrc"]
-        rows = [
-            [
-                c["reader_id"],
-                _num(c["reader_sensitivity"]),
-                _prop(c["model_sensitivity_at_spec"]),
-                _num(c["mcnemar_at_spec"]["p_value"], 4),
-                _num(c["reader_specificity"]),
-                _prop(c["model_specificity_at_sens"]),
-                _num(c["mcnemar_at_sens"]["p_value"], 4),
-            ]
-            for c in vs["readers"]
-        ]
-        lines += [f"### {name} vs readers", ""]
-        lines += _table(
-            "Reader|Reader sens.|Model sens. at reader spec.|McNemar p|Reader spec."
-            "|Model spec. at reader sens.|McNemar p",
-            rows,
-        )
-        sens_gain = _ci(vs["mean_sensitivity_gain"], *vs["sensitivity_gain_ci"])
-        spec_gain = _ci(vs["mean_specificity_gain"], *vs["specificity_gain_ci"])
-        lines += [
-            f"Mean sensitivity gain {sens_gain}, p = {_num(vs['sensitivity_gain_p'], 4)}; "
-            f"mean specificity gain {spec_gain}, p = {_num(vs['specificity_gain_p'], 4)} "
-            f"({vs['test']}).",
-            "",
-            f"OR MRMC model - reader mean AUC (RRRC): "
-            f"{_ci(rrrc['estimate'], rrrc['ci_low'], rrrc['ci_high'])}, "
-            f"p = {_num(rrrc['p_value'], 4)}.",
-            "",
-        ]
+        lines += _vs_readers_markdown(name, model, level)
     if study["modality_comparison"]:
-        comparison, rrrc = study["modality_comparison"], study["modality_comparison"]["rrrc"]
+        comparison = study["modality_comparison"]
+        overall = comparison["overall"]["rrrc"]
         lines += [
             "### Modality comparison (OR MRMC, RRRC)",
             "",
-            f"AUC {comparison['comparison']}: "
-            f"{_ci(rrrc['estimate'], rrrc['ci_low'], rrrc['ci_high'])}, "
-            f"p = {_num(rrrc['p_value'], 4)}.",
+            f"Equal reader-mean AUC in all modalities: F = {_num(overall['statistic'], 2)} on "
+            f"({_num(overall['df_num'], 0)}, {_num(overall['df_den'], 1)}) df, "
+            f"p = {_num(overall['p_value'], 4)}.",
             "",
         ]
+        for contrast in comparison["contrasts"]:
+            rrrc = contrast["rrrc"]
+            lines += [
+                f"AUC {contrast['comparison']}: "
+                f"{_ci(rrrc['estimate'], rrrc['ci_low'], rrrc['ci_high'])}, "
+                f"p = {_num(rrrc['p_value'], 4)}.",
+                "",
+            ]
     return lines
 
 

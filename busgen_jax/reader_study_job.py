@@ -1,6 +1,6 @@
 """Analyses a reader study: each reader's sensitivity, specificity and ROC per modality, and, for
-two modalities read by the same readers, the OR MRMC comparison (random readers and cases,
-Hillis degrees of freedom; fixed-reader and fixed-case variants too).
+two or more modalities read by the same readers (any case subsets), the OR MRMC comparison per
+figure of merit (random readers and cases with Hillis df; fixed-reader and fixed-case variants).
 
     busgen reader-study --config=configs/reader_study.py:default --workdir=DIR \
         --config.reads=READS.csv --config.truth=TRUTH.csv
@@ -17,7 +17,7 @@ import pathlib
 import ml_collections
 
 from busgen_jax import job
-from busgen_jax.evaluation import mrmc, reader_study
+from busgen_jax.evaluation import fom, mrmc, reader_io, reader_study, statistics
 
 
 def read_truth(path: str) -> dict[str, int]:
@@ -33,48 +33,76 @@ def read_truth(path: str) -> dict[str, int]:
     return truth
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    if not config.reads or not config.truth:
-        raise job.JobError("config.reads and config.truth (CSV files) are both required")
+def _check(config: ml_collections.ConfigDict) -> None:
+    if not config.reads:
+        raise job.JobError("config.reads (the reader-study file) is required")
+    for name in config.foms:
+        if name not in fom.FOMS:
+            raise job.JobError(f"config.foms: {name!r} is not one of {fom.FOMS}")
+    if config.fixed_reader_test not in mrmc.FIXED_READER_TESTS:
+        raise job.JobError(
+            f"config.fixed_reader_test = {config.fixed_reader_test!r} is not one of "
+            f"{mrmc.FIXED_READER_TESTS}"
+        )
     try:
-        study = reader_study.load_reader_study(config.reads, read_truth(config.truth))
+        statistics.check_alpha(config.alpha)
+        reader_io.rating_scale_of(config)
+    except ValueError as e:
+        raise job.JobError(f"config: {e}") from e
+
+
+def _comparisons(study: reader_study.ReaderStudy, config: ml_collections.ConfigDict) -> dict:
+    """One OR analysis per figure of merit (sensitivity and specificity need a threshold)."""
+    out = {}
+    for name in config.foms:
+        if name in ("sensitivity", "specificity") and study.scale.default_threshold is None:
+            continue
+        figure = fom.FigureOfMerit(name, max_fpr=config.max_fpr)
+        out[figure.label] = mrmc.or_modalities(
+            study.truth, study.scores, modalities=study.modalities, fom=figure,
+            thresholds=study.scale.cut() if name in ("sensitivity", "specificity") else None,
+            cov_method=config.cov_method if name == "auc" else "jackknife",
+            alpha=config.alpha, fixed_reader_test=config.fixed_reader_test,
+            reader_ids=study.reader_ids,
+        ).to_dict()  # fmt: skip
+    return out
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    _check(config)
+    try:
+        truth = read_truth(config.truth) if config.truth else None
+        study = reader_io.load(
+            config.reads, config.format, truth, reader_io.rating_scale_of(config)
+        )
+        results = {
+            "simulated": study.simulated,
+            "n_cases": len(study.case_ids),
+            "n_readers": len(study.reader_ids),
+            "modalities": list(study.modalities),
+            "readers": {
+                modality: [
+                    p.to_dict()
+                    for p in reader_study.reader_performance(
+                        study, modality=modality, method=config.binomial_method, alpha=config.alpha
+                    )
+                ]
+                for modality in study.modalities
+            } if study.scale.default_threshold is not None else None,
+            "modality_comparison": _comparisons(study, config) if len(study.modalities) > 1 else None,
+        }  # fmt: skip
     except ValueError as e:
         raise job.JobError(str(e)) from e
-    results = {
-        "simulated": study.simulated,
-        "n_cases": len(study.case_ids),
-        "n_readers": len(study.reader_ids),
-        "modalities": list(study.modalities),
-        "readers": {
-            modality: [
-                p.to_dict()
-                for p in reader_study.reader_performance(
-                    study,
-                    threshold=config.threshold,
-                    modality=modality,
-                    method=config.binomial_method,
-                    alpha=config.alpha,
-                )
-            ]
-            for modality in study.modalities
-        },  # fmt: skip
-        "modality_comparison": None,
-    }
-    if len(study.modalities) == 2:
-        results["modality_comparison"] = mrmc.or_modalities(
-            study.truth, study.scores, modalities=study.modalities,
-            cov_method=config.cov_method, alpha=config.alpha,
-        ).to_dict()  # fmt: skip
     out = pathlib.Path(workdir) / "reader_study"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    comparison = results["modality_comparison"]
-    summary = (
-        f"; AUC {comparison['comparison']}: {comparison['rrrc']['estimate']:+.3f}, "
-        f"p = {comparison['rrrc']['p_value']:.4f}"
-        if comparison
-        else ""
-    )
+    (out / "results.json").write_text(json.dumps(statistics.strict_json(results), indent=2, allow_nan=False))
+    summary = ""
+    for name, comparison in (results["modality_comparison"] or {}).items():
+        overall = comparison["overall"]["rrrc"]
+        summary += (
+            f"; {name}: F = {overall['statistic']:.3f}, p = {overall['p_value']:.4f} "
+            f"({len(study.modalities)} modalities)"
+        )
     print(f"{results['n_readers']} readers, {results['n_cases']} cases{summary}; {out}")
     return results
 

@@ -1,5 +1,5 @@
-"""Clinical evaluation configs: presets `default` (a reader-study CSV or none) and `phantom`
-(a reader study simulated from the phantom's latent malignancy score).
+"""Clinical evaluation configs: presets `default` (a reader-study file or none) and `phantom`
+(a 9-reader Roe-Metz panel simulated with the phantom's latent malignancy score as difficulty).
 
     busgen evaluate --config=configs/evaluate.py:default --workdir=DIR \
         --config.predictions="('real-only=A/predictions/test.csv', 'mixed=B/predictions/test.csv')" \
@@ -33,15 +33,25 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.cov_method = "jackknife"  # OR MRMC covariance: jackknife or delong
     config.reader_study = ml_collections.ConfigDict(
         {
-            "csv": "",  # `case_id, reader_id, birads[, modality]`
+            # Reads: a long table (`case_id, reader_id[, modality], birads|rating[, truth]`),
+            # an iMRMC file, or an RJafroc ROC folder of TRUTH/FP/TP CSV sheets.
+            "csv": "",
+            "format": "long",  # long | imrmc | rjafroc
+            "rating_scale": "birads",  # birads | numeric (any ordinal or continuous scale)
+            "higher_is_malignant": True,  # False when a low rating is the suspicious end
+            # A read at or beyond this is a positive call: a BI-RADS category, or a number in
+            # the file's units on a numeric scale ("" there: AUC analyses only).
+            "threshold": "4A",
+            "mcnemar": "exact",  # exact | asymptotic | corrected
             "simulate": False,
-            # A simulated study reads the latent scores of these datasets' `split` records.
+            # A simulated (Roe-Metz) panel takes each case's difficulty from the latent
+            # malignancy scores of these datasets' `split` records.
             "data_paths": (),
             "split": "test",
-            "n_readers": 8,
+            "n_readers": 9,  # as BUSGen's reader study
             "modalities": (),  # e.g. ("unaided", "aided"); empty: one modality
+            "modality_gain": 0.3,  # simulated separation added per later modality
             "seed": 0,
-            "threshold": "4A",  # a read is positive at BI-RADS >= this category
             "modality": "",  # the modality models are compared with (default: the first)
         }
     )

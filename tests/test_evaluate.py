@@ -12,7 +12,7 @@ from sklearn import metrics
 
 from busgen_jax import evaluate, job
 from busgen_jax.data import schema, shards
-from busgen_jax.evaluation import mrmc, reader_study, statistics
+from busgen_jax.evaluation import mrmc, reader_io, reader_study, roe_metz, statistics
 
 N_TEST, N_VAL = 150, 120
 
@@ -124,20 +124,26 @@ def test_simulated_reader_study_matches_direct_calls(setup):
     study_results = setup["results"]["reader_study"]
     ids, latent, pathology, scores = setup["test"]
     y, strong = _truth(pathology), scores["strong"]
-    study = reader_study.simulate_reader_study(
-        y, latent, n_readers=5, seed=3, modalities=("unaided", "aided"), case_ids=ids
-    )
+    study = roe_metz.simulate_panel(
+        y, n_readers=5, seed=3, modalities=("unaided", "aided"), case_ids=ids,
+        case_score=latent, dcis=pathology == "dcis", params=roe_metz.RoeMetz(modality_gain=0.3),
+    )  # fmt: skip
     assert study_results["simulated"] and "SIMULATED" in study_results["label"]
     assert study_results["compared_modality"] == "unaided"
     readers = reader_study.reader_performance(study, modality="aided")
     assert study_results["readers"]["aided"] == [r.to_dict() for r in readers]
     vs = reader_study.compare_model_to_readers(study, strong, modality="unaided")
     got = study_results["models"]["strong"]
-    # As JSON text: NaN (an undefined t-test when all readers gain the same) equals itself.
     assert json.dumps(got["vs_readers"]) == json.dumps(vs.to_dict())
-    or_test = mrmc.or_model_vs_readers(y, strong, study.modality_scores("unaided"))
+    # The simulated readers are not degenerate: the model-vs-readers test has an answer.
+    assert 0 < vs.sensitivity_gain_p < 1 and vs.sensitivity_gain_ci[0] < vs.sensitivity_gain_ci[1]
+    or_test = mrmc.or_model_vs_readers(
+        y, strong, study.modality_scores("unaided"), reader_ids=study.reader_ids
+    )
     assert json.dumps(got["mrmc"]) == json.dumps(or_test.to_dict())
-    comparison = mrmc.or_modalities(y, study.scores, modalities=("unaided", "aided"))
+    comparison = mrmc.or_modalities(
+        y, study.scores, modalities=("unaided", "aided"), reader_ids=study.reader_ids
+    )
     assert study_results["modality_comparison"]["rrrc"] == comparison.rrrc.to_dict()
 
 
@@ -153,15 +159,17 @@ def test_outputs_are_written(setup):
     report = (out / "evaluation.md").read_text()
     auc = setup["results"]["models"]["strong"]["auc"]["auc"]
     assert f"| strong | {auc:.3f}" in report
-    assert "## SIMULATED reader study" in report and "### strong vs readers" in report
+    assert "## SIMULATED reader study" in report and "### strong vs readers at BI-RADS" in report
+    assert "What was tested: for each reader" in report
+    assert re.search(
+        r"Mean sensitivity gain [-+]?\d\.\d{3} \(.* to .*\), MRMC p = 0\.\d{4}", report
+    )
     assert "### Modality comparison" in report
 
 
 def test_reader_csv_study(setup, tmp_path):
     ids, latent, pathology, scores = setup["test"]
-    study = reader_study.simulate_reader_study(
-        _truth(pathology), latent, n_readers=3, seed=1, case_ids=ids
-    )
+    study = roe_metz.simulate_panel(_truth(pathology), n_readers=3, seed=1, case_ids=ids)
     rows = [{k: v for k, v in row.items() if k != "simulated"} for row in study.to_rows()]
     reads = tmp_path / "reads.csv"
     with open(reads, "w", newline="") as handle:
@@ -194,6 +202,13 @@ def test_cli_reports_bad_input_in_one_line(setup, tmp_path, capsys):
         ({"predictions": ("no-equals-sign",)}, "is not 'name=path'"),
         ({"validation": ("other=x.csv",)}, "names model(s) ['other'] without test"),
         ({"threshold": {"rule": "best"}}, "config.threshold.rule = 'best'"),
+        ({"alpha": 0.95}, "config.alpha: 'alpha' is 0.95"),
+        ({"reader_study": {"format": "excel"}}, "config.reader_study.format = 'excel'"),
+        ({"reader_study": {"mcnemar": "yates"}}, "config.reader_study.mcnemar = 'yates'"),
+        (
+            {"reader_study": {"rating_scale": "numeric"}},
+            "config.reader_study: threshold: rating '4A' is not a finite number",
+        ),
     ],
 )
 def test_bad_config_is_named(setup, tmp_path, change, message):
@@ -227,3 +242,27 @@ def test_disagreeing_labels_are_named(setup, tmp_path):
     }
     with pytest.raises(job.JobError, match="label 1 in 'other' disagrees with 'strong'"):
         evaluate.truth_from_labels(preds)
+
+
+def test_numeric_reads_and_a_model_listed_as_a_reader(setup, tmp_path):
+    ids, latent, pathology, scores = setup["test"]
+    y = _truth(pathology)
+    rng = np.random.default_rng(0)
+    rows = ["reader_id,case_id,rating,truth"]
+    for reader in ("r1", "r2", "strong"):
+        probability = np.clip(100 * latent + rng.normal(0, 15, latent.size), 0, 100)
+        rows += [f"{reader},{c},{p:.0f},{t}" for c, p, t in zip(ids, probability, y, strict=True)]
+    reads = tmp_path / "reads.csv"
+    reads.write_text("\n".join(rows) + "\n")
+    config = setup["config"].copy_and_resolve_references()
+    config.reader_study.update(simulate=False, csv=str(reads), rating_scale="numeric",
+                               threshold="20")  # fmt: skip
+    config.bootstrap.n_boot = 10
+    with pytest.raises(job.JobError, match=r"model\(s\) \['strong'\] are also listed among"):
+        evaluate.run(config, str(tmp_path))
+    reads.write_text("\n".join(r for r in rows if not r.startswith("strong")) + "\n")
+    results = evaluate.run(config, str(tmp_path))
+    study = reader_io.load(reads, "long", scale=reader_study.RatingScale("numeric", threshold=20))
+    expected = reader_study.reader_performance(study)
+    assert results["reader_study"]["readers"]["default"] == [r.to_dict() for r in expected]
+    assert expected[0].threshold == "20"

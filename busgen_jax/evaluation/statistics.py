@@ -41,6 +41,18 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def strict_json(value: Any) -> Any:
+    """`value` for strict JSON: NaN and infinities (an undefined PPV, a degenerate test) become
+    null."""
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(item) for item in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 @dataclasses.dataclass(frozen=True)
 class AUCResult(Result):
     auc: float
