@@ -4,8 +4,11 @@
         --config.synthetic_paths="('RUN/synthesize/synthetic',)" \
         --config.train_paths="('RUN/adapt/fewshot_data',)"
 
-Writes DIR/audit/: audit.json (similarity distributions, threshold, how many synthetic images
-exceed it, the data-copying test), the similarity histogram and the closest pairs.
+Writes DIR/audit/: audit.json (both similarities' distributions, thresholds, how many synthetic
+images exceed them, memorization rates at three quantiles, the data-copying verdict, the closest
+synthetic images with their training neighbours' case ids), the similarity histograms and a
+figure of the closest synthetic images. No training pixels: with `private_pictures`, pictures
+of the training neighbours go to DIR/private_audit/ for the operator only.
 """
 
 import ml_collections
@@ -23,7 +26,10 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.train_paths = ()
     config.heldout_split = "test"
     config.image_size = 64
-    config.threshold = ml_collections.config_dict.placeholder(float)  # None: calibrated
+    # None: the `quantile` of held-out-to-training similarity, per measure.
+    config.threshold = ml_collections.config_dict.placeholder(float)
+    config.windowed_threshold = ml_collections.config_dict.placeholder(float)
     config.quantile = 0.999
     config.num_closest = 8
+    config.private_pictures = False
     return config

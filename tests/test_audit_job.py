@@ -5,6 +5,7 @@ import json
 from generator_fixtures import phantom_dataset
 
 from busgen_jax import audit_job, job
+from busgen_jax.data import pipeline
 
 
 def _config(synthetic, train):
@@ -15,18 +16,33 @@ def _config(synthetic, train):
     return config
 
 
-def test_planted_copies_all_exceed_the_threshold(tmp_path):
+def test_planted_copies_all_exceed_the_threshold_and_are_called_copying(tmp_path):
     data = phantom_dataset(tmp_path / "data", num=48)
-    report = audit_job.run(_config(data, data), str(tmp_path / "copies"))
+    config = _config(data, data)
+    config.private_pictures = True
+    report = audit_job.run(config, str(tmp_path / "copies"))
     assert report["rejected_count"] == report["num_candidates"] > 0
+    assert report["memorization_test"]["copying"]
     assert json.loads((tmp_path / "copies" / "audit" / "audit.json").read_text()) == report
+    # A copy's nearest training case is itself: the audit names it by its pseudonymous id.
+    pair = report["closest_pairs"][0]
+    assert pair["train_case_id"] == pair["synthetic_case_id"]
+    train_ids = pipeline.load_split([str(data)], "train", 32)["case_id"]
+    assert {p["train_case_id"] for p in report["closest_pairs"]} <= set(train_ids)
+    private = tmp_path / "copies" / "private_audit" / "closest_pairs.png"
+    assert report["private_pictures"] == str(private) and private.stat().st_size > 0
 
 
 def test_independent_images_mostly_pass(tmp_path):
-    train = phantom_dataset(tmp_path / "train", num=48, seed=0)
+    # ~18 held-out images: with two measures each calibrated at their maximum, about 2 / 19 of
+    # new images are flagged by chance.
+    train = phantom_dataset(tmp_path / "train", num=120, seed=0)
     other = phantom_dataset(tmp_path / "other", num=48, seed=1)
     report = audit_job.run(_config(other, train), str(tmp_path / "independent"))
     assert report["rejected_count"] <= 0.2 * report["num_candidates"]
+    assert not report["memorization_test"]["copying"]
+    assert report["private_pictures"] is None
+    assert not (tmp_path / "independent" / "private_audit").exists()
 
 
 def test_missing_inputs_are_one_clear_error(tmp_path, capsys):
