@@ -35,6 +35,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             split_fractions=tuple(config.split_fractions),
             device=config.device or None,
             name=config.name,
+            allowed_roots=tuple(config.allowed_roots),
+            duplicates=config.duplicates,
         )
     except (DatasetImportError, SchemaError) as e:
         raise job.JobError(str(e)) from e

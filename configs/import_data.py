@@ -24,4 +24,9 @@ def get_config(layout: str = "busi") -> ml_collections.ConfigDict:
     config.seed = 0
     config.split_fractions = (0.7, 0.15, 0.15)
     config.device = ""  # overrides the device the source gives
+    # Folders besides the source that its files (CSV paths, symlinks) may lie in; any other file
+    # outside the source is refused.
+    config.allowed_roots = ()
+    # One image under two names (equal pixels): "refuse" the import, or "keep_first" and report.
+    config.duplicates = "refuse"
     return config

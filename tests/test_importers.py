@@ -189,7 +189,8 @@ def _dicom_table(tmp_path):
         "color": fake_trees.write_dicom(dcm / "color.dcm", rgb, photometric="RGB"),
         "wide": fake_trees.write_dicom(dcm / "wide.dcm", wide, PatientID="MRN-2"),
     }
-    fake_trees.write_png(tmp_path / "img" / "a b (1).png", gray)
+    other = fake_trees.gray_image(11)  # not mono2's pixels: that would be a duplicate image
+    fake_trees.write_png(tmp_path / "img" / "a b (1).png", other)
     fake_trees.write_png(tmp_path / "img" / "a b (1)_mask.png", fake_trees.rect_mask((1, 2, 3, 4)))
     fake_trees.write_csv(
         tmp_path / "table.csv",
@@ -207,7 +208,7 @@ def _dicom_table(tmp_path):
         uids["mono1"]: 255 - gray,  # MONOCHROME1: low values are bright
         uids["color"]: np.asarray(Image.fromarray(rgb).convert("L")),
         uids["wide"]: np.round((wide - wide.min()) * 255.0 / (wide.max() - wide.min())),
-        "img/a b (1).png": gray,
+        "img/a b (1).png": other,
         "mono2": uids["mono2"],
     }
 

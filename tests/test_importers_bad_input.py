@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pathlib
 import re
+import struct
+import zlib
 
 import fake_trees
 import numpy as np
@@ -165,3 +167,96 @@ def test_bad_arguments(out, tmp_path):
     with pytest.raises(DatasetImportError, match="salt"):
         import_dataset("busi", tmp_path, out, salt="")
     assert not out.exists()
+
+
+def _table(tmp_path, cells: list[str]) -> pathlib.Path:
+    """A table CSV in tmp_path/src whose rows name `cells`, each a different image."""
+    src = tmp_path / "src"
+    for k, cell in enumerate(cells):
+        path = src / cell
+        if not path.resolve().exists():
+            fake_trees.write_png(path.resolve(), fake_trees.gray_image(20 + k))
+    fake_trees.write_csv(src / "t.csv", ["image_path", "pathology"], [[c, "benign"] for c in cells])
+    return src / "t.csv"
+
+
+@pytest.mark.parametrize("cell", ["../outside/secret.png", "{tmp}/outside/secret.png"])
+def test_table_paths_out_of_the_source_folder_are_refused(out, tmp_path, cell):
+    cell = cell.format(tmp=tmp_path)
+    csv_path = _table(tmp_path, ["a.png", cell])
+    _assert_fails(out, "table", csv_path, "t.csv line 3", "outside the source folder")
+    # A folder the config names as allowed may hold them.
+    manifest = import_dataset(
+        "table", csv_path, out, salt=SALT, allowed_roots=(tmp_path / "outside",)
+    )
+    assert manifest["num_records"] == 2
+
+
+def test_a_symlink_out_of_the_tree_is_refused(out, tmp_path):
+    fake_trees.make_busi(tmp_path)
+    fake_trees.write_png(tmp_path / "elsewhere" / "x.png", fake_trees.gray_image(99))
+    link = tmp_path / BUSI / "benign" / "benign (9).png"
+    link.symlink_to(tmp_path / "elsewhere" / "x.png")
+    (tmp_path / BUSI / "benign" / "benign (9)_mask.png").symlink_to(
+        tmp_path / BUSI / "benign" / "benign (1)_mask.png"
+    )
+    _assert_fails(out, "busi", tmp_path, link, "outside the source folder")
+
+
+def test_busbra_ids_cannot_climb_out_of_the_tree(out, tmp_path):
+    rows = fake_trees.make_busbra(tmp_path)
+    header = (tmp_path / "bus_data.csv").read_text().splitlines()[0].split(",")
+    rows[1][0] = "../../bus_0002-l"
+    fake_trees.write_csv(tmp_path / "bus_data.csv", header, rows)
+    _assert_fails(out, "busbra", tmp_path, "bus_data.csv line 3", "outside the source folder")
+
+
+def test_one_image_under_two_names_is_refused_or_kept_once(out, tmp_path):
+    csv_path = _table(tmp_path, ["img/0.png", "img/1.png", "img/./0.png"])
+    _assert_fails(out, "table", csv_path, "t.csv line 4: the same image as", "t.csv line 2")
+    manifest = import_dataset("table", csv_path, out, salt=SALT, duplicates="keep_first")
+    assert manifest["num_records"] == 2
+    assert manifest["extra"]["importer"]["duplicates"] == "keep_first"
+    _assert_fails(tmp_path / "o2", "table", csv_path, "duplicates: 'nope'", duplicates="nope")
+
+
+def test_a_copied_class_folder_is_caught_by_its_pixels(out, tmp_path):
+    fake_trees.make_busi(tmp_path)
+    # The same image saved as RGB under another class and name: other bytes, equal pixels.
+    image = fake_trees.gray_image(0)
+    fake_trees.write_png(tmp_path / BUSI / "malignant" / "malignant (9).png", image)
+    fake_trees.write_png(
+        tmp_path / BUSI / "malignant" / "malignant (9)_mask.png", fake_trees.rect_mask((1, 1, 4, 4))
+    )
+    _assert_fails(out, "busi", tmp_path, "malignant (9).png: the same image as", "benign (1).png")
+
+
+def test_a_csv_that_is_not_utf8_names_the_file_and_line(out, tmp_path):
+    csv_path = _table(tmp_path, ["a.png", "b.png"])
+    text = csv_path.read_text().replace("b.png,benign", "b.png,b\u00e9nin")
+    csv_path.write_bytes(text.encode("latin-1"))
+    _assert_fails(out, "table", csv_path, f"{csv_path} line 3: not UTF-8 text (byte 0xe9)")
+
+
+def _png_header_only(path: pathlib.Path, width: int, height: int) -> None:
+    """A PNG that declares width x height 8-bit gray pixels (as a decompression bomb does),
+    with an IDAT of a few compressed rows: tiny on disk, huge once decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (width + 1) * 4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize("size", [(20000, 20000), (10000, 9000)])
+def test_a_decompression_bomb_is_refused_before_decoding(out, tmp_path, size):
+    csv_path = _table(tmp_path, ["a.png"])
+    _png_header_only(tmp_path / "src" / "a.png", *size)
+    _assert_fails(out, "table", csv_path, "a.png: refused as a possible decompression bomb")

@@ -315,3 +315,18 @@ def test_synthesis_refuses_an_adapter_of_another_generator(tmp_path, capsys, gen
         f"--config.adapter={adapter}", f"--config.audit.train_paths=('{data}',)",
     )  # fmt: skip
     assert "adapter was trained on the base generator other/export" in err, err
+
+
+def test_an_import_error_is_one_line_naming_the_file(tmp_path, capsys):
+    csv_path = tmp_path / "src" / "t.csv"
+    csv_path.parent.mkdir()
+    csv_path.write_bytes("image_path,pathology\nb\u00e9.png,benign\n".encode("latin-1"))
+    with pytest.raises(SystemExit) as exit_info:
+        import_data.main(["busgen import", "--config=configs/import_data.py:table",
+                          f"--workdir={tmp_path / 'run'}", f"--config.source={csv_path}",
+                          "--config.salt=s"])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        f"error: {csv_path} line 2: not UTF-8 text (byte 0xe9); save the CSV as UTF-8"
+    )
+    assert not (tmp_path / "run" / "data").exists()

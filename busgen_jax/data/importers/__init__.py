@@ -56,6 +56,8 @@ def import_dataset(
     split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
     device: str | None = None,
     name: str | None = None,
+    allowed_roots: Sequence[str | os.PathLike] = (),
+    duplicates: str = "refuse",
 ) -> dict[str, Any]:
     """Reads a whole source dataset, then writes it as ArrayRecord shards plus a manifest.
 
@@ -71,6 +73,8 @@ def import_dataset(
       split_fractions: (train, val, test) fractions of patients.
       device: device name overriding the one the source gives.
       name: dataset name in shard file names; defaults to `layout`.
+      allowed_roots: folders besides `source` that the source's files may lie in.
+      duplicates: "refuse" an image found twice (equal pixels), or "keep_first" and report.
 
     Returns:
       The manifest dict.
@@ -78,7 +82,11 @@ def import_dataset(
     if layout not in READERS:
         raise DatasetImportError(f"layout: unknown layout {layout!r}; choose from {list(READERS)}")
     records = READERS[layout](
-        source, salt=salt, seed=seed, split_fractions=split_fractions, device=device
-    )
-    settings = {"layout": layout, "seed": seed, "split_fractions": list(split_fractions)}
+        source, salt=salt, seed=seed, split_fractions=split_fractions, device=device,
+        allowed_roots=allowed_roots, duplicates=duplicates,
+    )  # fmt: skip
+    settings = {
+        "layout": layout, "seed": seed, "split_fractions": list(split_fractions),
+        "duplicates": duplicates,
+    }  # fmt: skip
     return shards.write_dataset(records, out_dir, name=name or layout, extra={"importer": settings})

@@ -25,11 +25,13 @@ import pathlib
 from busgen_jax.data.importers.common import (
     DatasetImportError,
     RawCase,
+    check_inside,
     device_name,
     load_image,
     load_mask,
     parse_scalar,
     read_csv_rows,
+    source_roots,
 )
 from busgen_jax.data.importers.records import reader
 
@@ -39,7 +41,9 @@ _READ_COLUMNS = ("id", "case", "pathology", "birads", "device")
 _DERIVED_COLUMNS = ("width", "height", "bbox")
 
 
-def _row_case(root: pathlib.Path, line: int, row: dict[str, str], device: str | None) -> RawCase:
+def _row_case(
+    root: pathlib.Path, line: int, row: dict[str, str], device: str | None, roots: tuple
+) -> RawCase:
     where = f"{root / BUSBRA_CSV} line {line}"
     image_id, patient = row["id"], row["case"]
     if not image_id or not patient:
@@ -52,7 +56,7 @@ def _row_case(root: pathlib.Path, line: int, row: dict[str, str], device: str | 
     image_path = root / "Images" / f"{image_id}.png"
     mask_path = root / "Masks" / f"{image_id.replace('bus_', 'mask_', 1)}.png"
     for path in (image_path, mask_path):
-        if not path.is_file():
+        if not check_inside(path, roots, where).is_file():
             raise DatasetImportError(f"{where}: names a missing file {path}")
     image = load_image(image_path)
     labels = {
@@ -73,13 +77,18 @@ def _row_case(root: pathlib.Path, line: int, row: dict[str, str], device: str | 
     )
 
 
-def scan_busbra(source: str | os.PathLike, device: str | None = None) -> list[RawCase]:
-    """Reads and checks every BUS-BRA row, image and mask, without pseudonymising."""
+def scan_busbra(
+    source: str | os.PathLike, device: str | None = None, allowed_roots=()
+) -> list[RawCase]:
+    """Reads and checks every BUS-BRA row, image and mask, without pseudonymising; an ID or
+    symlink leading out of `source` and `allowed_roots` is refused."""
     root = pathlib.Path(source)
     if not root.is_dir():
         raise DatasetImportError(f"{root}: BUS-BRA source directory not found")
-    rows = read_csv_rows(root / BUSBRA_CSV, required=("id", "case", "pathology"))
-    return [_row_case(root, line, row, device) for line, row in rows]
+    roots = source_roots(root, allowed_roots)
+    csv_path = check_inside(root / BUSBRA_CSV, roots, str(root / BUSBRA_CSV))
+    rows = read_csv_rows(csv_path, required=("id", "case", "pathology"))
+    return [_row_case(root, line, row, device, roots) for line, row in rows]
 
 
 read_busbra = reader(scan_busbra, "busbra")

@@ -20,7 +20,14 @@ import os
 import pathlib
 import re
 
-from busgen_jax.data.importers.common import DatasetImportError, RawCase, load_image, load_mask
+from busgen_jax.data.importers.common import (
+    DatasetImportError,
+    RawCase,
+    check_inside,
+    load_image,
+    load_mask,
+    source_roots,
+)
 from busgen_jax.data.importers.records import reader
 
 BUSI_CLASSES = ("benign", "malignant", "normal")
@@ -39,7 +46,7 @@ def busi_root(source: str | os.PathLike) -> pathlib.Path:
 
 
 def _class_folder_files(
-    folder: pathlib.Path,
+    folder: pathlib.Path, roots: tuple
 ) -> tuple[dict[str, pathlib.Path], dict[str, list[pathlib.Path]]]:
     """Splits one class folder into images (stem -> path) and masks (stem -> paths)."""
     images: dict[str, pathlib.Path] = {}
@@ -47,6 +54,7 @@ def _class_folder_files(
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue  # OS metadata such as .DS_Store
+        check_inside(path, roots, str(path))
         if path.is_dir() or path.suffix.lower() != ".png":
             raise DatasetImportError(f"{path}: unexpected entry in a BUSI class folder (want .png)")
         match = _MASK_NAME.match(path.name)
@@ -60,13 +68,17 @@ def _class_folder_files(
     return images, masks
 
 
-def scan_busi(source: str | os.PathLike, device: str | None = None) -> list[RawCase]:
+def scan_busi(
+    source: str | os.PathLike, device: str | None = None, allowed_roots=()
+) -> list[RawCase]:
     """Reads and checks every BUSI image and mask, without pseudonymising.
 
     `source` is `Dataset_BUSI_with_GT/` or its parent; `device` defaults to BUSI_DEVICE. BUSI has
-    no patient ids, so each image is its own patient.
+    no patient ids, so each image is its own patient. Files (or symlinks) leading out of `source`
+    and `allowed_roots` are refused.
     """
     root = busi_root(source)
+    roots = source_roots(root, allowed_roots)
     cases = []
     for folder in sorted(root.iterdir()):
         if folder.name.startswith("."):
@@ -75,7 +87,7 @@ def scan_busi(source: str | os.PathLike, device: str | None = None) -> list[RawC
             raise DatasetImportError(
                 f"{folder}: unknown class folder (BUSI has {', '.join(BUSI_CLASSES)})"
             )
-        images, masks = _class_folder_files(folder)
+        images, masks = _class_folder_files(check_inside(folder, roots, str(folder)), roots)
         for stem, image_path in images.items():
             if stem not in masks:
                 raise DatasetImportError(f"{image_path}: no mask {stem}_mask.png beside it")

@@ -1,7 +1,9 @@
 """Helpers shared by the importers: image and mask loading, boxes, pseudonyms, label CSVs.
 
 Every failure raises `DatasetImportError` with a message that names the offending file (and row
-or field), so a user can fix the source tree and run the import again.
+or field), so a user can fix the source tree and run the import again. Files are read only from
+inside the source folder (or roots the config allows): a CSV cell `../../x.png`, an absolute path
+or a symlink that leads elsewhere is refused, not followed.
 """
 
 from __future__ import annotations
@@ -10,8 +12,10 @@ import csv
 import dataclasses
 import hashlib
 import hmac
+import io
 import os
 import pathlib
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -75,23 +79,57 @@ def to_uint8_gray(array: np.ndarray, where: str) -> np.ndarray:
     return np.round((array - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
+def source_roots(root: str | os.PathLike, allowed: Sequence[str | os.PathLike] = ()) -> tuple:
+    """The folders an import may read from: the source's own `root` and the `allowed` extras,
+    with symlinks resolved."""
+    return tuple(pathlib.Path(r).resolve() for r in (root, *allowed))
+
+
+def check_inside(path: pathlib.Path, roots: Sequence[pathlib.Path], where: str) -> pathlib.Path:
+    """`path` if it resolves (through `..` and symlinks) into one of `roots`; else an error."""
+    resolved = pathlib.Path(path).resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise DatasetImportError(
+            f"{where}: {path} resolves to {resolved}, outside the source folder {roots[0]} "
+            "(list other folders to read from in config.allowed_roots)"
+        )
+    return pathlib.Path(path)
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Reads a PNG/JPEG/BMP/TIFF file (fully decoded) as 2-D uint8 grayscale."""
+    """Reads a PNG/JPEG/BMP/TIFF file (fully decoded) as 2-D uint8 grayscale.
+
+    Images over PIL's decompression-bomb limit (`Image.MAX_IMAGE_PIXELS`, ~89 megapixels, far
+    beyond any ultrasound frame) are refused before their pixels are decoded.
+    """
     path = pathlib.Path(path)
     if not path.is_file():
         raise DatasetImportError(f"{path}: file not found")
     try:
-        with Image.open(path) as image:
-            image.load()  # Decodes all pixel data now, so truncated files fail here.
-            if image.mode in ("L", "RGB", "RGBA", "LA", "P", "1"):
-                array = np.asarray(image.convert("L"))
-            else:
-                array = np.asarray(image)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()  # Decodes all pixel data now, so truncated files fail here.
+                if image.mode in ("L", "RGB", "RGBA", "LA", "P", "1"):
+                    array = np.asarray(image.convert("L"))
+                else:
+                    array = np.asarray(image)
     except UnidentifiedImageError as e:
         raise DatasetImportError(f"{path}: not a readable image file") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DatasetImportError(
+            f"{path}: refused as a possible decompression bomb ({str(e).split(' could')[0]})"
+        ) from e
     except (OSError, SyntaxError, ValueError) as e:
         raise DatasetImportError(f"{path}: cannot decode image ({e})") from e
     return to_uint8_gray(array, str(path))
+
+
+def pixel_digest(image: np.ndarray) -> str:
+    """SHA-256 of decoded pixels and shape: equal for one image saved under two names or
+    formats, whatever the file bytes."""
+    image = np.ascontiguousarray(image)
+    return hashlib.sha256(f"{image.dtype.str}{image.shape}".encode() + image.tobytes()).hexdigest()
 
 
 def load_mask(paths: Sequence[str | os.PathLike], shape: tuple[int, ...], image: str) -> np.ndarray:
@@ -170,7 +208,16 @@ def read_csv_rows(
     path = pathlib.Path(path)
     if not path.is_file():
         raise DatasetImportError(f"{path}: label CSV not found")
-    with path.open(newline="", encoding="utf-8-sig") as f:
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DatasetImportError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the CSV as "
+            "UTF-8"
+        ) from e
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             raise DatasetImportError(f"{path}: empty CSV (no header row)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,11 +12,42 @@ from busgen_jax.data.importers.common import (
     DatasetImportError,
     RawCase,
     boxes_from_mask,
+    pixel_digest,
     pseudonym,
 )
 from busgen_jax.data.importers.splits import assign_splits, check_fractions
 
 DEFAULT_SPLIT_FRACTIONS = (0.7, 0.15, 0.15)
+# What to do with one image found under two names (same decoded pixels): stop the import, or keep
+# the first (in scan order) and report the rest. Either way no image lands in two splits.
+DUPLICATE_POLICIES = ("refuse", "keep_first")
+
+
+def drop_duplicates(cases: Sequence[RawCase], policy: str) -> list[RawCase]:
+    """`cases` without repeated images (equal decoded pixels), as `policy` says.
+
+    Raises:
+      DatasetImportError: a duplicate under "refuse", naming both files; an unknown policy.
+    """
+    if policy not in DUPLICATE_POLICIES:
+        raise DatasetImportError(f"duplicates: {policy!r} is not one of {DUPLICATE_POLICIES}")
+    first: dict[str, str] = {}
+    kept, dropped = [], []
+    for case in cases:
+        digest = pixel_digest(case.image)
+        if digest not in first:
+            first[digest] = case.origin
+            kept.append(case)
+        elif policy == "refuse":
+            raise DatasetImportError(
+                f"{case.origin}: the same image as {first[digest]} (equal pixels); remove one, "
+                "or set config.duplicates='keep_first'"
+            )
+        else:
+            dropped.append(f"{case.origin} (= {first[digest]})")
+    if dropped:
+        logging.warning("%d duplicate images left out: %s", len(dropped), "; ".join(dropped))
+    return kept
 
 
 def _check_unique_cases(cases: Sequence[RawCase]) -> None:
@@ -67,6 +99,7 @@ def build_records(
     salt: str,
     seed: int = 0,
     split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
+    duplicates: str = "refuse",
 ) -> list[dict[str, Any]]:
     """Validates raw cases and returns schema records sorted by pseudonymous case id.
 
@@ -77,6 +110,7 @@ def build_records(
       salt: secret HMAC key for pseudonyms.
       seed: split seed (ignored when every case carries a split from the source).
       split_fractions: (train, val, test) patient fractions.
+      duplicates: one of DUPLICATE_POLICIES, for images found under two names.
     """
     if not cases:
         raise DatasetImportError(f"{source}: no images found (empty dataset)")
@@ -86,6 +120,7 @@ def build_records(
         patient_split = _preset_splits(cases)
     else:
         patient_split = _computed_splits(cases, fractions, seed)
+    cases = drop_duplicates(cases, duplicates)
 
     records = []
     case_ids: dict[str, str] = {}
@@ -115,10 +150,11 @@ def build_records(
 
 
 def reader(
-    scan: Callable[[str | os.PathLike, str | None], list[RawCase]], namespace: str
+    scan: Callable[..., list[RawCase]], namespace: str
 ) -> Callable[..., list[dict[str, Any]]]:
-    """A layout's `read_<layout>(source, *, salt, seed, split_fractions, device)`: its `scan`
-    (read and check every file) followed by `build_records` (pseudonyms, splits, schema)."""
+    """A layout's `read_<layout>(source, *, salt, seed, split_fractions, device, allowed_roots,
+    duplicates)`: its `scan(source, device, allowed_roots)` (read and check every file) followed
+    by `build_records` (duplicates, pseudonyms, splits, schema)."""
 
     def read(
         source: str | os.PathLike,
@@ -127,20 +163,24 @@ def reader(
         seed: int = 0,
         split_fractions: Sequence[float] = DEFAULT_SPLIT_FRACTIONS,
         device: str | None = None,
+        allowed_roots: Sequence[str | os.PathLike] = (),
+        duplicates: str = "refuse",
     ) -> list[dict[str, Any]]:
         return build_records(
-            scan(source, device),
+            scan(source, device, allowed_roots),
             source=str(source),
             namespace=namespace,
             salt=salt,
             seed=seed,
             split_fractions=split_fractions,
+            duplicates=duplicates,
         )
 
     read.__name__ = f"read_{namespace}"
     read.__doc__ = (
         f"Schema records of a {namespace} source: `scan_{namespace}` then `build_records`.\n\n"
         "salt keys the pseudonyms; seed and split_fractions fix the patient-level split; device "
-        "overrides the device name the source gives."
+        "overrides the device name the source gives; allowed_roots are folders besides the "
+        "source's that files may be read from; duplicates is one of DUPLICATE_POLICIES."
     )
     return read

@@ -27,11 +27,13 @@ from typing import Any
 from busgen_jax.data.importers.common import (
     DatasetImportError,
     RawCase,
+    check_inside,
     device_name,
     load_image,
     load_mask,
     parse_scalar,
     read_csv_rows,
+    source_roots,
 )
 from busgen_jax.data.importers.dicom import is_dicom, read_dicom
 from busgen_jax.data.importers.records import reader
@@ -48,8 +50,8 @@ _KNOWN_COLUMNS = (
 )
 
 
-def _existing(base: pathlib.Path, cell: str, where: str) -> pathlib.Path:
-    path = base / cell
+def _existing(base: pathlib.Path, cell: str, where: str, roots: tuple) -> pathlib.Path:
+    path = check_inside(base / cell, roots, where)
     if not path.is_file():
         raise DatasetImportError(f"{where}: names a missing file {path}")
     return path
@@ -66,10 +68,12 @@ def _birads(row: dict[str, str]) -> dict[str, Any]:
     return birads
 
 
-def _row_case(base: pathlib.Path, where: str, row: dict[str, str], device: str | None) -> RawCase:
+def _row_case(
+    base: pathlib.Path, where: str, row: dict[str, str], device: str | None, roots: tuple
+) -> RawCase:
     if not row["image_path"] or not row["pathology"]:
         raise DatasetImportError(f"{where}: empty image_path or pathology")
-    image_path = _existing(base, row["image_path"], where)
+    image_path = _existing(base, row["image_path"], where, roots)
     patient, case, source_device = row.get("patient_id"), row.get("case_id"), row.get("device")
     if is_dicom(image_path):
         dicom = read_dicom(image_path)
@@ -81,7 +85,7 @@ def _row_case(base: pathlib.Path, where: str, row: dict[str, str], device: str |
         image = load_image(image_path)
     case = case or row["image_path"]
     mask_cells = [cell.strip() for cell in row.get("mask_path", "").split(";") if cell.strip()]
-    mask_paths = [_existing(base, cell, where) for cell in mask_cells]
+    mask_paths = [_existing(base, cell, where, roots) for cell in mask_cells]
     return RawCase(
         image=image,
         mask=load_mask(mask_paths, image.shape, str(image_path)) if mask_paths else None,
@@ -100,12 +104,18 @@ def _row_case(base: pathlib.Path, where: str, row: dict[str, str], device: str |
     )
 
 
-def scan_table(source: str | os.PathLike, device: str | None = None) -> list[RawCase]:
-    """Reads and checks every row of a CSV table and its files, without pseudonymising."""
+def scan_table(
+    source: str | os.PathLike, device: str | None = None, allowed_roots=()
+) -> list[RawCase]:
+    """Reads and checks every row of a CSV table and its files, without pseudonymising; a path
+    that resolves out of the CSV's folder and `allowed_roots` (`..`, absolute, symlink) is
+    refused."""
     csv_path = pathlib.Path(source)
     rows = read_csv_rows(csv_path, required=("image_path", "pathology"))
+    roots = source_roots(csv_path.parent, allowed_roots)
     return [
-        _row_case(csv_path.parent, f"{csv_path} line {line}", row, device) for line, row in rows
+        _row_case(csv_path.parent, f"{csv_path} line {line}", row, device, roots)
+        for line, row in rows
     ]
 
 

@@ -23,10 +23,12 @@ from collections.abc import Sequence
 from busgen_jax.data.importers.common import (
     DatasetImportError,
     RawCase,
+    check_inside,
     load_image,
     load_mask,
     parse_scalar,
     read_csv_rows,
+    source_roots,
 )
 from busgen_jax.data.importers.records import reader
 
@@ -58,12 +60,17 @@ def _image_stem(text: str) -> str:
     return stem.zfill(6) if stem.isdigit() else stem
 
 
-def scan_udiat(source: str | os.PathLike, device: str | None = None) -> list[RawCase]:
-    """Reads and checks every UDIAT label row, image and mask, without pseudonymising."""
+def scan_udiat(
+    source: str | os.PathLike, device: str | None = None, allowed_roots=()
+) -> list[RawCase]:
+    """Reads and checks every UDIAT label row, image and mask, without pseudonymising; a name or
+    symlink leading out of `source` and `allowed_roots` is refused."""
     root = pathlib.Path(source)
     if not root.is_dir():
         raise DatasetImportError(f"{root}: UDIAT source directory not found")
+    roots = source_roots(root, allowed_roots)
     csv_path = _label_csv(root)
+    check_inside(csv_path, roots, str(csv_path))
     rows = read_csv_rows(csv_path, required=())
     header = list(rows[0][1])
     id_column = _pick_column(csv_path, header, _ID_COLUMNS)
@@ -79,7 +86,7 @@ def scan_udiat(source: str | os.PathLike, device: str | None = None) -> list[Raw
             )
         image_path, mask_path = root / "original" / f"{stem}.png", root / "GT" / f"{stem}.png"
         for path in (image_path, mask_path):
-            if not path.is_file():
+            if not check_inside(path, roots, where).is_file():
                 raise DatasetImportError(f"{where}: names a missing file {path}")
         image = load_image(image_path)
         cases.append(
