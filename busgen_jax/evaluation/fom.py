@@ -99,14 +99,25 @@ def partial_auc(truth: np.ndarray, scores: np.ndarray, max_fpr: float) -> float:
     return float(np.trapezoid(np.r_[tpr[:stop], cut], np.r_[fpr[:stop], max_fpr]))
 
 
-def _placements(truth: np.ndarray, row: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+def _placements(truth: np.ndarray, row: np.ndarray) -> tuple[float, np.ndarray]:
     """AUC and placement values [N] of one row on its read cases (NaN elsewhere)."""
     read = np.isfinite(row)
     auc, v10, v01 = delong_components(truth[read], row[read])
     values = np.full(truth.size, np.nan)
     values[read & (truth == 1)] = v10[0]
     values[read & (truth == 0)] = v01[0]
-    return float(auc[0]), values, read
+    return float(auc[0]), values
+
+
+def _all_placements(truth, flat, read) -> tuple[np.ndarray, np.ndarray]:
+    """AUCs [K] and placement values [K, N]; one vectorized pass when every case was read."""
+    if read.all():
+        auc, v10, v01 = delong_components(truth, flat)
+        values = np.empty_like(flat)
+        values[:, truth == 1], values[:, truth == 0] = v10, v01
+        return auc, values
+    parts = [_placements(truth, row) for row in flat]
+    return np.array([p[0] for p in parts]), np.stack([p[1] for p in parts])
 
 
 def estimates(
@@ -143,9 +154,7 @@ def estimates(
         cut = np.broadcast_to(np.asarray(thresholds, np.float64), ratings.shape[:-1]).reshape(-1)
         theta, leave_out = _proportion(truth, flat, read, cut, fom.name)
     elif fom.name == "auc":
-        parts = [_placements(truth, row) for row in flat]
-        theta = np.array([p[0] for p in parts])
-        values = np.stack([p[1] for p in parts])
+        theta, values = _all_placements(truth, flat, read)
         if cov_method == "delong":
             cov = sum(
                 _shared_covariance(values - theta[:, None], read & (truth == c), counts)
