@@ -18,9 +18,9 @@ import pytest
 from generator_fixtures import tiny_generator
 from PIL import Image
 
-from busgen_jax import cli, generator, job, visualize
+from busgen_jax import cli, generator, job, serve, visualize
 from busgen_jax.data import box_priors
-from busgen_jax.serve import command, jobs, server, studio
+from busgen_jax.serve import jobs, server, studio
 
 DEVICE = "Phantom-L12-5"
 GOOD = {
@@ -42,7 +42,7 @@ def served(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     config = job.load_config("configs/serve.py:tiny")
     config.generator = str(tiny_generator(root / "generator"))
-    app = command.build_app(config, str(root / "workdir"))
+    app = serve.build_app(config, str(root / "workdir"))
     httpd = server.make_server(app, "127.0.0.1", 0)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
@@ -124,7 +124,7 @@ def test_generated_png_carries_provenance_and_repeats_by_seed(served):
     assert [_call(base, r["png"])[2] for r in again["results"]] == pngs
     other = _generate(base, seed=4, num_images=1)
     assert _call(base, other["results"][0]["png"])[2] != pngs[0]
-    saved = root / "workdir" / command.IMAGES / f"{status['id']}-0.png"
+    saved = root / "workdir" / serve.IMAGES / f"{status['id']}-0.png"
     assert saved.read_bytes() == pngs[0]
 
 
@@ -338,7 +338,7 @@ def test_binding_beyond_loopback_warns(host, warns):
 
 
 def test_serve_is_a_busgen_job(tmp_path, capsys):
-    assert cli.JOBS["serve"][0] == "busgen_jax.serve.command"
+    assert cli.JOBS["serve"][0] == "busgen_jax.serve"
     argv = ["serve", "--config=configs/serve.py:tiny", f"--workdir={tmp_path}"]
     with pytest.raises(SystemExit) as exit_info:
         cli.main([*argv, "--config.generator=", "--config.port=0"])

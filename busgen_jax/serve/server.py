@@ -19,6 +19,7 @@ import http.server
 import importlib.resources
 import ipaddress
 import json
+import os
 import pathlib
 import re
 import socket
@@ -84,8 +85,8 @@ class App:
         }
         self.allowed_hosts: set[str] | None = None  # set by `make_server` once the port is known
 
-    def close(self) -> None:
-        self.queue.close()
+    def close(self, timeout: float = 60.0) -> None:
+        self.queue.close(timeout)
 
     def _process(self, job: jobs.Job) -> None:
         request = job.request
@@ -96,9 +97,9 @@ class App:
             provenance = self.studio.image_provenance(request, index)
             png = studio.encode_png(image, provenance)
             if self.save_dir is not None:
-                self.save_dir.mkdir(parents=True, exist_ok=True)
-                (self.save_dir / f"{job.id}-{index}.png").write_bytes(png)
-                (self.save_dir / f"{job.id}-{index}.json").write_text(json.dumps(provenance))
+                sidecar = json.dumps(provenance).encode()
+                for suffix, data in ((".json", sidecar), (".png", png)):
+                    _write_atomically(self.save_dir / f"{job.id}-{index}{suffix}", data)
             job.images.append((png, provenance))
 
     def job_status(self, job: jobs.Job) -> dict[str, Any]:
@@ -161,6 +162,14 @@ class App:
         if job is None:
             raise studio.BadRequest(f"no job {job_id} (finished jobs are kept for a while)", 404)
         return job
+
+
+def _write_atomically(path: pathlib.Path, data: bytes) -> None:
+    """Whole or absent: a server stopped mid-write leaves no truncated image."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _json(status: int, value: Any) -> tuple[int, bytes, str]:
