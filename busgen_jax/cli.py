@@ -25,7 +25,7 @@ JOBS = {
     "audit": ("busgen_jax.audit_job", "audit a synthetic dataset for near-copies of training data"),
     "report": ("busgen_jax.demo_report", "rebuild the HTML report of a demo workdir"),
     "demo": ("busgen_jax.demo", "the whole pipeline on the built-in phantom"),
-    "serve": ("busgen_jax.serve.command", "a local web page to draw a lesion box and sample"),
+    "serve": ("busgen_jax.serve", "a local web page to draw a lesion box and sample"),
 }
 
 
