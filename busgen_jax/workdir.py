@@ -23,6 +23,7 @@ import fcntl
 import fnmatch
 import hashlib
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -121,6 +122,13 @@ def lock(workdir: str | os.PathLike, job: str) -> Iterator[None]:
             use_flock = False  # no flock on this filesystem
         if not use_flock:
             _claim_without_flock(path, workdir, me)
+        previous = _holder(path)
+        if previous:
+            logging.warning(
+                "%s: took over the lock of %s, which ended without releasing it",
+                workdir,
+                _describe(previous),
+            )
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
         yield

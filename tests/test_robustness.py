@@ -89,6 +89,9 @@ def test_a_crashed_holders_lock_is_taken_over(tmp_path):
     assert json.loads((tmp_path / workdir.META_DIR / workdir.LOCK_FILE).read_text())["pid"]
     out = _busgen("phantom", "--config=configs/phantom.py:tiny", f"--workdir={tmp_path}")
     assert out.returncode == 0, out.stderr[-3000:]
+    assert f"took over the lock of 'holder' on host {socket.gethostname()}, pid {holder.pid}" in (
+        out.stderr
+    )
     assert (tmp_path / "data" / "phantom" / "manifest.json").exists()
 
 
