@@ -8,7 +8,7 @@ import scipy.ndimage
 import scipy.stats
 from PIL import Image
 
-from busgen_jax.privacy import audit
+from busgen_jax.privacy import audit, report
 
 
 def _textures(num: int, seed: int, size: int = 48) -> np.ndarray:
@@ -113,34 +113,6 @@ def test_feature_fn_catches_rotated_copies_that_ncc_misses(train, threshold):
     np.testing.assert_array_equal(idx, np.arange(10))
 
 
-def test_audited_generate_regenerates_rejected_candidates(train, threshold):
-    calls = []
-
-    def generate(num, round_index):
-        calls.append((num, round_index))
-        fresh = _textures(num, seed=100 + round_index)
-        if round_index == 0:  # the first round memorizes three training images
-            fresh[[1, 4, 7]] = train[[3, 5, 8]]
-        return fresh
-
-    images, stats = audit.audited_generate(generate, 12, train, threshold)
-    assert calls[:2] == [(12, 0), (3, 1)]
-    assert images.shape == (12, 48, 48)
-    assert stats["rejected"] >= 3 and stats["generated"] == 12 + sum(n for n, _ in calls[1:])
-    sims, _ = audit.nearest_neighbours(images, train)
-    assert (sims <= threshold).all()
-    np.testing.assert_allclose(np.sort(stats["accepted_sims"]), np.sort(sims), atol=1e-6)
-    assert [p[2] for p in stats["closest_pairs"][:3]] == pytest.approx([1.0] * 3, abs=1e-5)
-
-
-def test_audited_generate_fails_clearly_on_a_copying_generator(train, threshold):
-    def copier(num, round_index):
-        return train[:num]
-
-    with pytest.raises(audit.AuditError, match="0 of 5 images passed.*after 3 rounds"):
-        audit.audited_generate(copier, 5, train, threshold, max_rounds=3)
-
-
 def test_memorization_test_direction_and_u_statistic():
     rng = np.random.default_rng(0)
     heldout = rng.normal(0.4, 0.05, 300)
@@ -160,29 +132,47 @@ def test_memorization_test_direction_and_u_statistic():
     assert result["z_u"] == pytest.approx((expected_u - 6) / np.sqrt(12 * 8 / 12))
 
 
-def test_report_files_and_numbers(tmp_path, train, threshold):
-    candidates = np.concatenate([_textures(30, seed=3), train[:2]])
-    keep, sims, idx = audit.filter_candidates(candidates, train, threshold)
-    heldout_sims, _ = audit.nearest_neighbours(_textures(40, seed=4), train)
-    pairs = audit.select_closest_pairs(candidates, train, sims, idx, k=4)
-    report = audit.write_audit_report(
+def test_report_names_training_neighbours_by_id_and_holds_no_training_pixels(tmp_path, train):
+    heldout_sims, _ = audit.search(_textures(40, seed=4), train)
+    thresholds = audit.calibrate(heldout_sims)
+    candidates = np.concatenate([_textures(30, seed=3), train[:8]])
+    sims, index = audit.search(candidates, train)
+    flags = audit.flagged(sims, thresholds)
+    closest = [
+        {
+            "synthetic_case_id": None if flags[k] else f"synthetic-{k}",
+            "train_case_id": f"train-{index['windowed'][k]}",
+            "similarity": {m: float(sims[m][k]) for m in audit.MEASURES},
+            "flagged": bool(flags[k]),
+            "image": None if flags[k] else candidates[k],
+        }
+        for k in (37, 30, 0, 1)
+    ]
+    membership = {"auc": 0.5, "tpr_at_1pct_fpr": 0.0}
+    written = report.write_audit_report(
         tmp_path,
-        sims=sims,
+        candidate_sims=sims,
         heldout_sims=heldout_sims,
-        threshold=threshold,
-        rejected_count=int((~keep).sum()),
-        closest_pairs=pairs,
+        thresholds=thresholds,
+        rejected_count=int(flags.sum()),
+        closest=closest,
+        membership=membership,
     )
     on_disk = json.loads((tmp_path / "audit.json").read_text())
-    assert on_disk == report
-    assert on_disk["threshold"] == pytest.approx(threshold)
-    assert on_disk["num_candidates"] == 32 and on_disk["rejected_count"] == (~keep).sum() >= 2
-    assert on_disk["candidate_similarity"]["q99"] == pytest.approx(np.quantile(sims, 0.99))
-    assert on_disk["heldout_similarity"]["mean"] == pytest.approx(heldout_sims.mean())
-    assert on_disk["closest_pair_similarities"] == pytest.approx(np.sort(sims)[::-1][:4])
-    expected_u = scipy.stats.mannwhitneyu(1 - sims, 1 - heldout_sims).statistic
-    assert on_disk["memorization_test"]["u"] == pytest.approx(expected_u)
-    for name, min_height in [("audit_similarity_hist.png", 300), ("audit_closest_pairs.png", 600)]:
+    assert on_disk == written
+    assert on_disk["thresholds"] == pytest.approx(thresholds)
+    assert on_disk["num_candidates"] == 38 and on_disk["rejected_count"] == flags.sum() >= 8
+    ncc = on_disk["similarity"]["ncc"]["candidates"]
+    assert ncc["q99"] == pytest.approx(np.quantile(sims["ncc"], 0.99))
+    windowed = on_disk["similarity"]["windowed"]["heldout"]
+    assert windowed["mean"] == pytest.approx(heldout_sims["windowed"].mean())
+    expected_u = scipy.stats.mannwhitneyu(1 - sims["ncc"], 1 - heldout_sims["ncc"]).statistic
+    assert on_disk["memorization_test"]["meehan"]["ncc"]["u"] == pytest.approx(expected_u)
+    assert on_disk["memorization_test"]["copying"]  # 8 verbatim copies in 38
+    assert on_disk["membership_inference"] == membership
+    assert on_disk["closest_pairs"][0]["train_case_id"] == "train-7"
+    assert all("image" not in pair for pair in on_disk["closest_pairs"])
+    for name, min_height in [("audit_similarity_hist.png", 300), ("audit_closest_pairs.png", 200)]:
         with Image.open(tmp_path / name) as image:
             assert image.height >= min_height
             assert np.asarray(image.convert("L")).std() > 10  # not a blank canvas

@@ -78,9 +78,9 @@ def per_image_losses(
 def loss_attack(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> dict[str, Any]:
     """AUC and TPR at 1% FPR of the score -loss for members against non-members.
 
-    AUC counts ties 1/2 (the Mann-Whitney form). At 1% FPR the threshold is the 99th percentile
-    of non-member scores; with fewer than 100 non-members that is in effect their maximum, so the
-    reported FPR (`fpr_at_threshold`) is the one actually achieved.
+    AUC counts ties 1/2 (the Mann-Whitney form). At 1% FPR the threshold leaves floor(n / 100)
+    of the n non-member scores above it; with fewer than 100 non-members that is their maximum
+    (FPR 0), so the reported FPR (`fpr_at_threshold`) is the one actually achieved.
     """
     members = -np.asarray(member_losses, np.float64)
     others = -np.asarray(nonmember_losses, np.float64)
@@ -88,7 +88,8 @@ def loss_attack(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> dict
         raise ValueError("membership inference needs member and non-member losses")
     greater = (members[:, None] > others[None, :]).mean()
     ties = (members[:, None] == others[None, :]).mean()
-    threshold = float(np.quantile(others, 0.99, method="higher"))
+    # The most permissive threshold with at most 1% of non-members strictly above it.
+    threshold = float(np.sort(others)[::-1][int(np.floor(0.01 * others.size))])
     return {
         "auc": float(greater + 0.5 * ties),
         "tpr_at_1pct_fpr": float((members > threshold).mean()),
