@@ -127,6 +127,8 @@ def synthesis_section(paths) -> report.Section:
                     "copying test z_U",
                     "p (copying)",
                     "verdict",
+                    "flagged at held-out 95th / 99th / 99.9th pct",
+                    "membership inference AUC / TPR at 1% FPR",
                 ],
                 [
                     [
@@ -138,13 +140,30 @@ def synthesis_section(paths) -> report.Section:
                         test["z_u"],
                         test["p_copying"],
                         test["interpretation"],
+                        " / ".join(
+                            f"{r['candidates_flagged']:.1%}"
+                            for r in audit.get("memorization_rates", [])
+                        ),
+                        _membership_cell(audit.get("membership_inference")),
                     ]
                 ],
             )
         )
     audit_dir = paths.synthetic / "audit"
+    # Training images never enter the report: the audit names neighbours by case id only.
+    private = audit.get("private_pictures")
+    where = (
+        f"The operator's pictures of them are in {private}."
+        if private
+        else "Pictures of them are off (synthesize config audit.private_pictures)."
+    )
     return report.Section(
         "Synthesis and privacy audit",
+        paragraphs=[
+            "Similarity is NCC and a shift/crop/rotation-tolerant windowed NCC; a candidate is "
+            "rejected when either exceeds its held-out-calibrated threshold. Training neighbours "
+            f"are listed by pseudonymous case id in {audit_dir / 'audit.json'}. {where}"
+        ],
         tables=tables,
         figures=[
             report.Figure(grid, "Synthetic dataset: rows are requested pathologies"),
@@ -152,11 +171,14 @@ def synthesis_section(paths) -> report.Section:
                 audit_dir / "audit_similarity_hist.png",
                 "Nearest-training-neighbour similarity: candidates vs held-out real",
             ),
-            report.Figure(
-                audit_dir / "audit_closest_pairs.png", "Closest candidate / training pairs"
-            ),
         ],
     )
+
+
+def _membership_cell(result) -> str:
+    if not result:
+        return "not run"
+    return f"{result['auc']:.3f} / {result['tpr_at_1pct_fpr']:.3f}"
 
 
 def evaluation_sections(paths) -> list[report.Section]:
