@@ -186,9 +186,13 @@ def evaluation_sections(paths) -> list[report.Section]:
     if not markdown.is_file():
         return []
     sections = report.markdown_sections(markdown.read_text())
-    sections[0].figures = [
+    # As in BUSGen's reader figure: the ROC curves sit with the reader study, each reader a point.
+    readers = [s for s in sections if "reader study" in s.title.lower() and s.level == 2]
+    (readers or sections)[0].figures = [
         report.Figure(
-            paths.evaluation / "roc.png", "ROC curves of the classifiers with each simulated reader"
+            paths.evaluation / "roc.png",
+            "ROC curves of the classifiers; each simulated reader is a point at its BI-RADS 4A "
+            "operating point, the cross the reader mean",
         )
     ]
     sections[0].note = SIMULATED

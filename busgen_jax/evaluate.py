@@ -455,15 +455,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def write_roc(path, tests, truth, case_ids, readers: dict[str, Any] | None) -> None:
     """Every model's ROC curve with the readers' points of the compared modality."""
     models = {name: aligned_scores(cols, case_ids, name) for name, cols in tests.items()}
-    points = {}
+    points, title = {}, ""
     if readers is not None:
         for p in readers["readers"][readers["compared_modality"]]:
             points[p["reader_id"]] = (p["sensitivity"]["estimate"], p["specificity"]["estimate"])
+            title = f"Readers at >= {p['threshold']}"
     plots.plot_roc_curves(
         path,
         models,
         [truth[case] for case in case_ids],
         points,
+        title=title,
         simulated=bool(readers and readers["simulated"]),
     )
 
@@ -521,7 +523,7 @@ def _vs_readers_markdown(name: str, model: Mapping[str, Any], level: str) -> lis
     lines += [
         f"What was tested: for each reader, {name}'s threshold was set to match that reader's "
         f"specificity on the cases the reader read, and the two sensitivities were compared on "
-        f"the malignant cases ({vs['mcnemar_method']}). The mean sensitivity gain is the "
+        f"the malignant cases by {vs['mcnemar_method']}. The mean sensitivity gain is the "
         f"average of these differences over readers; its {level} CI and p-value come from an "
         "Obuchowski-Rockette MRMC test on sensitivity with readers and cases both random "
         "(Hillis df, jackknife covariance). Specificity at each reader's sensitivity is "

@@ -3,6 +3,7 @@
 import csv
 import json
 import re
+import types
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from PIL import Image
 from scipy import special
 from sklearn import metrics
 
-from busgen_jax import evaluate, job
+from busgen_jax import demo_report, evaluate, job
 from busgen_jax.data import schema, shards
 from busgen_jax.evaluation import mrmc, reader_io, reader_study, roe_metz, statistics
 
@@ -266,3 +267,13 @@ def test_numeric_reads_and_a_model_listed_as_a_reader(setup, tmp_path):
     expected = reader_study.reader_performance(study)
     assert results["reader_study"]["readers"]["default"] == [r.to_dict() for r in expected]
     assert expected[0].threshold == "20"
+
+
+def test_report_shows_the_roc_figure_with_the_reader_study(setup):
+    paths = types.SimpleNamespace(evaluation=setup["tmp"] / "work" / "evaluation")
+    sections = demo_report.evaluation_sections(paths)
+    (readers,) = [s for s in sections if s.title.startswith("SIMULATED reader study")]
+    assert [f.path for f in readers.figures] == [paths.evaluation / "roc.png"]
+    assert "BI-RADS 4A" in readers.figures[0].caption
+    texts = [b for s in sections for b in s.blocks if isinstance(b, str)]
+    assert any(t.startswith("What was tested:") for t in texts)

@@ -56,7 +56,7 @@ class RoeMetz:
     var_tc: float = 0.05
     var_rc: float = 0.15
     var_error: float = 0.5
-    dcis_shift: float = 0.9
+    dcis_shift: float = 0.6
     # BI-RADS cut-points 1|2, 2|3, 3|4A, 4A|4B, 4B|4C, 4C|5 on the Y scale.
     cuts: tuple[float, ...] = (-1.3, -0.5, 0.15, 0.9, 1.6, 2.4)
     cut_sd: float = 0.25  # reader-specific offset of all cut-points
