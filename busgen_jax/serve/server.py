@@ -190,7 +190,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _not_allowed(self) -> None:
         self._respond(lambda path: _raise(studio.BadRequest(f"{self.command} is not allowed", 405)))
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
+    do_HEAD = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed
 
     def _respond(self, route) -> None:
         path = self.path.split("?", 1)[0]
