@@ -37,12 +37,22 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             name=config.name,
             allowed_roots=tuple(config.allowed_roots),
             duplicates=config.duplicates,
+            **_table_options(config),
         )
     except (DatasetImportError, SchemaError) as e:
         raise job.JobError(str(e)) from e
     summary = {k: manifest[k] for k in ("name", "num_records", "pathology", "device")}
     print(f"imported dataset: {out_dir}\n{json.dumps(summary, indent=1)}")
     return manifest
+
+
+def _table_options(config: ml_collections.ConfigDict) -> dict:
+    if config.layout != "table":
+        return {}
+    return {
+        "label_columns": tuple(config.label_columns),
+        "deidentified_columns": tuple(config.deidentified_columns),
+    }
 
 
 main = job.command(run, "configs/import_data.py:busi", __doc__)

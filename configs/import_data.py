@@ -29,4 +29,9 @@ def get_config(layout: str = "busi") -> ml_collections.ConfigDict:
     config.allowed_roots = ()
     # One image under two names (equal pixels): "refuse" the import, or "keep_first" and report.
     config.duplicates = "refuse"
+    # 'table' only: extra CSV columns to keep as record labels (any other extra column is
+    # refused). Their names and values are checked for identifiers (names, dates, record
+    # numbers, phone numbers, addresses); columns in `deidentified_columns` are kept unchecked.
+    config.label_columns = ()
+    config.deidentified_columns = ()
     return config

@@ -216,7 +216,7 @@ def _dicom_table(tmp_path):
 def test_table_with_dicom_reads_pixels_and_header_fields(tmp_path):
     want = _dicom_table(tmp_path)
     mono2_uid = want.pop("mono2")
-    records = read_table(tmp_path / "table.csv", salt=SALT)
+    records = read_table(tmp_path / "table.csv", salt=SALT, label_columns=("age",))
     by_key = _by_key(records, want, "table")
     for key, pixels in want.items():
         got = schema.decode_png(by_key[key]["image"]).astype(int)
@@ -239,7 +239,7 @@ def test_table_with_dicom_reads_pixels_and_header_fields(tmp_path):
 def test_no_identifying_dicom_value_reaches_the_output(tmp_path):
     _dicom_table(tmp_path)
     out = tmp_path / "out"
-    import_dataset("table", tmp_path / "table.csv", out, salt=SALT)
+    import_dataset("table", tmp_path / "table.csv", out, salt=SALT, label_columns=("age",))
     written = b"".join(path.read_bytes() for path in sorted(out.iterdir()))
     assert written  # manifest and shards
     for value in [*PHI.values(), "MRN-2", "mono2", SALT]:

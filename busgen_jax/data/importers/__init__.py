@@ -58,6 +58,7 @@ def import_dataset(
     name: str | None = None,
     allowed_roots: Sequence[str | os.PathLike] = (),
     duplicates: str = "refuse",
+    **scan_options: Any,
 ) -> dict[str, Any]:
     """Reads a whole source dataset, then writes it as ArrayRecord shards plus a manifest.
 
@@ -75,6 +76,7 @@ def import_dataset(
       name: dataset name in shard file names; defaults to `layout`.
       allowed_roots: folders besides `source` that the source's files may lie in.
       duplicates: "refuse" an image found twice (equal pixels), or "keep_first" and report.
+      **scan_options: layout options (the table's label_columns and deidentified_columns).
 
     Returns:
       The manifest dict.
@@ -83,7 +85,7 @@ def import_dataset(
         raise DatasetImportError(f"layout: unknown layout {layout!r}; choose from {list(READERS)}")
     records = READERS[layout](
         source, salt=salt, seed=seed, split_fractions=split_fractions, device=device,
-        allowed_roots=allowed_roots, duplicates=duplicates,
+        allowed_roots=allowed_roots, duplicates=duplicates, **scan_options,
     )  # fmt: skip
     settings = {
         "layout": layout, "seed": seed, "split_fractions": list(split_fractions),

@@ -165,9 +165,10 @@ def reader(
         device: str | None = None,
         allowed_roots: Sequence[str | os.PathLike] = (),
         duplicates: str = "refuse",
+        **scan_options: Any,
     ) -> list[dict[str, Any]]:
         return build_records(
-            scan(source, device, allowed_roots),
+            scan(source, device, allowed_roots, **scan_options),
             source=str(source),
             namespace=namespace,
             salt=salt,
@@ -181,6 +182,7 @@ def reader(
         f"Schema records of a {namespace} source: `scan_{namespace}` then `build_records`.\n\n"
         "salt keys the pseudonyms; seed and split_fractions fix the patient-level split; device "
         "overrides the device name the source gives; allowed_roots are folders besides the "
-        "source's that files may be read from; duplicates is one of DUPLICATE_POLICIES."
+        "source's that files may be read from; duplicates is one of DUPLICATE_POLICIES; "
+        "scan_options go to the layout's scan (the table's label_columns)."
     )
     return read
