@@ -4,7 +4,8 @@ An exported generator is a directory with
   params/               orbax checkpoint of the U-Net params (`torch_convert.save_params`)
   model_config.json     the U-Net config
   generator.json        what sampling needs besides the network: the noise schedule, the
-                        prediction target, the class and device vocabularies and image size.
+                        prediction target, the class and device vocabularies, image size, and
+                        the sampling preset it is meant for (`presets.SAMPLING_PRESETS`).
 Pretraining exports its EMA params in this form, the PyTorch converter writes the published
 weights in it, and adaptation writes its adapters next to a reference to one.
 """
@@ -22,8 +23,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from busgen_jax.data import box_priors
 from busgen_jax.diffusion import guidance, samplers, schedules
-from busgen_jax.models import torch_convert
+from busgen_jax.models import presets, torch_convert
 from busgen_jax.models.unet import UNet
 
 SPEC_FILE = "generator.json"
@@ -39,6 +41,11 @@ class GeneratorSpec:
     device_names: tuple[str, ...]
     image_size: int
     source: str = "pretrain"
+    # How the generator is meant to be sampled (`presets.sampling_preset`); specs written before
+    # this was recorded come from this project's pretraining.
+    sampling: dict[str, Any] = dataclasses.field(
+        default_factory=lambda: presets.sampling_preset("project")
+    )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -95,6 +102,36 @@ def _materialize(abstract_model: nnx.Module) -> nnx.Module:
     return nnx.merge(graphdef, state)
 
 
+def sampling_settings(spec: GeneratorSpec, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The spec's sampling settings with every override that is not None applied.
+
+    Raises ValueError naming an unknown setting or a value outside its choices.
+    """
+    settings = {**presets.sampling_preset("project"), **spec.sampling}
+    for name, value in overrides.items():
+        if name not in settings:
+            raise ValueError(f"unknown sampling setting '{name}' (known: {sorted(settings)})")
+        if value is not None:
+            settings[name] = value
+    choices = {
+        "sampler": samplers.SAMPLERS,
+        "skip": samplers.SKIPS,
+        "time_input": guidance.TIME_INPUTS,
+        "box_raster": box_priors.BOX_RASTERS,
+        "drop_box_mask": (True, False),
+        "clip_x0": (True, False),
+    }
+    for name, allowed in choices.items():
+        if settings[name] not in allowed:
+            raise ValueError(
+                f"sampling setting '{name}' is {settings[name]!r}, not one of {allowed}"
+            )
+    # Named after the preset it equals, so records never claim one their overrides left.
+    named = [k for k, v in presets.SAMPLING_PRESETS.items() if all(settings[f] == v[f] for f in v)]
+    settings["preset"] = named[0] if named else "custom"
+    return settings
+
+
 def to_model_channels(images: jax.Array, channels: int) -> jax.Array:
     """Grayscale [B, H, W, 1] -> the model's channels (the published model takes RGB copies)."""
     return jnp.repeat(images, channels, axis=-1) if channels != images.shape[-1] else images
@@ -113,12 +150,19 @@ def sample_images(
     guidance_weight: float,
     eta: float = 0.0,
     skip: str = "time_uniform",
-    clip_x0: float | None = 1.0,
+    drop_box_mask: bool | None = None,
+    time_input: str | None = None,
+    clip_x0: bool | None = None,
 ) -> jax.Array:
     """Samples grayscale images [B, H, W, 1] in [-1, 1] for the given conditions.
 
+    drop_box_mask (zero the box in the unconditional half), time_input ('floor' | 'interpolate')
+    and clip_x0 (clip x0 predictions to [-1, 1]) default (None) to the spec's sampling preset.
     Traceable: call it under `nnx.jit` (see `make_sample_fn`) so the sampler loop compiles once.
     """
+    how = sampling_settings(
+        spec, {"drop_box_mask": drop_box_mask, "time_input": time_input, "clip_x0": clip_x0}
+    )
     schedule = schedules.make_schedule(ml_collections.ConfigDict(spec.schedule))
     channels = model.head.in_features - 1
 
@@ -126,7 +170,13 @@ def sample_images(
         return model(x, t, classes, devices, masks)
 
     denoise_fn = guidance.guided_denoise_fn(
-        model_fn, class_ids, device_ids, box_mask, guidance_weight=guidance_weight
+        model_fn,
+        class_ids,
+        device_ids,
+        box_mask,
+        guidance_weight=guidance_weight,
+        drop_box_mask=how["drop_box_mask"],
+        time_input=how["time_input"],
     )
     size = spec.image_size
     images = samplers.sample(
@@ -139,7 +189,7 @@ def sample_images(
         eta=eta,
         prediction=spec.prediction,
         skip=skip,
-        clip_x0=clip_x0,
+        clip_x0=1.0 if how["clip_x0"] else None,
     )
     return jnp.clip(images.mean(axis=-1, keepdims=True), -1.0, 1.0)
 

@@ -31,6 +31,7 @@ from absl import logging
 from busgen_jax import generator as generator_lib
 from busgen_jax import job, synthesis_plan, visualize
 from busgen_jax.data import box_priors, pipeline, schema, shards
+from busgen_jax.models import presets
 from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.privacy import audit, membership
 from busgen_jax.privacy import report as privacy_report
@@ -220,7 +221,8 @@ def _sample(ctx, indices: list[int], boxes: dict, shard_key: jax.Array, attempt:
         padded = chunk + [chunk[-1]] * (batch - len(chunk))  # one compiled shape
         classes = generator_lib.ids_for([plan[i][0] for i in padded], spec.class_names, "classes")
         devices = generator_lib.ids_for([plan[i][1] for i in padded], spec.device_names, "devices")
-        masks = np.stack([box_priors.box_mask(boxes[i], size, size) for i in padded])
+        raster = ctx["sampling"]["box_raster"]
+        masks = np.stack([box_priors.box_mask(boxes[i], size, size, raster) for i in padded])
         key = jax.random.fold_in(jax.random.fold_in(shard_key, attempt), b)
         inputs = mesh_lib.host_batch_to_global(
             {"class_id": classes, "device_id": devices, "box_mask": masks}, ctx["mesh"]
@@ -413,6 +415,12 @@ def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
         plan = make_plan(config, spec)
     except ValueError as e:  # an adapter of another generator, a broken export, a bad mix
         raise job.JobError(str(e)) from e
+    try:
+        sampling = generator_lib.sampling_settings(
+            spec, {k: config[k] for k in presets.SAMPLING_FIELDS}
+        )
+    except ValueError as e:
+        raise job.JobError(f"config: {e}") from e
     reference = audit_reference(config, spec)
     mesh = mesh_lib.make_mesh(dict(config.mesh))
     if config.batch_size % mesh_lib.num_batch_shards(mesh):
@@ -433,13 +441,11 @@ def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "thresholds": reference["thresholds"],
         "strict_thresholds": reference["strict_thresholds"],
         "heldout_sims": reference["heldout_sims"],
+        "sampling": sampling,
         "sample_fn": generator_lib.make_sample_fn(
             spec,
-            sampler=config.sampler,
-            steps=config.steps,
-            guidance_weight=config.guidance_weight,
             eta=config.eta,
-            skip=config.skip,
+            **{k: v for k, v in sampling.items() if k not in ("preset", "box_raster")},
         ),
         "provenance": {
             "source": "synthetic",
@@ -450,6 +456,7 @@ def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
             "steps": config.steps,
             "guidance": config.guidance_weight,
             "skip": config.skip,
+            "sampling": sampling,
         },
     }
 

@@ -4,17 +4,22 @@
         --config.generator=PRETRAIN_WORKDIR/export --config.adapter=ADAPT_WORKDIR/adapter \
         --config.audit.train_paths=ADAPTATION_DATA_DIR
 
-Presets: `default` (DPM-Solver single-step order 3, 50 steps, w = 1.8: the published sampler),
-`tiny` (tests: 10 steps, small shards), `fast` (DPM-Solver++ 2M, 20 steps on a log-SNR grid).
+Presets: `published` (the official BUSGen sampling, `presets.SAMPLING_PRESETS['published']`:
+singlestep DPM-Solver++ of order 3, 50 steps, w = 1.8, box zeroed in the unconditional half,
+integer timesteps, no x0 clipping, truncated box edges; what a converted generator's spec names),
+`default` (singlestep DPM-Solver-3 in noise form, 50 steps, w = 1.8; how the network is called
+follows the generator's spec), `tiny` (tests: 6 steps, small shards), `fast` (DPM-Solver++ 2M,
+20 steps on a log-SNR grid).
 """
 
 import ml_collections
 
 from busgen_jax import job
+from busgen_jax.models import presets
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    job.check_preset(preset, ("default", "fast", "tiny"))
+    job.check_preset(preset, ("default", "fast", "tiny", "published"))
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.name = "synthetic"
@@ -35,6 +40,14 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     # Time grid: 'time_uniform' is the published (official DPM-Solver) default; 'logsnr' is
     # markedly more accurate at 10-50 steps (BENCHMARKS.md, sampler error vs steps).
     config.skip = "time_uniform"
+    # How the network is called and the boxes drawn; unset, each follows the generator's spec
+    # (its sampling preset, see busgen_jax/models/presets.py): zero the box mask in the
+    # unconditional half, 'floor' or 'interpolate' the timestep, clip x0 predictions to [-1, 1],
+    # 'truncate' or round 'outward' the box edges.
+    config.drop_box_mask = ml_collections.config_dict.placeholder(bool)
+    config.time_input = ml_collections.config_dict.placeholder(str)
+    config.clip_x0 = ml_collections.config_dict.placeholder(bool)
+    config.box_raster = ml_collections.config_dict.placeholder(str)
     config.batch_size = 16
     config.records_per_shard = 256
     # Lesion boxes: a saved prior (.npz), else fitted to the train split of these datasets
@@ -71,6 +84,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
         config.steps = 6
         config.batch_size = 8
         config.records_per_shard = 8
+    elif preset == "published":
+        config.update(presets.SAMPLING_PRESETS["published"])
     elif preset == "fast":
         config.sampler = "dpm_solver_pp_2m"
         config.steps = 20

@@ -15,12 +15,14 @@ import subprocess
 import sys
 import textwrap
 
+import dpm_solver_reference
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
+from busgen_jax.data import box_priors
 from busgen_jax.diffusion import guidance, samplers, schedules
 
 T = 500
@@ -122,7 +124,8 @@ def _map_error(sampler, name, prediction, steps) -> float:
 
 
 CASES = [("linear", "eps"), ("cosine", "v")]
-STEPS = {"ddpm": 500, "ddim": 200, "dpm_solver_3s": 50, "dpm_solver_pp_2m": 50}
+STEPS = {"ddpm": 500, "ddim": 200, "dpm_solver_pp_1s": 200}
+STEPS = {sampler: STEPS.get(sampler, 50) for sampler in samplers.SAMPLERS}
 
 
 @pytest.mark.parametrize("name,prediction", CASES)
@@ -161,20 +164,15 @@ def test_ddim_with_eta_one_is_ddpm():
     np.testing.assert_allclose(ddim, ddpm, atol=2e-4)
 
 
-def _official_orders(steps: int) -> list[int]:
-    """The order plan of the official DPM-Solver `get_orders_and_timesteps_for_singlestep_solver`."""
-    k = steps // 3 + 1
-    tails = {0: [2, 1], 1: [1], 2: [2]}
-    return [3] * (k - len(tails[steps % 3])) + tails[steps % 3]
-
-
 def test_singlestep_order3_every_step_count():
     """Steps 1..60 (3n-1 forms such as the published 50 included): plan, NFE, finite, accuracy."""
     for steps in range(1, 61):
-        orders = _official_orders(steps)
-        plan = [samplers.singlestep_plan(steps, k) for k in range(len(orders) + 1)]
-        assert [int(o) for o, _ in plan[:-1]] == orders
-        assert [int(c) for _, c in plan] == list(np.cumsum([0] + orders))
+        for order in (1, 2, 3):
+            orders = dpm_solver_reference.official_orders(steps, order)
+            plan = [samplers.singlestep_plan(steps, k, order) for k in range(len(orders) + 1)]
+            assert [int(o) for o, _ in plan[:-1]] == orders
+            assert [int(c) for _, c in plan] == list(np.cumsum([0] + orders))
+            assert samplers.num_outer_steps(steps, order) == len(orders)
         _CALLS.clear()
         out = _run("dpm_solver_3s", "linear", "eps", steps)
         jax.effects_barrier()
@@ -183,6 +181,45 @@ def test_singlestep_order3_every_step_count():
         assert _CALLS[0] == T - 1 and min(_CALLS) >= 0
         if steps >= 30:
             assert _map_error("dpm_solver_3s", "linear", "eps", steps) < 0.01, steps
+
+
+def _exact_eps_np(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Float64 E[eps | x_t] of the Gaussian data under the linear schedule, at timestep index."""
+    la = np.interp(index, np.arange(T), _log_alpha_table("linear"))[:, None]
+    a, s = np.exp(la), np.sqrt(-np.expm1(2 * la))
+    y = (x - a * MU) @ EIGVECS
+    return (y * s / (a**2 * EIGVALS + s**2)) @ EIGVECS.T
+
+
+def _published_grid_run(sampler: str, steps: int, key: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    """(samples, start noise) of `sampler` on the time-uniform grid, 512 Gaussian samples."""
+    shape = (512, 3)
+    out = samplers.sample(_exact_model("linear", "eps"), shape, jax.random.key(key),
+                          _schedule("linear"), sampler=sampler, steps=steps)  # fmt: skip
+    noise = jax.random.normal(jax.random.split(jax.random.key(key))[0], shape)
+    return np.asarray(out, np.float64), np.asarray(noise, np.float64)
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+def test_singlestep_dpm_solver_pp_is_the_published_algorithm(order):
+    """The data-form singlestep solver equals the published algorithm (written independently in
+    dpm_solver_reference.py, float64) from the same noise, at the published 50 steps and fewer;
+    the noise-form 'dpm_solver_3s' is a different solver and does not."""
+    betas = np.linspace(1e-4, 0.028, T)
+    for steps in (7, 20, 50):
+        ours, noise = _published_grid_run(f"dpm_solver_pp_{order}s", steps)
+        ref = dpm_solver_reference.dpm_solver_pp_singlestep(
+            _exact_eps_np, betas, noise, steps, order
+        )
+        rel = np.linalg.norm(ours - ref) / np.linalg.norm(ref)
+        assert rel < 2e-6, (order, steps, rel)
+        if order == 3:
+            noise_form = _published_grid_run("dpm_solver_3s", steps)[0]
+            assert np.linalg.norm(noise_form - ref) / np.linalg.norm(ref) > 100 * rel + 1e-3
+    # The reference is itself a solver of the flow: at 50 steps of order 3 it is close to exact.
+    if order == 3:
+        exact = _exact_flow("linear", noise, to_clean=False)
+        assert np.sqrt(np.mean(np.sum((ref - exact) ** 2, axis=1))) < 0.01
 
 
 def test_sampling_start_clips_the_cosine_log_snr():
@@ -246,8 +283,9 @@ def _toy_conditional_model(calls: list):
     return model_fn
 
 
+@pytest.mark.parametrize("time_input", guidance.TIME_INPUTS)
 @pytest.mark.parametrize("drop_box_mask", [False, True])
-def test_guidance_is_one_batched_call_with_published_formula(drop_box_mask):
+def test_guidance_is_one_batched_call_with_published_formula(drop_box_mask, time_input):
     calls: list = []
     model_fn = _toy_conditional_model(calls)
     rng = np.random.default_rng(0)
@@ -255,17 +293,40 @@ def test_guidance_is_one_batched_call_with_published_formula(drop_box_mask):
     t = jnp.asarray([10.0, 200.0, 350.5, 499.0])
     classes, devices = jnp.asarray([1, 2, 1, 2]), jnp.asarray([3, 1, 2, 3])
     mask = jnp.asarray(rng.random((4, 8, 8, 1)) > 0.5, jnp.float32)
+    kw = dict(drop_box_mask=drop_box_mask, time_input=time_input)
     denoise_fn = guidance.guided_denoise_fn(
-        model_fn, classes, devices, mask, guidance_weight=1.8, drop_box_mask=drop_box_mask
+        model_fn, classes, devices, mask, guidance_weight=1.8, **kw
     )
     guided = denoise_fn(x, t)
     assert calls == [8]
-    cond = model_fn(x, t, classes, devices, mask)
+    # The published network sees the integer part of the time: 350.5 -> 350.
+    t_net = jnp.asarray([10.0, 200.0, 350.0, 499.0]) if time_input == "floor" else t
+    cond = model_fn(x, t_net, classes, devices, mask)
     null_mask = jnp.zeros_like(mask) if drop_box_mask else mask
-    uncond = model_fn(x, t, jnp.zeros_like(classes), jnp.zeros_like(devices), null_mask)
+    uncond = model_fn(x, t_net, jnp.zeros_like(classes), jnp.zeros_like(devices), null_mask)
     np.testing.assert_allclose(guided, 2.8 * cond - 1.8 * uncond, atol=1e-5)
-    unguided = guidance.guided_denoise_fn(model_fn, classes, devices, mask, guidance_weight=0.0)
+    unguided = guidance.guided_denoise_fn(
+        model_fn, classes, devices, mask, guidance_weight=0.0, **kw
+    )
     np.testing.assert_allclose(unguided(x, t), cond, atol=1e-6)
+    with pytest.raises(ValueError, match="'time_input'"):
+        guidance.guided_denoise_fn(model_fn, classes, devices, mask, time_input="round")
+
+
+def test_published_box_raster_truncates_the_edges():
+    """'truncate' is the published int() of each scaled edge (written out here pixel by pixel);
+    'outward' also covers the partly covered pixels at the right and bottom."""
+    boxes = [[0.123, 0.301, 0.517, 0.689], [0.6, 0.05, 0.93, 0.41], [0.8, 0.7, 0.805, 0.95]]
+    expected = np.zeros((64, 64), np.float32)
+    for x1, y1, x2, y2 in boxes:
+        expected[int(y1 * 64) : int(y2 * 64), int(x1 * 64) : int(x2 * 64)] = 1.0
+    got = box_priors.box_mask(boxes, 64, 64, raster="truncate")[..., 0]
+    np.testing.assert_array_equal(got, expected)
+    outward = box_priors.box_mask(boxes, 64, 64)[..., 0]
+    assert np.all(outward >= got) and outward.sum() > got.sum()
+    assert outward[44:61, 51].all() and not got[44:61, 51].any()  # the sub-pixel-wide third box
+    with pytest.raises(ValueError, match="raster"):
+        box_priors.box_mask(boxes, 64, 64, raster="round")
 
 
 def test_sharded_sampling_matches_unsharded():

@@ -1,14 +1,21 @@
-"""Import of published BUSGen PyTorch weights: layout, forward-pass equality, errors, export."""
+"""Import of published BUSGen PyTorch weights: layout, forward-pass equality, errors, export,
+periodic training checkpoints, and the published sampling reproduced on converted weights."""
 
 import json
 import pathlib
+import re
+import sys
+import textwrap
 
+import dpm_solver_reference
 import jax
 import numpy as np
 import pytest
 from flax import nnx
 
-from busgen_jax.models import UNet, model_config, torch_convert
+from busgen_jax import generator
+from busgen_jax.data import box_priors
+from busgen_jax.models import UNet, model_config, presets, torch_convert
 
 DATA = pathlib.Path(__file__).parent / "data"
 _forward = nnx.jit(lambda model, *args: model(*args))
@@ -120,7 +127,7 @@ def test_module_prefix_and_nested_checkpoint(torch_reference, tmp_path):
     assert _same_state(torch_convert.convert_state_dict(loaded, config), plain)
 
     torch.save({"net_model": wrapped, "ema_model": wrapped}, tmp_path / "two.pt")
-    with pytest.raises(ValueError, match="ema_model"):
+    with pytest.raises(ValueError, match="several U-Net.*ema_model"):
         torch_convert.load_torch_checkpoint(tmp_path / "two.pt")
     chosen = torch_convert.load_torch_checkpoint(tmp_path / "two.pt", key="ema_model")
     assert _same_state(torch_convert.convert_state_dict(chosen, config), plain)
@@ -168,3 +175,204 @@ def test_params_export_round_trip_and_command(torch_reference, tmp_path, monkeyp
     assert _same_state(nnx.state(again, nnx.Param), expected)
     with pytest.raises(FileNotFoundError, match="missing"):
         torch_convert.load_params(_abstract(config), tmp_path / "missing")
+
+
+_SCHEDULER_MODULE = textwrap.dedent(
+    """
+    from torch.optim.lr_scheduler import LRScheduler
+
+    class GradualWarmupScheduler(LRScheduler):  # as the official Scheduler.py wraps a cosine one
+        def __init__(self, optimizer, multiplier, warm_epoch, after_scheduler=None):
+            self.multiplier, self.total_epoch = multiplier, warm_epoch
+            self.after_scheduler, self.finished = after_scheduler, False
+            super().__init__(optimizer)
+
+        def get_lr(self):
+            return [lr * self.multiplier for lr in self.base_lrs]
+
+    class Payload:  # what an unsafe loader would run: exec of code that writes a file
+        def __init__(self, path):
+            self.path = path
+
+        def __reduce__(self):
+            return exec, (f"open({self.path!r}, 'w').close()",)
+    """
+)
+
+
+def test_periodic_training_checkpoint_loads_safely(torch_reference, tmp_path, monkeypatch):
+    """A Train.py-style checkpoint (model, optimizer state, LR schedulers whose state holds the
+    cosine scheduler and the optimizer objects, a class of the training code's own) gives the
+    model's tensors; none of the file's code runs, and the training code need not be importable."""
+    import torch
+
+    net, state_dict = torch_reference
+    (tmp_path / "Scheduler.py").write_text(_SCHEDULER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import Scheduler
+
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=1e-4)
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=70)
+    warmup = Scheduler.GradualWarmupScheduler(optimizer, 2.5, 7, after_scheduler=cosine)
+    marker = tmp_path / "code-ran"
+    checkpoint = {
+        "net_model": {f"module.{k}": v for k, v in net.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "scheduler": warmup.state_dict(),
+        "warmup_scheduler": warmup,
+        "payload": Scheduler.Payload(str(marker)),
+        "epoch": 5,
+    }
+    torch.save(checkpoint, tmp_path / "ckpt_5_.pt")
+    monkeypatch.delitem(sys.modules, "Scheduler")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    with pytest.raises(Exception, match="Unsupported global"):  # the plain safe loader refuses
+        torch.load(tmp_path / "ckpt_5_.pt", weights_only=True)
+
+    loaded = torch_convert.load_torch_checkpoint(tmp_path / "ckpt_5_.pt")
+    assert not marker.exists()
+    config = _small_config()
+    expected = torch_convert.convert_state_dict(state_dict, config)
+    assert _same_state(torch_convert.convert_state_dict(loaded, config), expected)
+    assert "Scheduler" not in sys.modules
+
+
+def _convert(argv: list[str], capsys) -> str:
+    """stderr of a failing conversion command (exit status 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        torch_convert.main(argv)
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_converter_errors_are_one_line_naming_the_file_or_tensor(
+    torch_reference, tmp_path, monkeypatch, capsys
+):
+    import torch
+
+    net, state_dict = torch_reference
+    monkeypatch.setattr(torch_convert, "model_config", lambda name: _small_config())
+    good = tmp_path / "good.pt"
+    torch.save({"net_model": net.state_dict(), "epoch": 5}, good)
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "truncated.pt").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    renamed = {("head.kernel" if k == "head.weight" else k): v for k, v in state_dict.items()}
+    lacking = {k: v for k, v in state_dict.items() if k != "middleblocks.0.attn.proj_q.weight"}
+    extra = dict(state_dict, **{"tail.9.weight": np.zeros(3, np.float32)})
+    wrong = dict(state_dict, **{"tail.2.bias": np.zeros(4, np.float32)})
+    from torch_reference_unet import TorchUNet
+
+    other_layout = TorchUNet(ch=32, ch_mult=(1, 2), num_res_blocks=1, num_timesteps=50, groups=8,
+                             n_devices=20).state_dict()  # fmt: skip
+    files = {"renamed": renamed, "lacking": lacking, "extra": extra, "wrong": wrong,
+             "other": other_layout}  # fmt: skip
+    for name, tensors in files.items():
+        torch.save({k: torch.as_tensor(np.asarray(v)) for k, v in tensors.items()},
+                   tmp_path / f"{name}.pt")  # fmt: skip
+    out = ["--out", str(tmp_path / "out")]
+    cases = {
+        "empty.pt": ("busgen_toy", r"empty\.pt: empty file"),
+        "truncated.pt": ("busgen_toy", r"truncated\.pt: not a readable PyTorch checkpoint"),
+        "missing.pt": ("busgen_toy", r"missing\.pt: no such checkpoint file"),
+        "renamed.pt": ("busgen_toy", r"renamed\.pt.*no tensor 'head\.weight'"),
+        "lacking.pt": (
+            "busgen_toy",
+            r"lacking\.pt.*no tensor 'middleblocks\.0\.attn\.proj_q\.weight'",
+        ),
+        "extra.pt": ("busgen_toy", r"extra\.pt.*'tail\.9\.weight' matches no parameter"),
+        "wrong.pt": ("busgen_toy", r"wrong\.pt.*'tail\.2\.bias' has shape \(4,\)"),
+        "other.pt": ("busgen_toy", r"other\.pt as preset busgen_toy.*dev_condEmbedding"),
+        "good.pt": ("busgen_large", r"--preset is 'busgen_large'"),
+    }
+    for file, (preset, pattern) in cases.items():
+        argv = ["--checkpoint", str(tmp_path / file), "--preset", preset, *out]
+        err = _convert(argv, capsys)
+        assert err.count("\n") == 1 and err.startswith("error: "), (file, err)
+        assert re.search(pattern, err), (file, err)
+    err = _convert(["--checkpoint", str(good), "--preset", "busgen_toy", "--key", "ema", *out],
+                   capsys)  # fmt: skip
+    assert err.startswith("error: ") and "no entry 'ema'" in err and "net_model" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def published_export(torch_reference, tmp_path_factory):
+    """The random-weight twin converted by the command, as a generator directory."""
+    import torch
+
+    net, _ = torch_reference
+    directory = tmp_path_factory.mktemp("published")
+    torch.save({"net_model": net.state_dict(), "epoch": 70}, directory / "ckpt_70_.pt")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch_convert, "model_config", lambda name: _small_config())
+        torch_convert.main(["--checkpoint", str(directory / "ckpt_70_.pt"),
+                            "--preset", "busgen_toy", "--out", str(directory / "export")])  # fmt: skip
+    return directory / "export"
+
+
+_BOXES = [[0.16, 0.16, 0.79, 0.6], [0.3, 0.31, 0.69, 0.94], [0.05, 0.5, 0.42, 0.97], []]
+_STEPS = 10
+
+
+def _published_reference(net):
+    """(class ids, device ids, box masks, key, reference images) of the published pipeline:
+    boxes rasterized with int(), the noise the project draws for the key, 10 steps of the
+    published solver (float64) on the PyTorch twin, then the project's image read-out."""
+    from torch_reference_unet import published_guided_eps
+
+    classes, devices = np.array([1, 2, 1, 2]), np.array([3, 1, 0, 2])
+    masks = np.zeros((4, 32, 32, 1), np.float32)
+    for i, boxes in enumerate(_BOXES):
+        if boxes:
+            x1, y1, x2, y2 = boxes
+            masks[i, int(y1 * 32) : int(y2 * 32), int(x1 * 32) : int(x2 * 32)] = 1.0
+    key = jax.random.key(4)
+    noise = np.asarray(jax.random.normal(jax.random.split(key)[0], (4, 32, 32, 3)), np.float64)
+    eps_fn = published_guided_eps(net, classes, devices, masks, guidance_weight=1.8)
+    betas = np.linspace(1e-4, 0.028, 50)
+    x = dpm_solver_reference.dpm_solver_pp_singlestep(eps_fn, betas, noise, _STEPS, order=3)
+    return classes, devices, masks, key, np.clip(x.mean(-1, keepdims=True), -1.0, 1.0)
+
+
+def _sample(directory, classes, devices, key, **overrides):
+    model, spec = generator.load_generator(directory)
+    how = spec.sampling
+    masks = np.stack(
+        [box_priors.box_mask([b] if b else [], 32, 32, how["box_raster"]) for b in _BOXES]
+    )
+    sample_fn = generator.make_sample_fn(
+        spec, sampler=how["sampler"], steps=_STEPS, guidance_weight=how["guidance_weight"],
+        skip=how["skip"], **overrides,
+    )  # fmt: skip
+    return masks, np.asarray(sample_fn(model, key, classes, devices, masks), np.float64)
+
+
+def test_converted_generator_samples_as_the_published_code(torch_reference, published_export):
+    """A converted generator's spec names the published preset, and sampling with it reproduces
+    the published pipeline (written independently in the tests) on the converted twin."""
+    net, _ = torch_reference
+    _, spec = generator.load_generator(published_export)
+    assert spec.sampling == presets.sampling_preset("published")
+    assert generator.sampling_settings(spec, {"clip_x0": True})["preset"] == "custom"
+    with pytest.raises(ValueError, match="'time_input'"):
+        generator.sampling_settings(spec, {"time_input": "round"})
+    classes, devices, ref_masks, key, expected = _published_reference(net)
+    masks, got = _sample(published_export, classes, devices, key)
+    np.testing.assert_array_equal(masks, ref_masks)
+    inside = np.abs(expected) < 0.99  # pixels the read-out's clipping leaves to compare
+    assert inside.mean() > 0.2
+    np.testing.assert_allclose(got, expected, atol=2e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "setting,project_value",
+    [("drop_box_mask", False), ("time_input", "interpolate"), ("clip_x0", True)],
+)
+def test_each_published_setting_matters(torch_reference, published_export, setting, project_value):
+    """Switching any one setting to the project's choice moves the samples far from the
+    published pipeline's (the solver variant is checked on Gaussian data in test_samplers)."""
+    net, _ = torch_reference
+    classes, devices, _, key, expected = _published_reference(net)
+    got = _sample(published_export, classes, devices, key, **{setting: project_value})[1]
+    assert np.abs(got - expected).max() > 0.05

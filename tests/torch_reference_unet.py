@@ -7,8 +7,10 @@ README of the published model) and checked against its key/shape lists; used to 
 
 from __future__ import annotations
 
+import copy
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -155,3 +157,27 @@ class TorchUNet(nn.Module):
                 h = torch.cat([h, skips.pop()], dim=1)
             h = layer(h, temb, cemb)
         return self.tail(h)
+
+
+def published_guided_eps(net: TorchUNet, class_ids, device_ids, box_mask, guidance_weight=1.8):
+    """The published sampler's network call, as a float64 NumPy `eps_fn(x, index)` for
+    `dpm_solver_reference`: classifier-free guidance eps_u + (1 + w)(eps_c - eps_u) on a doubled
+    batch whose unconditional half has null class and device and a zeroed box channel, and the
+    timestep index cast to int64 for the time table (truncating it). Arrays are NHWC."""
+    net = copy.deepcopy(net).double()  # the caller's float32 model stays as it is
+    ids = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.long)
+    null = torch.zeros(len(class_ids), dtype=torch.long)
+    classes = torch.cat([ids(class_ids), null])
+    devices = torch.cat([ids(device_ids), null])
+    mask = torch.as_tensor(np.asarray(box_mask, np.float64)).permute(0, 3, 1, 2)
+    masks = torch.cat([mask, torch.zeros_like(mask)])
+
+    def eps_fn(x: np.ndarray, index: np.ndarray) -> np.ndarray:
+        x = torch.as_tensor(x).permute(0, 3, 1, 2)
+        t = torch.as_tensor(index).long()
+        with torch.no_grad():
+            out = net(torch.cat([x, x]), torch.cat([t, t]), classes, devices, masks)
+        cond, uncond = out.chunk(2)
+        return (uncond + (1.0 + guidance_weight) * (cond - uncond)).permute(0, 2, 3, 1).numpy()
+
+    return eps_fn

@@ -266,22 +266,35 @@ def load_box_prior(path: str | os.PathLike) -> BoxPrior:
     return BoxPrior(names, points, cov, probs, bandwidth)
 
 
-def box_mask(boxes: np.ndarray | Sequence[Sequence[float]], height: int, width: int) -> np.ndarray:
+BOX_RASTERS = ("outward", "truncate")
+
+
+def box_mask(
+    boxes: np.ndarray | Sequence[Sequence[float]], height: int, width: int, raster: str = "outward"
+) -> np.ndarray:
     """Renders normalized xyxy boxes into a float32 [height, width, 1] {0, 1} mask.
 
-    A pixel is 1 when the box overlaps it with positive area (edges rounded outward), so every
-    valid box covers at least one pixel however small; a 1e-6 tolerance keeps pixel-aligned
-    edges from spilling into the next pixel through float rounding.
+    raster='outward' (this project's): a pixel is 1 when the box overlaps it with positive area
+    (edges rounded outward), so every valid box covers at least one pixel however small; a 1e-6
+    tolerance keeps pixel-aligned edges from spilling into the next pixel through float rounding.
+    raster='truncate' (the published code's): every pixel edge is int() of the scaled coordinate,
+    so right and bottom edges move inward and a box thinner than a pixel may cover none.
     """
+    if raster not in BOX_RASTERS:
+        raise ValueError(f"box_mask: raster is {raster!r}, not one of {BOX_RASTERS}")
     array = np.asarray(boxes, np.float64)
     if array.size == 0:
         array = np.zeros((0, 4))
     if array.ndim != 2 or array.shape[1] != 4:
         raise ValueError(f"box_mask: boxes must be [k, 4] xyxy, got shape {array.shape}")
-    c0 = np.clip(np.floor(array[:, 0] * width + 1e-6), 0, width - 1)
-    r0 = np.clip(np.floor(array[:, 1] * height + 1e-6), 0, height - 1)
-    c1 = np.maximum(np.ceil(array[:, 2] * width - 1e-6), c0 + 1)
-    r1 = np.maximum(np.ceil(array[:, 3] * height - 1e-6), r0 + 1)
+    if raster == "truncate":
+        scale = np.array([width, height, width, height])
+        c0, r0, c1, r1 = np.clip(np.trunc(array * scale), 0, scale).T
+    else:
+        c0 = np.clip(np.floor(array[:, 0] * width + 1e-6), 0, width - 1)
+        r0 = np.clip(np.floor(array[:, 1] * height + 1e-6), 0, height - 1)
+        c1 = np.maximum(np.ceil(array[:, 2] * width - 1e-6), c0 + 1)
+        r1 = np.maximum(np.ceil(array[:, 3] * height - 1e-6), r0 + 1)
     rows, cols = np.arange(height)[None, :], np.arange(width)[None, :]
     in_rows = (rows >= r0[:, None]) & (rows < r1[:, None])
     in_cols = (cols >= c0[:, None]) & (cols < c1[:, None])

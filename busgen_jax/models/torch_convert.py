@@ -17,9 +17,12 @@ Conversion is pure numpy; only reading a `.pt` file needs torch (the optional `t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import pathlib
+import pickle
+import zipfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -29,9 +32,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from busgen_jax.models.presets import model_config
+from busgen_jax.models.presets import model_config, sampling_preset
 from busgen_jax.models.unet import UNet
 
+PUBLISHED_PRESETS = ("busgen_toy", "busgen")
 # Flax module / parameter names -> the published state_dict names.
 _RENAMES = {
     "time_table": "time_embedding.timembedding.0.weight",
@@ -127,7 +131,7 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], config) -> nnx.Stat
         if value.shape != leaf.shape:
             raise ValueError(
                 f"tensor '{name}' has shape {np.shape(tensors[name])}, which does not give the "
-                f"expected {leaf.shape} of parameter {path}"
+                f"expected {leaf.shape} of parameter {path} (weights of another preset?)"
             )
         used.add(name)
         return jax.numpy.asarray(value)
@@ -140,38 +144,101 @@ def convert_state_dict(state_dict: Mapping[str, np.ndarray], config) -> nnx.Stat
     return state
 
 
-def load_torch_checkpoint(
-    path: str | pathlib.Path, key: str | None = None
-) -> dict[str, np.ndarray]:
-    """Reads a PyTorch checkpoint into name -> float32 numpy arrays (needs torch).
+class _Inert:
+    """Stands in for every object of a checkpoint besides tensors and plain containers (the
+    optimizer, LR schedulers, ...): made without running any code of the file, then dropped."""
 
-    The state_dict may be the whole file or nested under one key (e.g. 'net_model'); when several
-    entries hold state_dicts, `key` chooses one.
-    """
+    def __new__(cls, *args, **kwargs):
+        return object.__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+def _plain_dict(*args, **kwargs) -> dict:
+    """An empty dict for a defaultdict of optimizer state (its items are filled in after)."""
+    return {}
+
+
+# Globals read as plain dicts rather than inert objects: the safe loader fills only real dicts.
+_DICT_GLOBALS = {"collections.defaultdict": _plain_dict, "builtins.dict": dict}
+UNET_MARKER = "head.weight"  # a tensor every published U-Net state_dict has
+
+
+def _read_checkpoint(path: pathlib.Path):
+    """torch.load with weights_only=True, every non-tensor class of the file replaced by an
+    inert stand-in (`_Inert`), so periodic training checkpoints (model, optimizer and scheduler
+    state) load without unpickling arbitrary objects. Errors name the file."""
     try:
         import torch
     except ImportError as error:
         raise ImportError(
             "reading .pt checkpoints needs torch: pip install 'busgen_jax[torch]'"
         ) from error
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    is_tensor_dict = lambda d: (
-        isinstance(d, Mapping) and d and all(isinstance(v, torch.Tensor) for v in d.values())
-    )
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty file (0 bytes), not a PyTorch checkpoint")
+    try:
+        unsafe = []
+        if zipfile.is_zipfile(path) and hasattr(torch.serialization, "safe_globals"):
+            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        stand_ins = [(_DICT_GLOBALS.get(name, _Inert), name) for name in unsafe]
+        with torch.serialization.safe_globals(stand_ins) if unsafe else contextlib.nullcontext():
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
+        detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ValueError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {detail}"
+        ) from error
+
+
+def _tensor_dicts(obj, where: str = "") -> list[tuple[str, Mapping]]:
+    """(key path, mapping) of every mapping of tensors nested in `obj`, `obj` included."""
+    import torch
+
+    if not isinstance(obj, Mapping) or not obj:
+        return []
+    if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return [(where, obj)]
+    return [
+        found
+        for key, value in obj.items()
+        for found in _tensor_dicts(value, f"{where}/{key}" if where else str(key))
+    ]
+
+
+def load_torch_checkpoint(
+    path: str | pathlib.Path, key: str | None = None
+) -> dict[str, np.ndarray]:
+    """Reads the U-Net state_dict of a PyTorch checkpoint into name -> float32 numpy arrays.
+
+    The file may be the state_dict itself, a released checkpoint or a periodic training one
+    (with optimizer and LR-scheduler state, read safely by `_read_checkpoint`); the U-Net's
+    tensors are found under whatever key holds them. When several entries hold a U-Net (e.g.
+    'net_model' and 'ema_model'), `key` (a top-level key) chooses one.
+    """
+    path = pathlib.Path(path)
+    obj = _read_checkpoint(path)
     if key is not None:
         if not isinstance(obj, Mapping) or key not in obj:
-            raise KeyError(f"{path}: checkpoint has no entry '{key}'")
+            keys = list(obj) if isinstance(obj, Mapping) else []
+            raise ValueError(f"{path}: checkpoint has no entry '{key}' (entries: {keys})")
         obj = obj[key]
-    elif not is_tensor_dict(obj):
-        nested = (
-            [k for k, v in obj.items() if is_tensor_dict(v)] if isinstance(obj, Mapping) else []
-        )
-        if len(nested) != 1:
-            raise ValueError(f"{path}: choose the state_dict with key=, candidates: {nested}")
-        obj = obj[nested[0]]
-    if not is_tensor_dict(obj):
-        raise ValueError(f"{path}: the selected entry is not a state_dict of tensors")
-    return {name: t.detach().to(torch.float32).numpy() for name, t in obj.items()}
+    found = _tensor_dicts(obj)
+    unets = [(where, d) for where, d in found if UNET_MARKER in strip_prefix(d)]
+    if len(unets) != 1:
+        if not unets:
+            raise ValueError(
+                f"{path}: no U-Net state_dict in the checkpoint (no tensor '{UNET_MARKER}' in "
+                f"any of its mappings of tensors: {[where or '(top level)' for where, _ in found]})"
+            )
+        names = [where or "(top level)" for where, _ in unets]
+        raise ValueError(f"{path}: several U-Net state_dicts ({names}); choose one with key=")
+    return {name: t.detach().float().numpy() for name, t in unets[0][1].items()}
 
 
 def save_params(state: nnx.State | Mapping, directory: str | pathlib.Path, *, config=None) -> None:
@@ -215,14 +282,26 @@ def load_model_config(directory: str | pathlib.Path) -> ml_collections.ConfigDic
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The conversion command; a bad checkpoint, key or preset is one `error:` line."""
+    from busgen_jax import job  # the command's error reporting, not needed by the library
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="published .pt file")
-    parser.add_argument("--preset", required=True, choices=("busgen_toy", "busgen"))
+    parser.add_argument("--checkpoint", required=True, help="published or training .pt file")
+    parser.add_argument("--preset", required=True, help="'busgen_toy' or 'busgen'")
     parser.add_argument("--out", required=True, help="params directory to write")
-    parser.add_argument("--key", default=None, help="entry holding the state_dict, if nested")
+    parser.add_argument("--key", default=None, help="entry holding the state_dict, if several")
     args = parser.parse_args(argv)
-    config = model_config(args.preset)
-    state = convert_state_dict(load_torch_checkpoint(args.checkpoint, args.key), config)
+    try:
+        if args.preset not in PUBLISHED_PRESETS:
+            raise ValueError(f"--preset is {args.preset!r}, not one of {PUBLISHED_PRESETS}")
+        config = model_config(args.preset)
+        tensors = load_torch_checkpoint(args.checkpoint, args.key)
+        try:
+            state = convert_state_dict(tensors, config)
+        except ValueError as error:
+            raise ValueError(f"{args.checkpoint} as preset {args.preset}: {error}") from error
+    except (ValueError, OSError, ImportError) as error:
+        job._fail(error)
     save_params(state, args.out, config=config)
     write_published_spec(config, args.out)
     count = sum(np.size(x) for x in jax.tree.leaves(state))
@@ -230,8 +309,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_published_spec(config: ml_collections.ConfigDict, directory: str | pathlib.Path) -> None:
-    """The sampling spec of the published model (its linear schedule, epsilon prediction and
-    vocabularies), so converted weights are a complete generator for `busgen synthesize`."""
+    """The sampling spec of the published model (its linear schedule, epsilon prediction,
+    vocabularies and the 'published' sampling preset), so converted weights are a complete
+    generator for `busgen synthesize`."""
     from busgen_jax import generator  # generator imports this module
 
     spec = generator.GeneratorSpec(
@@ -245,6 +325,7 @@ def write_published_spec(config: ml_collections.ConfigDict, directory: str | pat
         ),
         image_size=config.image_size,
         source="published BUSGen weights",
+        sampling=sampling_preset("published"),
     )  # fmt: skip
     (pathlib.Path(directory) / generator.SPEC_FILE).write_text(spec.to_json())
 
