@@ -56,9 +56,9 @@ class RoeMetz:
     var_tc: float = 0.05
     var_rc: float = 0.15
     var_error: float = 0.5
-    dcis_shift: float = 0.6
+    dcis_shift: float = 0.4
     # BI-RADS cut-points 1|2, 2|3, 3|4A, 4A|4B, 4B|4C, 4C|5 on the Y scale.
-    cuts: tuple[float, ...] = (-1.3, -0.5, 0.15, 0.9, 1.6, 2.4)
+    cuts: tuple[float, ...] = (-1.3, -0.6, 0.0, 0.8, 1.5, 2.3)
     cut_sd: float = 0.25  # reader-specific offset of all cut-points
     cut_jitter: float = 0.08  # per reader and cut-point
 
