@@ -19,7 +19,8 @@ from generator_fixtures import tiny_generator
 from PIL import Image
 
 from busgen_jax import cli, generator, job, serve, visualize
-from busgen_jax.data import box_priors
+from busgen_jax.data import box_priors, phantom
+from busgen_jax.models import lora
 from busgen_jax.serve import jobs, server, studio
 
 DEVICE = "Phantom-L12-5"
@@ -335,6 +336,39 @@ def test_binding_beyond_loopback_warns(host, warns):
     assert (warning is not None) == warns
     if warns:
         assert "no authentication" in warning and host in warning
+
+
+@pytest.mark.slow
+def test_adapter_brings_its_task_vocabulary(tmp_path):
+    base_dir = tiny_generator(tmp_path / "generator")
+    base, _ = generator.load_generator(base_dir)
+    task = ["benign", "dcis"]
+    info = {
+        "lora": {"rank": 2, "alpha": 2.0, "target": lora.DEFAULT_TARGET, "new_row_init": "mean"},
+        "class_names": task,
+        "device_names": [DEVICE],
+        "class_rows": lora.vocabulary_rows(task, list(phantom.schema.PATHOLOGIES)),
+        "device_rows": lora.vocabulary_rows([DEVICE], list(phantom.PHANTOM_DEVICES)),
+        "base_fingerprint": lora.params_fingerprint(base),
+        "base_generator": str(base_dir),
+    }
+    lora.save_adapter(tmp_path / "adapter", lora.adapted_model(base, info), info)
+    config = job.load_config("configs/serve.py:tiny")
+    config.generator, config.adapter = str(base_dir), str(tmp_path / "adapter")
+    app = serve.build_app(config, str(tmp_path / "workdir"))
+    try:
+        served_info = app.studio.info()
+        assert (served_info["classes"], served_info["devices"]) == (task, [DEVICE])
+        assert served_info["adapter"] == config.adapter
+        assert app.studio.random_box({"class": "dcis", "seed": 1}) is not None
+        with pytest.raises(studio.BadRequest, match="unknown class"):
+            studio.parse_request({**GOOD, "class": "malignant"}, app.studio.spec, app.studio.limits)
+    finally:
+        app.close()
+    # On another base generator the adapter is refused in one line.
+    config.generator = str(tiny_generator(tmp_path / "other", seed=1))
+    with pytest.raises(job.JobError, match="weights differ"):
+        serve.build_app(config, str(tmp_path / "workdir"))
 
 
 def test_serve_is_a_busgen_job(tmp_path, capsys):

@@ -53,8 +53,8 @@ def build_app(config: ml_collections.ConfigDict, workdir: str) -> server.App:
             num_images=config.num_images,
             limits=studio.Limits(**config.limits.to_dict()),
         )
-    except studio.BadRequest as e:
-        raise job.JobError(f"config: {e}") from e
+    except ValueError as e:  # bad defaults, an adapter of another generator
+        raise job.JobError(f"{e}") from e
     save_dir = pathlib.Path(workdir) / IMAGES if config.save_images else None
     return server.App(
         studio_, max_queued=config.max_queued, keep=config.keep_jobs, save_dir=save_dir
