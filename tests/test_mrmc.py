@@ -340,15 +340,15 @@ def test_variance_components_are_unbiased_under_the_or_model():
         + np.where((1 - same_t) * (1 - same_r), cov3, 0)
     )
     sigma = sigma.reshape(t * r, t * r)
-    estimates = []
-    for _ in range(4000):
-        theta = (
-            rng.normal(0, np.sqrt(var_r), (1, r))
-            + rng.normal(0, np.sqrt(var_tr), (t, r))
-            + rng.multivariate_normal(np.zeros(t * r), sigma).reshape(t, r)
-        )
-        c = mrmc.or_components(theta, sigma)
-        estimates.append((c["var_r"], c["var_tr"]))
+    n = 2000
+    thetas = (
+        rng.normal(0, np.sqrt(var_r), (n, 1, r))
+        + rng.normal(0, np.sqrt(var_tr), (n, t, r))
+        + rng.multivariate_normal(np.zeros(t * r), sigma, size=n).reshape(n, t, r)
+    )
+    estimates = [
+        (c["var_r"], c["var_tr"]) for c in (mrmc.or_components(theta, sigma) for theta in thetas)
+    ]
     mean = np.mean(estimates, axis=0)
     sem = np.std(estimates, axis=0) / np.sqrt(len(estimates))
     assert abs(mean[0] - var_r) < 4 * sem[0] and abs(mean[1] - var_tr) < 4 * sem[1]
