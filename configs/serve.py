@@ -34,11 +34,17 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.box_prior_from = ()
     config.box_bandwidth = ml_collections.config_dict.placeholder(float)
     config.phantom_prior_images = 256
-    # Sampling the page starts with; None keeps the generator's own preset (its generator.json).
-    config.sampler = ml_collections.config_dict.placeholder(str)
-    config.steps = ml_collections.config_dict.placeholder(int)
-    config.guidance_weight = ml_collections.config_dict.placeholder(float)
-    config.skip = ml_collections.config_dict.placeholder(str)
+    # Sampling the page starts with (--config.sampling.steps=20); an unset field keeps the
+    # generator's own sampling preset, from its generator.json.
+    unset = ml_collections.config_dict.placeholder
+    config.sampling = ml_collections.ConfigDict(
+        {
+            "sampler": unset(str),
+            "steps": unset(int),
+            "guidance_weight": unset(float),
+            "skip": unset(str),
+        }
+    )
     config.seed = 0
     config.num_images = 1
     config.limits = ml_collections.ConfigDict()
@@ -51,7 +57,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.save_images = True
     if preset == "tiny":
         config.phantom_prior_images = 128
-        config.steps = 4
+        config.sampling.steps = 4
         config.limits.max_steps = 50
         config.limits.max_images = 4
         config.max_queued = 4

@@ -46,9 +46,7 @@ def build_app(config: ml_collections.ConfigDict, workdir: str) -> server.App:
             config.generator,
             config.adapter or None,
             load_box_prior(config),
-            sampling={
-                name: config[name] for name in ("sampler", "steps", "guidance_weight", "skip")
-            },
+            sampling=config.sampling.to_dict(),
             seed=config.seed,
             num_images=config.num_images,
             limits=studio.Limits(**config.limits.to_dict()),
