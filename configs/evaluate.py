@@ -34,7 +34,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.reader_study = ml_collections.ConfigDict(
         {
             # Reads: a long table (`case_id, reader_id[, modality], birads|rating[, truth]`),
-            # an iMRMC file, or an RJafroc ROC folder of TRUTH/FP/TP CSV sheets.
+            # an iMRMC file, or an RJafroc ROC workbook (.xlsx, or a folder of its CSV sheets).
             "csv": "",
             "format": "long",  # long | imrmc | rjafroc
             "rating_scale": "birads",  # birads | numeric (any ordinal or continuous scale)

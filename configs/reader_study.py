@@ -6,7 +6,7 @@ overall F test with Hillis df, pairwise contrasts, per-reader tests, variance co
         --config.reads=READS.csv --config.truth=TRUTH.csv
 
 READS: a long table `case_id, reader_id, birads|rating[, modality][, truth]`, an iMRMC file
-(`--config.format=imrmc`) or an RJafroc ROC folder of TRUTH/FP/TP CSV sheets
+(`--config.format=imrmc`) or an RJafroc ROC workbook (.xlsx, or its TRUTH/FP/TP sheets as CSV in a folder)
 (`--config.format=rjafroc`); TRUTH.csv (`case_id, truth`, 1 = malignant) is needed only when
 the reads carry no truth. Numeric ratings: `--config.rating_scale=numeric
 --config.threshold=50` (and `--config.higher_is_malignant=False` for reversed scales).

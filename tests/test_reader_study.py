@@ -2,6 +2,7 @@
 reader (McNemar, MRMC on sensitivity), Roe-Metz simulated panels and the ROC figure."""
 
 import json
+import zipfile
 
 import numpy as np
 import pytest
@@ -133,13 +134,54 @@ def _formats(tmp_path, study):
     return tmp_path / "study.imrmc", folder
 
 
+def _write_xlsx(path, folder):
+    """An .xlsx workbook holding the CSV sheets of `folder`, written part by part as spreadsheet
+    programs do: text cells through the shared-string table, numbers as values."""
+    main = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
+    rel = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
+    strings, sheets = [], []
+    for k, csv_path in enumerate(sorted(folder.glob("*.csv")), start=1):
+        rows = [line.split(",") for line in csv_path.read_text().splitlines()]
+        xml_rows = []
+        for i, row in enumerate(rows, start=1):
+            cells = []
+            for j, value in enumerate(row):
+                ref = f"{chr(65 + j)}{i}"
+                try:
+                    cells.append(f'<c r="{ref}"><v>{float(value)}</v></c>')
+                except ValueError:
+                    strings.append(value)
+                    cells.append(f'<c r="{ref}" t="s"><v>{len(strings) - 1}</v></c>')
+            xml_rows.append(f'<row r="{i}">{"".join(cells)}</row>')
+        sheets.append((csv_path.stem.upper(), f"rId{k}", "".join(xml_rows)))
+    with zipfile.ZipFile(path, "w") as book:
+        book.writestr("xl/workbook.xml", f'<workbook xmlns="{main}" xmlns:r="{rel}"><sheets>'
+                      + "".join(f'<sheet name="{n}" sheetId="{i + 1}" r:id="{r}"/>'
+                                for i, (n, r, _) in enumerate(sheets))
+                      + "</sheets></workbook>")  # fmt: skip
+        book.writestr(
+            "xl/_rels/workbook.xml.rels",
+            '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+            + "".join(f'<Relationship Id="{r}" Target="worksheets/sheet{i + 1}.xml"/>'
+                      for i, (_, r, _) in enumerate(sheets))
+            + "</Relationships>",
+        )  # fmt: skip
+        book.writestr("xl/sharedStrings.xml", f'<sst xmlns="{main}">'
+                      + "".join(f"<si><t>{t}</t></si>" for t in strings) + "</sst>")  # fmt: skip
+        for i, (_, _, rows) in enumerate(sheets):
+            book.writestr(f"xl/worksheets/sheet{i + 1}.xml",
+                          f'<worksheet xmlns="{main}"><sheetData>{rows}</sheetData></worksheet>')  # fmt: skip
+    return path
+
+
 def test_imrmc_and_rjafroc_give_the_same_study_and_analysis(tmp_path):
     study = roe_metz.simulate_panel(
         (np.arange(40) % 3 == 0).astype(int), n_readers=3, seed=0, modalities=("A", "B")
     )
     imrmc, folder = _formats(tmp_path, study)
+    workbook = _write_xlsx(tmp_path / "study.xlsx", folder)
     scale = reader_study.RatingScale("numeric", threshold=4)
-    for fmt, path in (("imrmc", imrmc), ("rjafroc", folder)):
+    for fmt, path in (("imrmc", imrmc), ("rjafroc", folder), ("rjafroc", workbook)):
         loaded = reader_io.load(path, fmt, scale=scale)
         order = [loaded.case_ids.index(c) for c in study.case_ids]
         np.testing.assert_array_equal(loaded.scores[..., order], study.scores)
@@ -152,8 +194,12 @@ def test_imrmc_and_rjafroc_give_the_same_study_and_analysis(tmp_path):
         imrmc.write_text(imrmc.read_text().replace("-1,case0000,0,1", "-1,case0000,0,2"))
         reader_io.load(imrmc, "imrmc")
     (folder / "FP.csv").unlink()
-    with pytest.raises(ValueError, match="no FP.csv or NL.csv sheet"):
+    with pytest.raises(ValueError, match="no FP or NL sheet"):
         reader_io.load(folder, "rjafroc")
+    with pytest.raises(ValueError, match="an .xlsx workbook or a folder of CSV sheets"):
+        reader_io.load(imrmc, "rjafroc")
+    with pytest.raises(ValueError, match="not an .xlsx workbook"):
+        reader_io.load(imrmc.rename(tmp_path / "fake.xlsx"), "rjafroc")
     with pytest.raises(ValueError, match="format 'excel' is not one of"):
         reader_io.load(folder, "excel")
 

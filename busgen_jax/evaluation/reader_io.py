@@ -5,9 +5,9 @@
   [, truth]` (MRMCaov's `case, reader, treatment, truth, rating` names work too);
 * "imrmc": iMRMC's input (`readerID, caseID, modalityID, score` rows after an optional header
   ending `BEGIN DATA:`; truth rows have readerID -1 or "truth" and score 0/1);
-* "rjafroc": RJafroc's ROC workbook layout as a folder of CSV sheets: `TRUTH.csv` (CaseID,
-  LesionID: 0 non-diseased, 1 diseased), `FP.csv` or `NL.csv` (ReaderID, ModalityID, CaseID,
-  rating) for non-diseased cases and `TP.csv` or `LL.csv` (ReaderID, ModalityID, CaseID,
+* "rjafroc": RJafroc's ROC workbook (.xlsx), or its sheets saved as CSV files in a folder:
+  `TRUTH` (CaseID, LesionID: 0 non-diseased, 1 diseased), `FP` or `NL` (ReaderID, ModalityID,
+  CaseID, rating) for non-diseased cases and `TP` or `LL` (ReaderID, ModalityID, CaseID,
   LesionID, rating) for diseased ones.
 
 The rating scale (BI-RADS or numbers, and their direction) comes from a `RatingScale`. Missing
@@ -19,8 +19,11 @@ from __future__ import annotations
 import csv
 import os
 import pathlib
+import re
+import zipfile
 from collections.abc import Iterable, Mapping
 from typing import Any
+from xml.etree import ElementTree
 
 import numpy as np
 
@@ -151,42 +154,122 @@ def load_imrmc(path: str | os.PathLike, scale: RatingScale | None = None) -> Rea
     return _build(str(path), reads, truth, scale)
 
 
-def _sheet(folder: pathlib.Path, *names: str) -> tuple[pathlib.Path, list[dict[str, str]]]:
-    files = {p.stem.upper(): p for p in folder.glob("*.csv")}
+_XLSX = {
+    "main": "{http://schemas.openxmlformats.org/spreadsheetml/2006/main}",
+    "rel": "{http://schemas.openxmlformats.org/officeDocument/2006/relationships}",
+    "pkg": "{http://schemas.openxmlformats.org/package/2006/relationships}",
+}
+
+
+def _xlsx_sheets(path: pathlib.Path) -> dict[str, list[list[str]]]:
+    """Every sheet of an .xlsx workbook as rows of cell texts (the OOXML parts a spreadsheet
+    program writes: workbook, its relationships, shared strings and worksheets)."""
+    m, rel = _XLSX["main"], _XLSX["rel"]
+    try:
+        book = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as e:
+        raise ValueError(f"{path}: not an .xlsx workbook ({e})") from e
+    with book:
+        names = set(book.namelist())
+        strings = []
+        if "xl/sharedStrings.xml" in names:
+            root = ElementTree.fromstring(book.read("xl/sharedStrings.xml"))
+            strings = ["".join(t.text or "" for t in si.iter(f"{m}t")) for si in root]
+        links = ElementTree.fromstring(book.read("xl/_rels/workbook.xml.rels"))
+        targets = {r.get("Id"): r.get("Target") for r in links.iter(f"{_XLSX['pkg']}Relationship")}
+        sheets = {}
+        for sheet in ElementTree.fromstring(book.read("xl/workbook.xml")).iter(f"{m}sheet"):
+            target = targets[sheet.get(f"{rel}id")].lstrip("/")
+            part = target if target.startswith("xl/") else f"xl/{target}"
+            rows = []
+            for row in ElementTree.fromstring(book.read(part)).iter(f"{m}row"):
+                cells = {}
+                for cell in row.iter(f"{m}c"):
+                    column = re.match(r"[A-Z]+", cell.get("r", "A")).group()
+                    index = 0
+                    for letter in column:
+                        index = 26 * index + ord(letter) - 64
+                    kind, value = cell.get("t"), cell.find(f"{m}v")
+                    if kind == "inlineStr":
+                        text = "".join(t.text or "" for t in cell.iter(f"{m}t"))
+                    elif kind == "s" and value is not None:
+                        text = strings[int(value.text)]
+                    else:
+                        text = value.text if value is not None and value.text else ""
+                    cells[index - 1] = text
+                if cells:
+                    rows.append([cells.get(i, "") for i in range(max(cells) + 1)])
+            sheets[sheet.get("name", "").strip().upper()] = rows
+    return sheets
+
+
+def _number_text(value: str) -> str:
+    """Excel stores IDs as numbers ("3.0" or "3"): the text a CSV export would show."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value.strip()
+    return f"{number:g}" if number.is_integer() else value.strip()
+
+
+def _rjafroc_sheets(source: pathlib.Path) -> dict[str, tuple[str, list[dict[str, str]]]]:
+    """Sheet name -> (where, rows as {lower-case column: text}) of a workbook or CSV folder."""
+    if source.is_dir():
+        sheets = {}
+        for path in sorted(source.glob("*.csv")):
+            with open(path, newline="") as handle:
+                rows = [
+                    {k.strip().lower(): v for k, v in r.items()} for r in csv.DictReader(handle)
+                ]
+            sheets[path.stem.upper()] = (str(path), rows)
+        return sheets
+    sheets = {}
+    for name, rows in _xlsx_sheets(source).items():
+        header = [h.strip().lower() for h in rows[0]] if rows else []
+        records = [
+            dict(zip(header, (_number_text(v) for v in row), strict=False)) for row in rows[1:]
+        ]
+        sheets[name] = (f"{source} sheet {name}", records)
+    return sheets
+
+
+def _sheet(sheets, source, *names: str) -> tuple[str, list[dict[str, str]]]:
     for name in names:
-        if name in files:
-            with open(files[name], newline="") as handle:
-                rows = list(csv.DictReader(handle))
-            return files[name], [{k.strip().lower(): v for k, v in r.items()} for r in rows]
-    raise ValueError(f"{folder}: no {' or '.join(n + '.csv' for n in names)} sheet")
+        if name in sheets:
+            return sheets[name]
+    raise ValueError(f"{source}: no {' or '.join(names)} sheet")
 
 
-def load_rjafroc(folder: str | os.PathLike, scale: RatingScale | None = None) -> ReaderStudy:
-    """RJafroc's ROC layout, its TRUTH, FP (NL) and TP (LL) sheets saved as CSV in `folder`."""
+def load_rjafroc(source: str | os.PathLike, scale: RatingScale | None = None) -> ReaderStudy:
+    """RJafroc's ROC layout: an .xlsx workbook or a folder of its TRUTH, FP (NL) and TP (LL)
+    sheets saved as CSV."""
     scale = scale or RatingScale("numeric")
-    folder = pathlib.Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"{folder}: an RJafroc study is a folder of TRUTH, FP and TP CSV sheets")
-    truth_path, truth_rows = _sheet(folder, "TRUTH")
+    source = pathlib.Path(source)
+    if not source.is_dir() and source.suffix.lower() != ".xlsx":
+        raise ValueError(
+            f"{source}: an RJafroc study is an .xlsx workbook or a folder of CSV sheets"
+        )
+    sheets = _rjafroc_sheets(source)
+    truth_where, truth_rows = _sheet(sheets, source, "TRUTH")
     truth = {}
     for line, row in enumerate(truth_rows, start=2):
         lesion = row.get("lesionid", "").strip()
         if lesion not in ("0", "1"):
-            raise ValueError(f"{truth_path}:{line}: LesionID {lesion!r} is not 0 or 1 (ROC data)")
+            raise ValueError(f"{truth_where}:{line}: LesionID {lesion!r} is not 0 or 1 (ROC data)")
         truth[row["caseid"].strip()] = int(lesion)
     reads = []
     for names in (("FP", "NL"), ("TP", "LL")):
-        path, rows = _sheet(folder, *names)
+        where, rows = _sheet(sheets, source, *names)
         for line, row in enumerate(rows, start=2):
             rating = next((v for k, v in row.items() if k.endswith("_rating")), None)
             if rating is None or "readerid" not in row or "caseid" not in row:
                 raise ValueError(
-                    f"{path}: needs ReaderID, ModalityID, CaseID and a *_Rating column"
+                    f"{where}: needs ReaderID, ModalityID, CaseID and a *_Rating column"
                 )
             case = row["caseid"].strip()
             reads.append((case, row["readerid"].strip(), row.get("modalityid", "1").strip(),
-                          rating, f"{path}:{line}"))  # fmt: skip
-    return _build(str(folder), reads, truth, scale)
+                          rating, f"{where}:{line}"))  # fmt: skip
+    return _build(str(source), reads, truth, scale)
 
 
 def load(
