@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -153,9 +154,12 @@ def sample_images(
     drop_box_mask: bool | None = None,
     time_input: str | None = None,
     clip_x0: bool | None = None,
+    protect_fn: Callable[[Callable], Callable] | None = None,
 ) -> jax.Array:
     """Samples grayscale images [B, H, W, 1] in [-1, 1] for the given conditions.
 
+    protect_fn wraps the guided denoise_fn(x, t), e.g. copy-protected sampling
+    (`privacy.cpsample.protect`).
     drop_box_mask (zero the box in the unconditional half), time_input ('floor' | 'interpolate')
     and clip_x0 (clip x0 predictions to [-1, 1]) default (None) to the spec's sampling preset.
     Traceable: call it under `nnx.jit` (see `make_sample_fn`) so the sampler loop compiles once.
@@ -178,6 +182,8 @@ def sample_images(
         drop_box_mask=how["drop_box_mask"],
         time_input=how["time_input"],
     )
+    if protect_fn is not None:
+        denoise_fn = protect_fn(denoise_fn)
     size = spec.image_size
     images = samplers.sample(
         denoise_fn,

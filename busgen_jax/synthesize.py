@@ -18,6 +18,7 @@ rejected and drawn again with a new key and box.
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import time
@@ -31,9 +32,10 @@ from absl import logging
 from busgen_jax import generator as generator_lib
 from busgen_jax import job, synthesis_plan, visualize
 from busgen_jax.data import box_priors, pipeline, schema, shards
+from busgen_jax.diffusion import schedules
 from busgen_jax.models import presets
 from busgen_jax.parallel import mesh as mesh_lib
-from busgen_jax.privacy import audit, membership
+from busgen_jax.privacy import audit, cpsample, membership
 from busgen_jax.privacy import report as privacy_report
 
 OUTPUT = "synthetic"
@@ -422,6 +424,7 @@ def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
     except ValueError as e:
         raise job.JobError(f"config: {e}") from e
     reference = audit_reference(config, spec)
+    protect_fn, protection = copy_protection(config.cpsample, spec, reference["train"]["image"])
     mesh = mesh_lib.make_mesh(dict(config.mesh))
     if config.batch_size % mesh_lib.num_batch_shards(mesh):
         raise job.JobError(
@@ -445,6 +448,7 @@ def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "sample_fn": generator_lib.make_sample_fn(
             spec,
             eta=config.eta,
+            protect_fn=protect_fn,
             **{k: v for k, v in sampling.items() if k not in ("preset", "box_raster")},
         ),
         "provenance": {
@@ -457,8 +461,35 @@ def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
             "guidance": config.guidance_weight,
             "skip": config.skip,
             "sampling": sampling,
+            "cpsample": protection,
         },
     }
+
+
+def copy_protection(cp: ml_collections.ConfigDict, spec, train_images: np.ndarray):
+    """(protect_fn for the sampler, provenance) of copy-protected sampling; (None, None) if off.
+
+    The random-label classifier is trained here on the audit's training images (the images to
+    protect) at the generator's resolution and noise schedule.
+    """
+    if not cp.scale:
+        return None, None
+    schedule = schedules.make_schedule(ml_collections.ConfigDict(spec.schedule))
+    classifier, info = cpsample.train_classifier(
+        train_images, schedule, steps=cp.steps, channels=cp.channels, seed=cp.seed
+    )
+    logging.info(
+        "CPSample classifier: %.0f%% of training labels memorized", 100 * info["train_accuracy"]
+    )
+    protect_fn = functools.partial(
+        cpsample.protect,
+        classifier=classifier,
+        schedule=schedule,
+        prediction=spec.prediction,
+        scale=cp.scale,
+        alpha=cp.alpha,
+    )
+    return protect_fn, {**cp.to_dict(), "train_accuracy": info["train_accuracy"]}
 
 
 main = job.command(run, "configs/synthesize.py:default", __doc__)

@@ -79,6 +79,16 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     # Noise draws per image of the loss-based membership-inference test (0: no test).
     config.audit.membership_draws = 16
 
+    # Copy-protected sampling (CPSample, Kazdan et al. 2024): a classifier overfit to random
+    # labels of the training images guides samples away from where it is confident (|p - 1/2| >
+    # 1/2 - alpha), with guidance scale `scale`; 0 turns it off. Rejection still applies.
+    config.cpsample = ml_collections.ConfigDict()
+    config.cpsample.scale = 0.0
+    config.cpsample.alpha = 0.2
+    config.cpsample.steps = 600
+    config.cpsample.channels = 16
+    config.cpsample.seed = 0
+
     if preset == "tiny":
         config.num_images = 24
         config.steps = 6

@@ -193,3 +193,21 @@ def test_nothing_written_holds_training_pixels(inputs, tmp_path, monkeypatch):
         if path.is_file() and path != private:
             content = path.read_bytes()
             assert not any(p in content for p in patterns), path
+
+
+def test_copy_protected_sampling_changes_the_samples_and_is_recorded(inputs, tmp_path):
+    plain = _config(inputs, num_images=8)
+    protected = _config(inputs, num_images=8)
+    protected.cpsample.update(scale=50.0, alpha=0.5, steps=30)
+    synthesize.run(plain, str(tmp_path / "plain"))
+    synthesize.run(protected, str(tmp_path / "protected"))
+    read = {
+        name: list(shards.read_records(tmp_path / name / synthesize.OUTPUT, "train"))
+        for name in ("plain", "protected")
+    }
+    cp = read["protected"][0]["provenance"]["cpsample"]
+    assert cp["scale"] == 50.0 and 0.0 <= cp["train_accuracy"] <= 1.0
+    assert read["plain"][0]["provenance"]["cpsample"] is None
+    # alpha = 0.5 guides every step, so every image differs from its unprotected twin.
+    for a, b in zip(read["plain"], read["protected"], strict=True):
+        assert a["case_id"] == b["case_id"] and a["image"] != b["image"]
