@@ -134,11 +134,19 @@ def choose_threshold(truth: Any, scores: Any, rule: str, *, target: float = 0.9)
     raise ValueError(f"threshold rule {rule!r} is not one of {THRESHOLD_RULES}")
 
 
-def _evaluate_model(truth, scores, threshold, *, n_boot, seed, alpha, method) -> dict[str, Any]:
+def _evaluate_model(
+    truth, scores, threshold, *, n_boot, seed, alpha, method, boot_method="percentile"
+) -> dict[str, Any]:
     return {
         "auc": statistics.roc_auc_ci(truth, scores, alpha=alpha).to_dict(),
         "auc_bootstrap": statistics.bootstrap_ci(
-            metrics.roc_auc_score, truth, scores, n_boot=n_boot, seed=seed, alpha=alpha
+            metrics.roc_auc_score,
+            truth,
+            scores,
+            n_boot=n_boot,
+            seed=seed,
+            alpha=alpha,
+            method=boot_method,
         ).to_dict(),
         "operating_point": statistics.binary_metrics(
             truth, scores, threshold, method=method, alpha=alpha
@@ -206,6 +214,7 @@ def evaluate_predictions(
     threshold_rule: str = "target_specificity",
     threshold_target: float = 0.9,
     n_boot: int = 1000,
+    boot_method: str = "percentile",
     seed: int = 0,
     alpha: float = 0.05,
     method: str = "clopper-pearson",
@@ -258,7 +267,14 @@ def evaluate_predictions(
         else:
             threshold = choose_threshold(y, s, threshold_rule, target=threshold_target)
         model = _evaluate_model(
-            y, s, threshold, n_boot=n_boot, seed=seed, alpha=alpha, method=method
+            y,
+            s,
+            threshold,
+            n_boot=n_boot,
+            seed=seed,
+            alpha=alpha,
+            method=method,
+            boot_method=boot_method,
         )
         chosen_on = "fixed" if threshold_rule == "fixed" else "validation" if val else "test"
         model["threshold"] = {
@@ -383,6 +399,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             "config.reader_study.data_paths is empty: a simulated study needs the "
             "dataset holding the latent malignancy scores"
         )
+    if config.bootstrap.method not in statistics.BOOTSTRAP_METHODS:
+        raise job.JobError(
+            f"config.bootstrap.method = {config.bootstrap.method!r} is not one of "
+            f"{sorted(statistics.BOOTSTRAP_METHODS)}"
+        )
     if study.format not in reader_io.FORMATS:
         raise job.JobError(
             f"config.reader_study.format = {study.format!r} is not one of {reader_io.FORMATS}"
@@ -429,6 +450,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             threshold_rule=config.threshold.rule,
             threshold_target=config.threshold.target,
             n_boot=config.bootstrap.n_boot,
+            boot_method=config.bootstrap.method,
             seed=config.bootstrap.seed,
             alpha=config.alpha,
             method=config.binomial_method,

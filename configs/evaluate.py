@@ -27,7 +27,10 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     # Operating point: target_specificity | target_sensitivity (at `target`), youden, or fixed
     # (the threshold is `target`).
     config.threshold = ml_collections.ConfigDict({"rule": "target_specificity", "target": 0.9})
-    config.bootstrap = ml_collections.ConfigDict({"n_boot": 1000, "seed": 0})
+    # AUC bootstrap interval: percentile, basic or bca (scipy.stats.bootstrap, stratified).
+    config.bootstrap = ml_collections.ConfigDict(
+        {"n_boot": 1000, "seed": 0, "method": "percentile"}
+    )
     config.alpha = 0.05
     config.binomial_method = "clopper-pearson"
     config.cov_method = "jackknife"  # OR MRMC covariance: jackknife or delong

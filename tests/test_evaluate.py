@@ -179,8 +179,11 @@ def test_reader_csv_study(setup, tmp_path):
         writer.writerows(rows)
     config = setup["config"].copy_and_resolve_references()
     config.reader_study.update(simulate=False, csv=str(reads))
-    config.bootstrap.n_boot = 10
+    config.bootstrap.update(n_boot=20, method="bca")
     results = evaluate.run(config, str(tmp_path))
+    y, strong = _truth(pathology), scores["strong"]
+    bca = statistics.bootstrap_ci(metrics.roc_auc_score, y, strong, n_boot=20, seed=0, method="bca")
+    assert results["models"]["strong"]["auc_bootstrap"] == bca.to_dict()
     assert results["reader_study"]["simulated"] is False
     assert results["reader_study"]["modality_comparison"] is None
     assert "SIMULATED" not in (tmp_path / "evaluation" / "evaluation.md").read_text()
@@ -204,6 +207,7 @@ def test_cli_reports_bad_input_in_one_line(setup, tmp_path, capsys):
         ({"validation": ("other=x.csv",)}, "names model(s) ['other'] without test"),
         ({"threshold": {"rule": "best"}}, "config.threshold.rule = 'best'"),
         ({"alpha": 0.95}, "config.alpha: 'alpha' is 0.95"),
+        ({"bootstrap": {"method": "studentized"}}, "config.bootstrap.method = 'studentized'"),
         ({"reader_study": {"format": "excel"}}, "config.reader_study.format = 'excel'"),
         ({"reader_study": {"mcnemar": "yates"}}, "config.reader_study.mcnemar = 'yates'"),
         (
