@@ -369,3 +369,29 @@ def test_roc_plot_is_written(tmp_path):
         assert image.format == "PNG" and image.size == (250, 250)
         pixels = np.asarray(image.convert("RGB"))
     assert pixels.std() > 10  # not a blank canvas
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("positive", [("dcis",), ("malignant", "dcis")])
+def test_phantom_panel_lands_in_breast_ultrasound_ranges(positive):
+    # The demo's task is benign vs DCIS; the phantom's latent score sets each case's difficulty.
+    from busgen_jax.data import phantom
+
+    batch = phantom.generate(300, seed=0, image_size=16)
+    pathology = np.asarray(batch["pathology"])
+    keep = np.isin(pathology, ("benign", *positive))
+    truth = np.isin(pathology[keep], positive).astype(int)
+    latent = np.asarray(batch["malignancy_score"])[keep]
+    study = roe_metz.simulate_panel(
+        truth, seed=0, case_score=latent, dcis=pathology[keep] == "dcis"
+    )
+    performance = reader_study.reader_performance(study)
+    sens = np.array([p.sensitivity.estimate for p in performance])
+    spec = np.array([p.specificity.estimate for p in performance])
+    assert len(performance) == 9
+    assert 0.75 <= sens.mean() <= 0.95 and 0.4 <= spec.mean() <= 0.7
+    assert sens.max() < 1 and np.ptp(spec) > 0.1
+    # The latent score as a model: a non-degenerate comparison with a finite MRMC p-value.
+    comparison = reader_study.compare_model_to_readers(study, latent)
+    assert 0 < comparison.sensitivity_gain_p < 1
+    assert comparison.sensitivity_gain_ci[0] < comparison.sensitivity_gain_ci[1]
