@@ -63,7 +63,8 @@ class ORTest(Result):
 
 @dataclasses.dataclass(frozen=True)
 class OverallTest(Result):
-    """The test of equal modalities: F on (df_num, df_den), or chi-square when df_den is inf."""
+    """The test of equal modalities: F on (df_num, df_den); df_den = inf is the chi-square test
+    of chi2 = df_num * statistic on df_num df (OR's fixed-reader form)."""
 
     analysis: str
     statistic: float
