@@ -376,3 +376,16 @@ def test_each_published_setting_matters(torch_reference, published_export, setti
     classes, devices, _, key, expected = _published_reference(net)
     got = _sample(published_export, classes, devices, key, **{setting: project_value})[1]
     assert np.abs(got - expected).max() > 0.05
+
+
+def test_synthesize_published_preset_is_the_published_sampling():
+    """configs/synthesize.py:published sets every setting, so it samples as published whatever
+    generator it is given; the default preset leaves how the network is called to the spec."""
+    from busgen_jax import job
+
+    project_spec = generator.GeneratorSpec({}, "eps", ("benign",), ("a",), 32)
+    for preset, expected in (("published", "published"), ("default", "project")):
+        config = job.load_config(f"configs/synthesize.py:{preset}")
+        fields = {k: config[k] for k in presets.SAMPLING_FIELDS}
+        assert generator.sampling_settings(project_spec, fields)["preset"] == expected
+    assert fields["drop_box_mask"] is None and fields["box_raster"] is None
