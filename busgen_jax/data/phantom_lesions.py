@@ -48,34 +48,34 @@ DESCRIPTORS = {
 _PROBS = {
     "shape": [
         [0.6, 0.2, 0.2, 0],
-        [0.6, 0.18, 0.14, 0.08],
+        [0.64, 0.2, 0.1, 0.06],
         [0.12, 0.1, 0.78, 0],
-        [0.32, 0.06, 0.3, 0.32],
+        [0.24, 0.04, 0.5, 0.22],
     ],
-    "orientation": [[0.85, 0.15], [0.87, 0.13], [0.45, 0.55], [0.78, 0.22]],
+    "orientation": [[0.85, 0.15], [0.88, 0.12], [0.45, 0.55], [0.72, 0.28]],
     "margin": [
         [0.6, 0.15, 0.07, 0.15, 0.03],
-        [0.62, 0.16, 0.05, 0.14, 0.03],
+        [0.74, 0.12, 0.03, 0.09, 0.02],
         [0.1, 0.22, 0.25, 0.15, 0.28],
-        [0.14, 0.34, 0.08, 0.38, 0.06],
+        [0.06, 0.32, 0.1, 0.45, 0.07],
     ],
     "echo_pattern": [
         [0.25, 0.03, 0.1, 0.45, 0.1, 0.07],
-        [0.24, 0.03, 0.08, 0.43, 0.15, 0.07],
+        [0.3, 0.02, 0.08, 0.48, 0.08, 0.04],
         [0, 0.02, 0.1, 0.5, 0.08, 0.3],
-        [0, 0.02, 0.12, 0.6, 0.1, 0.16],
+        [0, 0.01, 0.1, 0.58, 0.05, 0.26],
     ],
     "posterior_features": [
         [0.35, 0.45, 0.1, 0.1],
         [0.45, 0.38, 0.09, 0.08],
         [0.32, 0.1, 0.45, 0.13],
-        [0.58, 0.22, 0.12, 0.08],
+        [0.6, 0.15, 0.17, 0.08],
     ],
     "calcifications": [
         [0.92, 0.08, 0, 0],
         [0.9, 0.1, 0, 0],
         [0.6, 0.32, 0.08, 0],
-        [0.5, 0.34, 0.04, 0.12],
+        [0.42, 0.4, 0.04, 0.14],
     ],
 }
 # How a non-mass lesion presents, per pathology: a geographic hypoechoic area or ductal change
@@ -183,8 +183,8 @@ def _margin_table(rng: np.random.Generator, desc: dict[str, np.ndarray]) -> np.n
     )
     k = np.arange(2, 6)[None, :, None]
     low = rng.uniform(0.3, 1.0, (n, 4, 1)) * np.cos(k * theta + rng.uniform(0, 7, (n, 4, 1)))
-    micro_amp = np.where(desc["margin"] == 3, rng.uniform(0.04, 0.08, n), 0.0)
-    k_micro = rng.integers(9, 17, (n, 2, 1))
+    micro_amp = np.where(desc["margin"] == 3, rng.uniform(0.06, 0.12, n), 0.0)
+    k_micro = rng.integers(6, 13, (n, 2, 1))
     micro = np.cos(k_micro * theta + rng.uniform(0, 7, (n, 2, 1))).sum(1)
     angular, spiculated = desc["margin"] == 2, desc["margin"] == 4
     peaks = rng.integers(3, 7, n) * angular + rng.integers(6, 15, n) * spiculated
@@ -307,10 +307,10 @@ def _foci(rng, desc, has_lesion, place) -> np.ndarray:
     """
     n = len(has_lesion)
     u, v = rng.random((2, n, MAX_CALCIFICATIONS))
-    amplitude = rng.uniform(3.0, 7.0, (n, MAX_CALCIFICATIONS))
+    amplitude = rng.uniform(4.0, 8.0, (n, MAX_CALCIFICATIONS))
     count = np.choose(
         desc["calcifications"],
-        [0, rng.integers(3, 11, n), rng.integers(2, 6, n), rng.integers(5, 17, n)],
+        [0, rng.integers(1, 6, n), rng.integers(2, 6, n), rng.integers(3, 11, n)],
     )
     amplitude *= (np.arange(MAX_CALCIFICATIONS)[None] < count[:, None]) & has_lesion[:, None]
     radius = np.where(desc["calcifications"][:, None] == 2, 1.2 + 0.6 * u, 0.7 * np.sqrt(u))
@@ -350,7 +350,7 @@ def render_lesions(
     soft = np.where(area, rng.uniform(0.15, 0.25, n), soft)
     # A non-mass area is a zone of altered tissue, not a replacement of it: it only partly
     # takes the lesion's echogenicity.
-    strength = np.where(area, rng.uniform(0.55, 0.85, n), 1.0)
+    strength = np.where(area, rng.uniform(0.75, 0.95, n), 1.0)
     table = _margin_table(rng, desc)
     echo = _echo_level(rng, desc["echo_pattern"], smooth_fields(rng, n, (rows, cols), (24, 12)))
     alpha = _alpha(rng, desc["posterior_features"], x_mm > place["xc"][:, None, None])
