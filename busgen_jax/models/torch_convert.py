@@ -1,8 +1,12 @@
 """Import of the published BUSGen PyTorch U-Net weights, and the pretrained-params export format.
 
-Convert a released checkpoint (`ckpt_*.pt`) to a params directory:
+Convert a released checkpoint (`ckpt_*.pt`), or a periodic one of the official Train.py with its
+optimizer and LR-scheduler state, to a generator directory (params, model config, and a spec
+naming the 'published' sampling preset):
 
   python -m busgen_jax.models.torch_convert --checkpoint ckpt.pt --preset busgen_toy --out DIR
+
+A file, key, preset or tensor that does not fit is one `error:` line naming it.
 
 Params directory format (written by `save_params`, read by `load_params`; the trainer uses the
 same format for its pretrained-params export):
