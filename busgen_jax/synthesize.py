@@ -409,14 +409,14 @@ def _membership(ctx: dict[str, Any]) -> dict[str, Any]:
 def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
     if not config.generator:
         raise job.JobError("config.generator is empty (an exported generator, e.g. RUN/export)")
-    if not config.audit.train_paths:
-        raise job.JobError("config.audit.train_paths is empty (the data the generator learned)")
     try:
         model, spec = generator_lib.load_generator(config.generator, config.adapter or None)
         # Unknown classes or devices fail here, before the audit reference costs its time.
         plan = make_plan(config, spec)
     except ValueError as e:  # an adapter of another generator, a broken export, a bad mix
         raise job.JobError(str(e)) from e
+    if not config.audit.train_paths:
+        raise job.JobError("config.audit.train_paths is empty (the data the generator learned)")
     try:
         sampling = generator_lib.sampling_settings(
             spec, {k: config[k] for k in presets.SAMPLING_FIELDS}

@@ -43,10 +43,10 @@ def _last_line(out: subprocess.CompletedProcess) -> str:
 def _wait_for_holder(lock: pathlib.Path, process: subprocess.Popen) -> dict:
     """The lock file's holder once `process` has written itself there."""
     while process.poll() is None:
-        holder = lock.read_text() if lock.exists() else ""
-        if holder:
-            return json.loads(holder)
-        time.sleep(0.05)
+        try:
+            return json.loads(lock.read_text())
+        except (OSError, ValueError):  # not there yet, or being written
+            time.sleep(0.05)
     raise AssertionError(f"the job ended (rc {process.returncode}) before it held the lock")
 
 
@@ -333,3 +333,18 @@ def test_an_import_error_is_one_line_naming_the_file(tmp_path, capsys):
         f"error: {csv_path} line 2: not UTF-8 text (byte 0xe9); save the CSV as UTF-8"
     )
     assert not (tmp_path / "run" / "data").exists()
+
+
+@pytest.mark.slow
+def test_a_full_disk_during_synthesis_is_one_line_and_leaves_no_output(tmp_path, generator_dir):
+    data = phantom_dataset(tmp_path / "data", num=24)
+    run = tmp_path / "run"
+    out = _busgen(
+        "synthesize", "--config=configs/synthesize.py:tiny", f"--workdir={run}",
+        f"--config.generator={generator_dir}", f"--config.audit.train_paths=('{data}',)",
+        preexec_fn=_file_size_limit(2_000),
+    )  # fmt: skip
+    line = _last_line(out)
+    assert line.startswith(f"error: {run / synthesize.OUTPUT}/"), line
+    assert "File too large" in line, line
+    assert not (run / synthesize.OUTPUT).exists()
