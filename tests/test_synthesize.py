@@ -85,9 +85,8 @@ def test_synthesis_writes_exactly_the_planned_audited_dataset(inputs, tmp_path):
     shards.verify_dataset(out)
 
 
-def test_planted_copies_are_rejected_and_resampled(inputs, tmp_path, monkeypatch):
-    """A generator that returns training images verbatim on its first try gets none through."""
-    config = _config(inputs, num_images=8)
+def _copy_on_first_try(monkeypatch):
+    """Makes the generator return training images verbatim on its first try, then sample."""
     real_sample = synthesize._sample
 
     def copying_sample(ctx, indices, boxes, shard_key, attempt):
@@ -96,6 +95,12 @@ def test_planted_copies_are_rejected_and_resampled(inputs, tmp_path, monkeypatch
         return real_sample(ctx, indices, boxes, shard_key, attempt)
 
     monkeypatch.setattr(synthesize, "_sample", copying_sample)
+
+
+def test_planted_copies_are_rejected_and_resampled(inputs, tmp_path, monkeypatch):
+    """A generator that returns training images verbatim on its first try gets none through."""
+    config = _config(inputs, num_images=8)
+    _copy_on_first_try(monkeypatch)
     synthesize.run(config, str(tmp_path))
     records = list(shards.read_records(tmp_path / synthesize.OUTPUT, "train"))
     assert len(records) == 8 and all(r["provenance"]["attempt"] == 1 for r in records)
@@ -160,14 +165,7 @@ def test_nothing_written_holds_training_pixels(inputs, tmp_path, monkeypatch):
     training image's PNG or pixel bytes; pictures of neighbours go to private_audit/ only."""
     config = _config(inputs, num_images=8)
     config.audit.private_pictures = True
-    real_sample = synthesize._sample
-
-    def copying_sample(ctx, indices, boxes, shard_key, attempt):
-        if attempt == 0:
-            return ctx["train_images"][: len(indices), ..., None]
-        return real_sample(ctx, indices, boxes, shard_key, attempt)
-
-    monkeypatch.setattr(synthesize, "_sample", copying_sample)
+    _copy_on_first_try(monkeypatch)
     out = tmp_path / synthesize.OUTPUT
     out.mkdir()
     (out / ".synthetic-train-00000-of-00001.array_record.tmp-0123").write_bytes(b"killed run")
