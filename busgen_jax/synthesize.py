@@ -11,9 +11,11 @@ done shards and redoes the rest, so it finishes with exactly N records, no dupli
 and the same bytes as an uninterrupted run. Process 0 writes the manifest and the audit report
 once every shard is done.
 
-Every candidate is compared with the generator's training images (`privacy.audit`); candidates
-more similar than the threshold (by default a quantile of held-out-to-training similarity) are
-rejected and drawn again with a new key and box.
+Every candidate is compared with the generator's training images (`privacy.audit`: NCC and a
+shift/crop/rotation-tolerant windowed NCC); candidates above either threshold (by default a
+quantile of held-out-to-training similarity) are rejected, never stored, and drawn again with a
+new key and box. The finished directory holds only shards, manifest and `audit/`, which names
+training neighbours by case id and holds no training pixels.
 """
 
 from __future__ import annotations
