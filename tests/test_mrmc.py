@@ -355,14 +355,21 @@ def test_variance_components_are_unbiased_under_the_or_model():
 
 
 def test_zero_standard_error_is_p_one_not_zero():
-    truth, ratings = _simulate(np.random.default_rng(8))
-    same = mrmc.or_modalities(truth, np.stack([ratings[0], ratings[0]]))
-    for test in (same.rrrc, same.frrc, same.rrfc, same.overall["rrrc"]):
-        assert test.p_value == 1.0 and test.statistic == 0.0
-    model = ratings[0, 0]
-    with pytest.warns(UserWarning, match="listed among the readers"):
-        copies = mrmc.or_model_vs_readers(truth, model, np.tile(model, (4, 1)))
-    assert copies.difference == 0.0 and copies.rrrc.p_value == 1.0
+    truth = np.r_[np.ones(40), np.zeros(50)].astype(int)
+    for seed in range(10):
+        # Rounded ratings: ties, and covariance sums that cancel to 0 or to rounding residue.
+        ratings = np.round(np.random.default_rng(seed).normal(size=(5, 90)) + truth, 1)
+        same = mrmc.or_modalities(truth, np.stack([ratings, ratings]))
+        for test in (same.rrrc, same.frrc, same.rrfc, same.overall["rrrc"]):
+            assert test.p_value == 1.0 and test.statistic == 0.0
+        model = ratings[0]
+        with pytest.warns(UserWarning, match="listed among the readers"):
+            copies = mrmc.or_model_vs_readers(truth, model, np.tile(model, (4, 1)))
+        assert copies.difference == 0.0 and copies.rrrc.p_value == 1.0
+    # Perfect separation everywhere: every AUC is 1 and every variance exactly 0.
+    perfect = np.random.default_rng(0).normal(size=(5, 90)) + 10 * truth
+    result = mrmc.or_modalities(truth, np.stack([perfect, perfect + 1]))
+    assert result.difference == 0.0 and result.rrrc.p_value == 1.0
 
 
 def test_model_listed_among_readers_warns():

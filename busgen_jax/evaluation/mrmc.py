@@ -136,12 +136,13 @@ def or_covariances(cov: np.ndarray, n_modalities: int, n_readers: int) -> dict[s
 def mean_squares(theta: np.ndarray) -> dict[str, float]:
     """Two-way ANOVA mean squares MS(T), MS(R), MS(T:R) of the FOM table theta [t, r]."""
     t, r = theta.shape
-    grand = theta.mean()
     by_t, by_r = theta.mean(axis=1), theta.mean(axis=0)
-    interaction = theta - by_t[:, None] - by_r[None, :] + grand
+    # Each margin is centred on its own mean: identical modalities then give MS(T) = 0
+    # exactly, not rounding residue that a near-zero error term would turn into an F of 4.
+    interaction = theta - by_t[:, None] - by_r[None, :] + theta.mean()
     return {
-        "ms_t": float(r * np.sum((by_t - grand) ** 2) / (t - 1)) if t > 1 else float("nan"),
-        "ms_r": float(t * np.sum((by_r - grand) ** 2) / (r - 1)),
+        "ms_t": float(r * np.sum((by_t - by_t.mean()) ** 2) / (t - 1)) if t > 1 else float("nan"),
+        "ms_r": float(t * np.sum((by_r - by_r.mean()) ** 2) / (r - 1)),
         "ms_tr": float(np.sum(interaction**2) / ((t - 1) * (r - 1))) if t > 1 else float("nan"),
     }
 
