@@ -261,6 +261,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     data_config.unlock()
     data_config.update(image_size=spec.image_size, paths=[str(workdir / FEWSHOT)],
                        device_names=task_devices(config, spec.device_names, shot_records))  # fmt: skip
+    try:
+        class_starts = lora.start_rows(
+            data_config.class_names, spec.class_names, lora_config.new_row_from
+        )
+    except ValueError as e:
+        raise job.JobError(str(e)) from e
     info = {
         "lora": dataclasses.asdict(lora_config),
         "base_generator": str(pathlib.Path(config.generator).absolute()),
@@ -269,6 +275,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "device_names": list(data_config.device_names),
         "class_rows": lora.vocabulary_rows(data_config.class_names, spec.class_names),
         "device_rows": lora.vocabulary_rows(data_config.device_names, spec.device_names),
+        "class_starts": class_starts,
         "full_params": lora.count_params(base, nnx.Param),
         "full_bytes": lora.directory_bytes(pathlib.Path(config.generator) / "params"),
         "shots": config.shots,

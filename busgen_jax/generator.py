@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from busgen_jax import foundation
 from busgen_jax.data import box_priors
 from busgen_jax.diffusion import guidance, samplers, schedules
 from busgen_jax.models import presets, torch_convert
@@ -84,6 +85,8 @@ def load_generator(
     spec_path = directory / SPEC_FILE
     if not spec_path.is_file():
         raise FileNotFoundError(f"{spec_path}: not an exported generator (no {SPEC_FILE})")
+    if (directory / foundation.CHECKSUMS).is_file():  # shipped generators carry checksums
+        foundation.verify_checksums(directory)
     spec = GeneratorSpec.from_json(spec_path.read_text())
     model_config = torch_convert.load_model_config(directory)
     model = nnx.eval_shape(lambda: UNet(model_config, rngs=nnx.Rngs(0)))

@@ -25,7 +25,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from busgen_jax import workdir as workdir_lib
-from busgen_jax.data import schema, shards
+from busgen_jax.data import builtin, schema, shards
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Set to "1" by the launchers on multi-host slices.
@@ -173,6 +173,8 @@ def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config
             _fail(e)
         _log_to_stderr()
         maybe_initialize_distributed()
+        # Built-in phantom paths (`phantom:PRESET`) become cached datasets, once, here.
+        config = builtin.resolve_config(config)
         _run_in_workdir(run, config, workdir_flag.value, allow_flag.value)
 
     return main

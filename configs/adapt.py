@@ -36,7 +36,14 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     config.data.class_names = ["benign", "dcis"]
     config.data.update(batch_size=8, balance_classes=True)
     config.lora = ml_collections.ConfigDict(
-        {"rank": 8, "alpha": 8.0, "target": lora.DEFAULT_TARGET, "new_row_init": "mean"}
+        {
+            "rank": 8,
+            "alpha": 8.0,
+            "target": lora.DEFAULT_TARGET,
+            "new_row_init": "mean",
+            # DCIS is a kind of malignancy: its new row starts from the base's malignant row.
+            "new_row_from": {"dcis": "malignant"},
+        }
     )
     config.diffusion = ml_collections.ConfigDict({"weighting": "uniform", "reduction": "mean"})
     config.train = ml_collections.ConfigDict(

@@ -4,6 +4,8 @@
       --config.data.paths="('/data/phantom',)" --config.train.steps=20
 
 `tiny` runs in seconds on a CPU (tests); `small` is a 64 px demo (minutes on 2 cores);
+`phantom_foundation` is the shipped phantom foundation model (`make foundation` reproduces it:
+the corpus, this preset, then `busgen_jax.foundation` writes it into the package);
 `busgen_toy` and `busgen` are the published architecture and training defaults at 128 and 160 px
 (AdamW 6.25e-6 raised 2.5x over the first tenth of training then cosine, weight decay 1e-4,
 clip 1.0, dropout 0.15, loss summed over pixels / B^2, all conditions dropped together with
@@ -15,10 +17,13 @@ from __future__ import annotations
 import ml_collections
 
 from busgen_jax import job
-from busgen_jax.data import pipeline, schema
+from busgen_jax.data import builtin, phantom, pipeline, schema
 from busgen_jax.models import presets
 
-PRESETS = ("tiny", "small", "busgen_toy", "busgen")
+PRESETS = ("tiny", "small", "phantom_foundation", "busgen_toy", "busgen")
+# The phantom foundation model's pretraining corpus (`configs/phantom.py:foundation`): DCIS is
+# not among its labels, so adapting to benign vs DCIS is a real few-shot task.
+FOUNDATION_CLASSES = ("normal", "benign", "malignant")
 
 
 def _base(preset: str) -> ml_collections.ConfigDict:
@@ -84,13 +89,56 @@ def _base(preset: str) -> ml_collections.ConfigDict:
     return config
 
 
+def _phantom_foundation(config: ml_collections.ConfigDict) -> None:
+    """The shipped phantom foundation model: 32 px, grayscale, attention at 8 px only.
+
+    v-prediction with a continuous (sinusoidal) time input: an eps-predicting network with a
+    learned per-timestep table leaves residual noise in deterministic (probability-flow) samples
+    when under-trained, because at low noise it must reproduce eps exactly and the table rows
+    between integer steps are interpolated, not learned; v is x0-like at high noise and eps-like
+    at low noise, so its errors do not blow up through (x_t - sigma eps) / alpha.
+    """
+    config.model.update(
+        image_size=32,
+        base_channels=24,
+        channel_mults=(1, 2, 2),
+        num_res_blocks=1,
+        attention_levels=(2,),
+        attention_in_up_path=True,
+        num_heads=4,
+        norm_groups=8,
+        dropout=0.0,
+        num_classes=len(FOUNDATION_CLASSES),
+        num_devices=len(phantom.PHANTOM_DEVICES),
+        time_embedding="sinusoidal",
+    )
+    config.data.update(
+        image_size=32,
+        class_names=list(FOUNDATION_CLASSES),
+        device_names=list(phantom.PHANTOM_DEVICES),
+        batch_size=32,
+        balance_classes=True,
+    )
+    config.diffusion.prediction = "v"
+    config.data.paths = (builtin.phantom_path("foundation"),)
+    config.train.update(steps=3000, learning_rate=1e-3, warmup_steps=100, ema_decay=0.998)
+    config.checkpoint.update(every_steps=200, max_to_keep=2)
+    config.log_every_steps = 50
+    config.sample.update(every_steps=1000, per_class=4, sampler="ddpm", steps=50)
+
+
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     """Returns the pretraining config for `preset` (default 'tiny')."""
     preset = job.check_preset(preset or "tiny", PRESETS)
-    config = _base(preset)
+    # The foundation's U-Net is the small preset's family, resized in _phantom_foundation.
+    config = _base("small" if preset == "phantom_foundation" else preset)
+    config.data.paths = (builtin.phantom_path("demo"),)
     if preset in ("tiny", "small"):
         config.data.class_names = list(schema.PATHOLOGIES)
         config.data.device_names = [f"device-{i}" for i in range(config.model.num_devices)]
+    if preset == "phantom_foundation":
+        _phantom_foundation(config)
+        return config
     if preset == "tiny":
         # One level, no down-path attention: XLA compiles the step in seconds on a CPU.
         config.model.update(channel_mults=(1,), attention_levels=())
@@ -100,6 +148,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         config.log_every_steps = 5
         config.sample.update(every_steps=20, per_class=2, steps=4)
         config.partition.min_size = 256
+        config.data.paths = (builtin.phantom_path("tiny"),)
     elif preset == "small":
         config.data.batch_size = 16
         config.train.update(steps=2000, learning_rate=2e-4, warmup_steps=100)
@@ -122,4 +171,5 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
             cond_drop_mode="batch",
         )
         config.sample.update(sampler="dpm_solver_3s", steps=50, guidance_weight=1.8)
+        config.data.paths = (builtin.phantom_path("default"),)
     return config

@@ -15,7 +15,9 @@ kernel: W' = W + (alpha / r) A B, contracted over the rank (`merge_lora`).
 A task may name classes or devices the base never saw (e.g. 'dcis'). `extend_vocabulary` maps each
 task name onto the base embedding row of the same name and gives unknown names new rows, trained
 with the adapters; new rows start from the mean of the base's non-null rows ('mean', an average
-known condition) or from the null row ('null', the unconditional model).
+known condition) or from the null row ('null', the unconditional model), unless `new_row_from`
+names a base row to start from: a finer label starts from its coarse parent (DCIS from
+malignant), so the few-shot steps only have to move it from there.
 
 An adapter directory (`save_adapter`) holds only what the adaptation trained:
   params/        orbax checkpoint of the `nnx.LoRAParam` state (adapters and new rows)
@@ -58,6 +60,8 @@ class LoRAConfig:
     alpha: float = 4.0
     target: str = DEFAULT_TARGET
     new_row_init: str = "mean"
+    # New task name -> base name whose row it starts from (overrides new_row_init for it).
+    new_row_from: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_mapping(cls, config: Mapping[str, Any]) -> LoRAConfig:
@@ -66,7 +70,9 @@ class LoRAConfig:
         unknown = sorted(set(config) - fields)
         if unknown:
             raise ValueError(f"config.lora: unknown fields {unknown}; expected {sorted(fields)}")
-        lora = cls(**dict(config))
+        values = dict(config)
+        values["new_row_from"] = dict(values.get("new_row_from") or {})
+        lora = cls(**values)
         if lora.rank < 1:
             raise ValueError(f"config.lora.rank must be >= 1, got {lora.rank}")
         if lora.alpha <= 0:
@@ -151,14 +157,26 @@ class ExtendedEmbed(nnx.Module):
     adapters. `index` is static: positions >= the base's size address the new rows.
     """
 
-    def __init__(self, base: nnx.Embed, rows: Sequence[int | None], init: str):
+    def __init__(
+        self,
+        base: nnx.Embed,
+        rows: Sequence[int | None],
+        init: str,
+        starts: Sequence[int | None] | None = None,
+    ):
         if rows[0] != 0:
             raise ValueError("task row 0 must be the base's null row 0")
         table = base.embedding[...]
         num_new = sum(row is None for row in rows)
-        start = table[0] if init == "null" else table[1:].mean(axis=0)
+        default = table[0] if init == "null" else table[1:].mean(axis=0)
+        starts = [None] * len(rows) if starts is None else starts
+        new_starts = [
+            default if start is None else table[start]
+            for row, start in zip(rows, starts, strict=True)
+            if row is None
+        ]
         self.base = base
-        self.new_rows = nnx.LoRAParam(jnp.tile(start, (num_new, 1))) if num_new else None
+        self.new_rows = nnx.LoRAParam(jnp.stack(new_starts)) if num_new else None
         new_index = iter(range(table.shape[0], table.shape[0] + num_new))
         self.index = tuple(next(new_index) if row is None else int(row) for row in rows)
 
@@ -176,6 +194,25 @@ def vocabulary_rows(task_names: Sequence[str], base_names: Sequence[str]) -> lis
     """Base embedding row per task id (0 = null, then task names), None for a new name."""
     base = {name: k + 1 for k, name in enumerate(base_names)}
     return [0] + [base.get(name) for name in task_names]
+
+
+def start_rows(
+    task_names: Sequence[str], base_names: Sequence[str], new_row_from: Mapping[str, str]
+) -> list[int | None]:
+    """Per task id (0 = null first), the base row a new name starts from, else None.
+
+    Raises ValueError naming a `new_row_from` entry whose base name the base does not know.
+    """
+    base = {name: k + 1 for k, name in enumerate(base_names)}
+    unknown = sorted(v for v in new_row_from.values() if v not in base)
+    if unknown:
+        raise ValueError(
+            f"config.lora.new_row_from names {unknown}, not known to the base ({list(base_names)})"
+        )
+    return [None] + [
+        base[new_row_from[name]] if name in new_row_from and name not in base else None
+        for name in task_names
+    ]
 
 
 def _set_child(model: nnx.Module, path: tuple[Any, ...], child: nnx.Module) -> None:
@@ -225,11 +262,12 @@ def extend_vocabulary(
     class_rows: Sequence[int | None],
     device_rows: Sequence[int | None],
     init: str = "mean",
+    class_starts: Sequence[int | None] | None = None,
 ) -> nnx.Module:
     """Replaces the U-Net's class and device embeddings by task embeddings (in place)."""
     if init not in ROW_INITS:
         raise ValueError(f"new_row_init must be one of {ROW_INITS}, got {init!r}")
-    model.class_embed = ExtendedEmbed(model.class_embed, class_rows, init)
+    model.class_embed = ExtendedEmbed(model.class_embed, class_rows, init, class_starts)
     model.device_embed = ExtendedEmbed(model.device_embed, device_rows, init)
     return model
 
@@ -310,7 +348,13 @@ def adapted_model(base: nnx.Module, info: Mapping[str, Any]) -> nnx.Module:
     """`base` with the adapters and task embeddings `info` describes (fresh values, in place)."""
     lora = LoRAConfig.from_mapping(info["lora"])
     apply_lora(base, lora, rngs=nnx.Rngs(0))
-    return extend_vocabulary(base, info["class_rows"], info["device_rows"], lora.new_row_init)
+    return extend_vocabulary(
+        base,
+        info["class_rows"],
+        info["device_rows"],
+        lora.new_row_init,
+        info.get("class_starts"),
+    )
 
 
 def load_adapter(
