@@ -1,17 +1,21 @@
 """The synthesis job: planned labels, exact counts, audited output, kill-and-resume."""
 
+import base64
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
 from generator_fixtures import phantom_dataset, tiny_generator
 
-from busgen_jax import job, synthesis_plan, synthesize, visualize
+from busgen_jax import demo_report, job, synthesis_plan, synthesize, visualize
+from busgen_jax import report as html_report
 from busgen_jax.data import pipeline, schema, shards
 
 
@@ -71,7 +75,8 @@ def test_synthesis_writes_exactly_the_planned_audited_dataset(inputs, tmp_path):
     assert [r["provenance"]["index"] for r in records] == list(range(config.num_images))
     first = records[0]
     assert first["provenance"]["source"] == "synthetic"
-    assert first["provenance"]["sampler"] == config.sampler
+    # Unset in the config, the sampler is the one the generator's spec names.
+    assert first["provenance"]["sampler"] == first["provenance"]["sampling"]["sampler"]
     assert first["provenance"]["steps"] == config.steps
     assert len(first["boxes"]) >= 1  # benign and DCIS lesions get boxes from the prior
     report = json.loads((out / "audit" / "audit.json").read_text())
@@ -185,12 +190,23 @@ def test_nothing_written_holds_training_pixels(inputs, tmp_path, monkeypatch):
     assert {c["train_case_id"] for c in report["closest_pairs"]} <= train_ids
     assert all(c["synthetic_case_id"] is None for c in report["closest_pairs"] if c["flagged"])
 
+    # The demo report's synthesis section, rendered with its figures embedded as base64.
+    paths = types.SimpleNamespace(synthetic=out, root=tmp_path / "demo")
+    html = html_report.write_report(
+        tmp_path / "demo" / "report.html", "demo", [demo_report.synthesis_section(paths)]
+    )
+    assert str(private) in html.read_text()
+    embedded = [
+        base64.b64decode(b) for b in re.findall(r"base64,([A-Za-z0-9+/=]+)", html.read_text())
+    ]
+    assert len(embedded) == 2  # the synthetic grid and the similarity histograms
+
     patterns = _training_byte_patterns(inputs["data"], 32)
     assert len(patterns) >= 4 * 40
-    for path in tmp_path.rglob("*"):
-        if path.is_file() and path != private:
-            content = path.read_bytes()
-            assert not any(p in content for p in patterns), path
+    contents = {str(p): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p != private}
+    contents.update({f"report image {k}": data for k, data in enumerate(embedded)})
+    for where, content in contents.items():
+        assert not any(p in content for p in patterns), where
 
 
 def test_copy_protected_sampling_changes_the_samples_and_is_recorded(inputs, tmp_path):
