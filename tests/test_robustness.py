@@ -342,7 +342,7 @@ def test_a_full_disk_during_synthesis_is_one_line_and_leaves_no_output(tmp_path,
     out = _busgen(
         "synthesize", "--config=configs/synthesize.py:tiny", f"--workdir={run}",
         f"--config.generator={generator_dir}", f"--config.audit.train_paths=('{data}',)",
-        preexec_fn=_file_size_limit(2_000),
+        preexec_fn=_file_size_limit(6_000),
     )  # fmt: skip
     line = _last_line(out)
     assert line.startswith(f"error: {run / synthesize.OUTPUT}/"), line
