@@ -21,7 +21,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from busgen_jax import job
+from busgen_jax import foundation, job
 
 TIMINGS = "timings.json"
 
@@ -34,7 +34,9 @@ class Paths:
         self.phantom = self.root / "phantom"
         self.data = self.phantom / "data" / config.phantom.name
         self.pretrain = self.root / "pretrain"
-        self.generator = self.pretrain / "export"
+        self.generator = (
+            self.pretrain / "export" if config.pretrain_from_scratch else foundation.SHIPPED
+        )
         self.adapt = self.root / "adapt"
         self.synthesize = self.root / "synthesize"
         self.classifiers = self.root / "classifiers"
@@ -88,6 +90,9 @@ def stage_phantom(config, paths: Paths) -> None:
 
 
 def stage_pretrain(config, paths: Paths) -> None:
+    if not config.pretrain_from_scratch:
+        print(f"   adapting the shipped foundation model {foundation.shipped_dir()}")
+        return
     from busgen_jax import pretrain
 
     pretrain.run(
@@ -121,6 +126,7 @@ def classifier_sources(config, paths: Paths) -> dict[str, dict[str, Any]]:
     real, synthetic = str(paths.data), str(paths.synthetic)
     sources = {
         "real": {"data.paths": (real,), "data.mix_weights": ()},
+        "fewshot": {"data.paths": (str(paths.fewshot),), "data.mix_weights": ()},
         "synthetic": {"data.paths": (synthetic,), "data.mix_weights": ()},
         "mixed": {"data.paths": (real, synthetic), "data.mix_weights": tuple(config.mixed_weights)},
     }

@@ -14,7 +14,7 @@ naming the file instead of sampling garbage.
         --workdir=workdir/foundation/pretrain \
         --config.data.paths="('workdir/foundation/phantom/data/phantom_foundation',)"
     python -m busgen_jax.foundation --export=workdir/foundation/pretrain/export \
-        --card_facts=workdir/foundation/facts.json
+        --card_facts=workdir/foundation/facts.json --sampling_preset=phantom_foundation
 
 The last command copies the export into the package, writes the checksums, and renders the
 model card from the export's configs and the facts file (training wall time, machine, commit,
@@ -137,14 +137,26 @@ def ship(
     facts: dict,
     destination: str | pathlib.Path = SHIPPED,
     extra_files: Sequence[str | pathlib.Path] = (),
+    sampling_preset: str = "",
 ) -> pathlib.Path:
-    """Copies an exported generator to `destination` with its model card and checksums."""
+    """Copies an exported generator to `destination` with its model card and checksums.
+
+    `sampling_preset` (a name in `models.presets.SAMPLING_PRESETS`), if given, replaces the
+    sampling the spec names: how the shipped model is sampled is decided by measuring it.
+    """
     export, destination = pathlib.Path(export), pathlib.Path(destination)
     if not (export / "generator.json").is_file():
         raise FileNotFoundError(f"{export}: not an exported generator (no generator.json)")
     staging = destination.with_name(f".{destination.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(export, staging)
+    if sampling_preset:
+        from busgen_jax.models import presets
+
+        spec_path = staging / "generator.json"
+        spec = json.loads(spec_path.read_text())
+        spec["sampling"] = presets.sampling_preset(sampling_preset)
+        spec_path.write_text(json.dumps(spec, indent=2, sort_keys=True))
     for extra in extra_files:
         shutil.copy2(extra, staging / pathlib.Path(extra).name)
     (staging / CARD).write_text(render_card(staging, facts))
@@ -162,12 +174,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--card_facts", default="", help="JSON of training facts and quality")
     parser.add_argument("--destination", default=str(SHIPPED))
     parser.add_argument("--grid", default="", help="sample grid PNG to ship beside the card")
+    parser.add_argument("--sampling_preset", default="", help="sampling the spec names")
     args = parser.parse_args(argv)
     facts = json.loads(pathlib.Path(args.card_facts).read_text()) if args.card_facts else {}
     extra = [args.grid] if args.grid else []
     if args.grid:
         facts["grid"] = pathlib.Path(args.grid).name
-    out = ship(args.export, facts, args.destination, extra)
+    out = ship(args.export, facts, args.destination, extra, args.sampling_preset)
     print(f"shipped foundation model: {out}")
 
 

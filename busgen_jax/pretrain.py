@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 
 from busgen_jax import checkpoints, generator, job, train_loop, train_state, visualize
 from busgen_jax.diffusion import guidance, losses, samplers, schedules
-from busgen_jax.models import unet
+from busgen_jax.models import presets, unet
 from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.parallel import partition
 
@@ -187,6 +187,7 @@ def generator_spec(config: ml_collections.ConfigDict) -> generator.GeneratorSpec
         class_names=tuple(config.data.class_names),
         device_names=tuple(config.data.device_names),
         image_size=config.data.image_size,
+        sampling=presets.sampling_preset(config.sampling_preset),
     )
 
 

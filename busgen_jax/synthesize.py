@@ -35,6 +35,7 @@ from busgen_jax import generator as generator_lib
 from busgen_jax import job, synthesis_plan, visualize
 from busgen_jax.data import box_priors, pipeline, schema, shards
 from busgen_jax.diffusion import schedules
+from busgen_jax.evaluation import sample_failures
 from busgen_jax.models import presets
 from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.privacy import audit, cpsample, membership
@@ -127,6 +128,7 @@ def generate_shard(ctx: dict[str, Any], shard: int) -> tuple[list[dict], dict]:
     similarities, and the shard's closest candidates as similarities and training case ids).
 
     Rejected candidates are dropped here: neither they nor any training image reach the disk.
+    Noise-like candidates (`sample_failures`) are redrawn like privacy rejections and counted.
     """
     config, plan = ctx["config"], ctx["plan"]
     start = shard * config.records_per_shard
@@ -135,14 +137,23 @@ def generate_shard(ctx: dict[str, Any], shard: int) -> tuple[list[dict], dict]:
     accepted: dict[int, tuple[np.ndarray, np.ndarray, int, dict[str, float]]] = {}
     candidate_sims: dict[str, list[float]] = {m: [] for m in audit.MEASURES}
     closest: list[dict] = []
+    failed_count = 0
     for attempt in range(config.audit.max_rounds):
         if not pending:
             break
         boxes = {i: _boxes_for(ctx["prior"], plan[i][0], config.seed, i, attempt) for i in pending}
         images = _sample(ctx, pending, boxes, jax.random.fold_in(ctx["key"], shard), attempt)
         sims, nearest = audit.search(images, ctx["train_images"])
-        still = []
+        failed = (
+            sample_failures.failed(images, ctx["failure_limit"])
+            if config.redraw_failed
+            else np.zeros(len(images), bool)
+        )
+        failed_count += int(failed.sum())
+        still = [i for j, i in enumerate(pending) if failed[j]]
         for j, i in enumerate(pending):
+            if failed[j]:
+                continue
             sim = {m: float(sims[m][j]) for m in audit.MEASURES}
             neighbour = ctx["train_case_ids"][nearest["windowed"][j]]
             closest.append(_closest_entry(i, attempt, sim, neighbour, thresholds))
@@ -163,8 +174,9 @@ def generate_shard(ctx: dict[str, Any], shard: int) -> tuple[list[dict], dict]:
     if pending:
         raise job.JobError(
             f"shard {shard}: {len(pending)} candidates stayed above the privacy thresholds "
-            f"{thresholds} after {config.audit.max_rounds} rounds; the generator may be "
-            "memorizing its training images (see audit settings)"
+            f"{thresholds} or noise-like ({failed_count} failed draws) after "
+            f"{config.audit.max_rounds} rounds; the generator may be memorizing its training "
+            "images (see audit settings) or its sampler may be unstable"
         )
     records, meta = [], []
     for i in sorted(accepted):
@@ -197,6 +209,7 @@ def generate_shard(ctx: dict[str, Any], shard: int) -> tuple[list[dict], dict]:
         "candidate_sims": candidate_sims,
         "accepted_sims": {m: [accepted[i][3][m] for i in sorted(accepted)] for m in audit.MEASURES},
         "rejected": len(candidate_sims["ncc"]) - len(records),
+        "failed": failed_count,
         "closest": closest,
     }
     return records, sidecar
@@ -276,12 +289,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             for k in todo[n:]
         )
         logging.info(
-            "shard %d/%d written (%.2f images/s, %d of %d candidates rejected, ETA %.0f s)",
+            "shard %d/%d written (%.2f images/s, %d of %d candidates rejected, %d of them "
+            "noise-like, ETA %.0f s)",
             n,
             len(todo),
             rate,
             sidecar["rejected"],
             len(sidecar["candidate_sims"]["ncc"]),
+            sidecar["failed"],
             left / max(rate, 1e-9),
         )
     if jax.process_index() != 0:
@@ -321,6 +336,11 @@ def finalize(config, out_dir: pathlib.Path, num_shards: int, ctx: dict[str, Any]
     report = write_audit(out_dir, ctx, done)
     manifest["extra"]["audit"] = {
         k: report[k] for k in ("thresholds", "num_candidates", "rejected_count", "rejection_rate")
+    }
+    # Noise-like draws, redrawn before the privacy check: none of them is in the dataset.
+    manifest["extra"]["failed_samples"] = {
+        "redrawn": sum(d.get("failed", 0) for d in done),
+        "limit": ctx["failure_limit"],
     }
     accepted = {m: np.concatenate([d["accepted_sims"][m] for d in done]) for m in audit.MEASURES}
     verdict = audit.copying_verdict(accepted, ctx["heldout_sims"], alpha=FAIL_ALPHA)
@@ -450,6 +470,8 @@ def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
         "thresholds": reference["thresholds"],
         "strict_thresholds": reference["strict_thresholds"],
         "heldout_sims": reference["heldout_sims"],
+        # High-frequency energy above which a draw is noise, from the real training images.
+        "failure_limit": sample_failures.failure_limit(reference["train"]["image"]),
         "sampling": sampling,
         "sample_fn": generator_lib.make_sample_fn(
             spec,
@@ -462,10 +484,10 @@ def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
             "checkpoint": str(config.generator),
             "adapter": str(config.adapter) if config.adapter else None,
             "seed": config.seed,
-            "sampler": config.sampler,
-            "steps": config.steps,
-            "guidance": config.guidance_weight,
-            "skip": config.skip,
+            "sampler": sampling["sampler"],
+            "steps": sampling["steps"],
+            "guidance": sampling["guidance_weight"],
+            "skip": sampling["skip"],
             "sampling": sampling,
             "cpsample": protection,
         },

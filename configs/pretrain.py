@@ -76,6 +76,8 @@ def _base(preset: str) -> ml_collections.ConfigDict:
         {"every_steps": 1000, "max_to_keep": 3, "async_save": True}
     )
     config.log_every_steps = 50
+    # How the exported generator is meant to be sampled (models/presets.py SAMPLING_PRESETS).
+    config.sampling_preset = "project"
     config.sample = ml_collections.ConfigDict(
         {
             "every_steps": 5000,
@@ -121,10 +123,11 @@ def _phantom_foundation(config: ml_collections.ConfigDict) -> None:
     )
     config.diffusion.prediction = "v"
     config.data.paths = (builtin.phantom_path("foundation"),)
-    config.train.update(steps=3000, learning_rate=1e-3, warmup_steps=100, ema_decay=0.998)
+    config.sampling_preset = "phantom_foundation"
+    config.train.update(steps=1500, learning_rate=1e-3, warmup_steps=100, ema_decay=0.998)
     config.checkpoint.update(every_steps=200, max_to_keep=2)
     config.log_every_steps = 50
-    config.sample.update(every_steps=1000, per_class=4, sampler="ddpm", steps=50)
+    config.sample.update(every_steps=750, per_class=4, sampler="ddpm", steps=50)
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:

@@ -7,14 +7,17 @@
 Presets: `published` (the official BUSGen sampling, `presets.SAMPLING_PRESETS['published']`:
 singlestep DPM-Solver++ of order 3, 50 steps, w = 1.8, box zeroed in the unconditional half,
 integer timesteps, no x0 clipping, truncated box edges; what a converted generator's spec names),
-`default` (singlestep DPM-Solver-3 in noise form, 50 steps, w = 1.8; how the network is called
-follows the generator's spec), `tiny` (tests: 6 steps, small shards), `fast` (DPM-Solver++ 2M,
-20 steps on a log-SNR grid).
+`default` (the sampler, steps, guidance and network calling that the generator's spec names:
+for the shipped phantom foundation model, the setting measured best for it), `tiny` (tests:
+6 steps, small shards), `fast` (DPM-Solver++ 2M, 20 steps on a log-SNR grid). With only
+--config and --workdir, synthesis samples the shipped foundation model and audits against its
+corpus.
 """
 
 import ml_collections
 
-from busgen_jax import job
+from busgen_jax import foundation, job
+from busgen_jax.data import builtin
 from busgen_jax.models import presets
 
 
@@ -23,8 +26,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.name = "synthetic"
-    # Exported generator (pretrain's `export/`) and optional adapter (adapt's `adapter/`).
-    config.generator = ""
+    # Exported generator (pretrain's `export/`; default the shipped phantom foundation model)
+    # and optional adapter (adapt's `adapter/`).
+    config.generator = str(foundation.SHIPPED)
     config.adapter = ""
     config.num_images = 512
     # Mix of classes and devices as name -> weight; empty means uniform over the generator's.
@@ -33,13 +37,15 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     # A real dataset directory: synthesize exactly what its minority classes and devices lack
     # (overrides num_images, classes and devices).
     config.balance_dataset = ""
-    config.sampler = "dpm_solver_3s"
-    config.steps = 50
-    config.guidance_weight = 1.8
+    # Sampler, steps, guidance weight and time grid; unset, each follows the generator's spec (the
+    # sampling its maker measured best for it). Time grids: 'time_uniform' is the published
+    # (official DPM-Solver) default; 'logsnr' is markedly more accurate at 10-50 steps
+    # (BENCHMARKS.md, sampler error vs steps).
+    config.sampler = ml_collections.config_dict.placeholder(str)
+    config.steps = ml_collections.config_dict.placeholder(int)
+    config.guidance_weight = ml_collections.config_dict.placeholder(float)
     config.eta = 0.0
-    # Time grid: 'time_uniform' is the published (official DPM-Solver) default; 'logsnr' is
-    # markedly more accurate at 10-50 steps (BENCHMARKS.md, sampler error vs steps).
-    config.skip = "time_uniform"
+    config.skip = ml_collections.config_dict.placeholder(str)
     # How the network is called and the boxes drawn; unset, each follows the generator's spec
     # (its sampling preset, see busgen_jax/models/presets.py): zero the box mask in the
     # unconditional half, 'floor' or 'interpolate' the timestep, clip x0 predictions to [-1, 1],
@@ -48,6 +54,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.time_input = ml_collections.config_dict.placeholder(str)
     config.clip_x0 = ml_collections.config_dict.placeholder(bool)
     config.box_raster = ml_collections.config_dict.placeholder(str)
+    # Redraw noise-like samples (high-frequency energy far above real images'; see
+    # busgen_jax/evaluation/sample_failures.py) like privacy rejections, and count them.
+    config.redraw_failed = True
     config.batch_size = 16
     config.records_per_shard = 256
     # Lesion boxes: a saved prior (.npz), else fitted to the train split of these datasets
@@ -60,8 +69,9 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
 
     config.audit = ml_collections.ConfigDict()
     # The data the generator was trained or adapted on: candidates are audited against its train
-    # split, and the rejection threshold is calibrated on its held-out split.
-    config.audit.train_paths = ()
+    # split, and the rejection threshold is calibrated on its held-out split. Default: the shipped
+    # foundation model's pretraining corpus (the built-in phantom, generated once into a cache).
+    config.audit.train_paths = (builtin.phantom_path("foundation"),)
     config.audit.heldout_split = "test"
     # Thresholds of the two similarities (NCC, shift/crop/rotation-tolerant windowed NCC);
     # unset, each is the `quantile` of held-out-to-training similarity.
@@ -94,6 +104,8 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
         config.steps = 6
         config.batch_size = 8
         config.records_per_shard = 8
+        # Tests sample random-weight generators, whose every draw is noise by construction.
+        config.redraw_failed = False
     elif preset == "published":
         config.update(presets.SAMPLING_PRESETS["published"])
     elif preset == "fast":

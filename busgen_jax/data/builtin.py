@@ -3,8 +3,8 @@
 Every job runs with only `--config` and `--workdir`: configs name the built-in phantom as a
 dataset path `phantom:PRESET` (a preset of `configs/phantom.py`), and `resolve_config` (called
 once, by the job command) replaces each such path with the cached dataset directory. The cache directory is `$BUSGEN_CACHE_DIR`
-(default `~/.cache/busgen_jax`); each entry is named by the preset and a hash of its config, so a
-changed simulator config never reuses a stale dataset. Generation stages into a private directory
+(default `~/.cache/busgen_jax`); each entry is named by the preset and a hash of its config and
+of the simulator's code, so a changed simulator never reuses a stale dataset. Generation stages into a private directory
 and renames it into place, so concurrent jobs (or test workers) at worst generate twice, and
 never see a half-written dataset.
 """
@@ -29,13 +29,20 @@ def phantom_path(preset: str) -> str:
     return f"{SCHEME}{preset}"
 
 
+def resolve_path(value: str) -> str:
+    """A dataset path with `phantom:PRESET` replaced by the cached dataset directory."""
+    if value.startswith(SCHEME):
+        return str(phantom_dataset(value[len(SCHEME) :]))
+    return value
+
+
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """`config` with every `phantom:PRESET` string (in any field, tuples included) replaced by
     that dataset's directory, generated first if it is not cached yet."""
 
     def resolve(value):
-        if isinstance(value, str) and value.startswith(SCHEME):
-            return str(phantom_dataset(value[len(SCHEME) :]))
+        if isinstance(value, str):
+            return resolve_path(value)
         if isinstance(value, tuple | list):
             return type(value)(resolve(v) for v in value)
         return value
@@ -67,6 +74,12 @@ def phantom_config(preset: str) -> ml_collections.ConfigDict:
     return job.load_config(f"configs/phantom.py:{preset}")
 
 
+def _simulator_source() -> bytes:
+    """The simulator's code: a changed simulator makes new cache entries, not stale reuse."""
+    here = pathlib.Path(__file__).parent
+    return b"".join(p.read_bytes() for p in sorted(here.glob("phantom*.py")))
+
+
 def phantom_dataset(preset: str = "demo", **overrides) -> pathlib.Path:
     """The dataset directory of phantom `preset` (with config `overrides`), generated if absent."""
     from busgen_jax import generate_phantom
@@ -74,7 +87,7 @@ def phantom_dataset(preset: str = "demo", **overrides) -> pathlib.Path:
     config = phantom_config(preset)
     config.update(overrides)
     digest = hashlib.sha256(
-        json.dumps(config.to_dict(), sort_keys=True, default=str).encode()
+        json.dumps(config.to_dict(), sort_keys=True, default=str).encode() + _simulator_source()
     ).hexdigest()[:12]
     entry = cache_root() / "phantom" / f"{preset}-{digest}"
     dataset = entry / "data" / config.name

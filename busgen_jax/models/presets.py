@@ -1,5 +1,5 @@
 """Model presets: `model_config(name)` for 'tiny', 'small', 'busgen_toy' and 'busgen', and the
-sampling presets `sampling_preset(name)` for 'published' and 'project'.
+sampling presets `sampling_preset(name)` for 'published', 'project' and 'phantom_foundation'.
 
 'busgen_toy' and 'busgen' are the published architectures exactly (so the released PyTorch
 weights import one to one); 'tiny' and 'small' are this project's own choices for tests and demos.
@@ -54,6 +54,16 @@ SAMPLING_PRESETS = {
         "clip_x0": True,
         "box_raster": "outward",
     },
+}
+# The shipped phantom foundation model's (configs/pretrain.py:phantom_foundation): the project's
+# network calling with the sampler measured best for it per CPU-second (BENCHMARKS.md, "Phantom
+# foundation model: samplers").
+SAMPLING_PRESETS["phantom_foundation"] = {
+    **SAMPLING_PRESETS["project"],
+    "sampler": "ddpm",
+    "steps": 50,
+    "guidance_weight": 1.8,
+    "skip": "time_uniform",
 }
 SAMPLING_FIELDS = tuple(SAMPLING_PRESETS["published"])
 

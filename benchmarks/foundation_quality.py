@@ -1,0 +1,201 @@
+"""Quality per CPU-second of a generator's samplers: failures, conditioning, Fréchet distance.
+
+  python -m benchmarks.foundation_quality                      # the shipped foundation model
+  python -m benchmarks.foundation_quality --generator=RUN/export --samples=256 \
+      --facts=workdir/foundation/facts.json --grid=workdir/foundation/samples.png
+
+Measured on the generator's own corpus (default: the built-in phantom `foundation` preset, the
+shipped model's pretraining data): the test split is the real reference, halved into A and B.
+Every sampler draws one image per image of A, with A's class, device and lesion box, from the
+same starting noise, and is scored on
+  * failures: the share of noise-like samples (`evaluation.sample_failures`, limit calibrated on
+    the corpus' training images);
+  * conditioning: the accuracy with which an oracle trained on plentiful real images (the
+    corpus' training split, disjoint from A and B) assigns each sample its requested class and
+    device. The oracles are multinomial logistic regressions on the pixels and their
+    high-frequency energy: cheap, deterministic, and on real held-out images they reach the
+    accuracies printed beside them, which bound what a sample can score;
+  * Fréchet distance in a 64-component PCA of real training pixels, against the real-vs-real
+    floor FD(A, B) at the same sample size;
+  * images/s of guided sampling on this machine.
+`--facts` writes the numbers for the model card; `--grid` a class x device sample grid of the
+chosen sampler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+
+import jax
+import numpy as np
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from benchmarks.common import git_revision, machine_description, report
+from busgen_jax import foundation, generator, visualize
+from busgen_jax.data import builtin, pipeline
+from busgen_jax.evaluation import generative, sample_failures
+
+# (sampler, steps, time grid): ancestral DDPM, deterministic DDIM, and the DPM-Solvers.
+RUNS = (
+    ("ddpm", 50, "time_uniform"),
+    ("ddpm", 25, "time_uniform"),
+    ("ddim", 50, "time_uniform"),
+    ("dpm_solver_pp_2m", 20, "logsnr"),
+    ("dpm_solver_pp_3s", 20, "time_uniform"),
+)
+
+
+def oracle_features(images: np.ndarray) -> np.ndarray:
+    """Pixels and high-frequency energy: what tells the phantom's classes and scanners apart."""
+    flat = images.reshape(len(images), -1)
+    return np.concatenate([flat, sample_failures.high_frequency_energy(images)[:, None]], axis=1)
+
+
+def fit_oracle(images: np.ndarray, labels: list[str]):
+    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000))
+    return model.fit(oracle_features(images), labels)
+
+
+def sample_like(model, spec, conditions, sampler, steps, skip, batch_size, seed):
+    """One image per conditioning image, fixed-size batches (one compiled shape), timed."""
+    sample_fn = generator.make_sample_fn(
+        spec,
+        sampler=sampler,
+        steps=steps,
+        skip=skip,
+        guidance_weight=spec.sampling.get("guidance_weight", 1.8),
+    )
+    count = len(conditions["image"])
+    classes = generator.ids_for(list(conditions["pathology"]), spec.class_names, "classes")
+    devices = generator.ids_for(list(conditions["device"]), spec.device_names, "devices")
+    masks = conditions["box_mask"][..., None].astype(np.float32)
+    out, start = [], None
+    for b, first in enumerate(range(0, count, batch_size)):
+        index = np.arange(first, first + batch_size) % count
+        key = jax.random.fold_in(jax.random.key(seed), b)
+        images = sample_fn(model, key, classes[index], devices[index], masks[index])
+        images = np.asarray(jax.device_get(images))
+        if start is None:  # the first batch pays for compilation
+            start, timed_from = time.perf_counter(), first + batch_size
+        out.append(images)
+    elapsed = time.perf_counter() - start
+    rate = (count - min(timed_from, count)) / elapsed if elapsed > 0 else float("nan")
+    return np.concatenate(out)[:count, ..., 0], rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--generator", default=str(foundation.SHIPPED))
+    parser.add_argument("--data", default=builtin.phantom_path("foundation"))
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--oracle_images", type=int, default=6000)
+    parser.add_argument("--runs", default="", help="comma-separated indices into RUNS")
+    parser.add_argument("--facts", default="")
+    parser.add_argument("--grid", default="")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    data = builtin.resolve_path(args.data)
+    model, spec = generator.load_generator(args.generator)
+    size, classes = spec.image_size, spec.class_names
+    train = pipeline.load_split([data], "train", size, classes)
+    test = pipeline.load_split([data], "test", size, classes)
+    rng = np.random.default_rng(args.seed)
+    pick = rng.permutation(len(train["image"]))[: args.oracle_images]
+    train_images = train["image"][pick]
+    limit = sample_failures.failure_limit(train["image"])
+    class_oracle = fit_oracle(train_images, [train["pathology"][i] for i in pick])
+    device_oracle = fit_oracle(train_images, [train["device"][i] for i in pick])
+    pca = PCA(64, random_state=args.seed).fit(train_images.reshape(len(pick), -1))
+
+    order = rng.permutation(len(test["image"]))
+    half = min(args.samples, len(order) // 2)
+    a = {k: np.asarray(test[k])[order[:half]] for k in ("image", "box_mask", "pathology", "device")}
+    b = {k: np.asarray(test[k])[order[half : 2 * half]] for k in ("image", "pathology", "device")}
+    feats = lambda x: pca.transform(x.reshape(len(x), -1))
+    floor = generative.frechet_distance(feats(a["image"]), feats(b["image"]))
+    real_class_acc = float(
+        np.mean(class_oracle.predict(oracle_features(b["image"])) == b["pathology"])
+    )
+    real_device_acc = float(
+        np.mean(device_oracle.predict(oracle_features(b["image"])) == b["device"])
+    )
+
+    runs = [RUNS[int(i)] for i in args.runs.split(",")] if args.runs else list(RUNS)
+    rows, results = [], {}
+    for sampler, steps, skip in runs:
+        images, rate = sample_like(model, spec, a, sampler, steps, skip, args.batch_size, args.seed)
+        failed = sample_failures.failed(images, limit)
+        class_acc = class_oracle.predict(oracle_features(images)) == a["pathology"]
+        device_acc = device_oracle.predict(oracle_features(images)) == a["device"]
+        per_class = {c: float(np.mean(class_acc[a["pathology"] == c])) for c in classes}
+        fd = generative.frechet_distance(feats(images), feats(b["image"]))
+        name = f"{sampler} {steps} {skip}"
+        results[name] = {
+            "failed": float(failed.mean()), "class_accuracy": per_class,
+            "device_accuracy": float(device_acc.mean()), "fd": fd, "fd_ratio": fd / floor,
+            "images_per_s": rate, "images": images,
+        }  # fmt: skip
+        rows.append([name, f"{failed.mean():.1%}",
+                     " / ".join(f"{c} {v:.2f}" for c, v in per_class.items()),
+                     f"{device_acc.mean():.2f}", f"{fd:.1f} ({fd / floor:.2f}x)", f"{rate:.2f}"])  # fmt: skip
+        print(rows[-1], flush=True)
+    report(
+        "Phantom foundation model: samplers",
+        config=f"generator {args.generator}; reference {data} test split, {half} + {half} "
+        f"images; oracle: logistic regression on {len(pick)} training images; guided, "
+        f"w = {spec.sampling.get('guidance_weight', 1.8)}",
+        header=[
+            "sampler",
+            "failed",
+            "oracle class accuracy",
+            "oracle device accuracy",
+            "FD (x floor)",
+            "images/s",
+        ],  # fmt: skip
+        rows=rows,
+        notes=f"floor FD(A, B) = {floor:.1f}; oracle accuracy on real held-out images: class "
+        f"{real_class_acc:.2f}, device {real_device_acc:.2f}; failure limit {limit:.3f}",
+    )
+    if args.facts:
+        best = min(results, key=lambda k: (results[k]["failed"] > 0.01, results[k]["fd_ratio"]))
+        facts = {
+            "quality": {
+                "chosen sampler (fewest failures, then lowest FD)": best,
+                "failed samples": f"{results[best]['failed']:.1%}",
+                "oracle class accuracy": results[best]["class_accuracy"],
+                "oracle device accuracy": round(results[best]["device_accuracy"], 3),
+                "oracle accuracy on real held-out images": {
+                    "class": round(real_class_acc, 3),
+                    "device": round(real_device_acc, 3),
+                },
+                "Frechet distance / real-vs-real floor": round(results[best]["fd_ratio"], 2),
+                "images/s (2-core CPU)": round(results[best]["images_per_s"], 2),
+                "measured by": f"python -m benchmarks.foundation_quality at {git_revision()} on "
+                f"{machine_description()}",
+            }  # fmt: skip
+        }
+        pathlib.Path(args.facts).write_text(json.dumps(facts, indent=1))
+    if args.grid:
+        best = min(results, key=lambda k: (results[k]["failed"] > 0.01, results[k]["fd_ratio"]))
+        images = results[best]["images"]
+        cells: dict[tuple[str, str], list[np.ndarray]] = {}
+        for k in range(len(images)):
+            cell = cells.setdefault((a["pathology"][k], a["device"][k]), [])
+            if len(cell) < 2:
+                cell.append(visualize.to_uint8(images[k]))
+        visualize.labelled_grid(
+            cells, row_labels=classes, col_labels=spec.device_names, per_cell=2,
+            path=args.grid, title=f"{best}: class x device",
+        )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
