@@ -11,28 +11,24 @@ Presets: `default` (the shipped phantom foundation model, sampled as its generat
 
 import ml_collections
 
-from busgen_jax import job
-
-
-def shipped_generator() -> str:
-    """The generator served when none is given: the phantom foundation model of the package."""
-    return ""
+from busgen_jax import foundation, job
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     job.check_preset(preset, ("default", "tiny"))
     config = ml_collections.ConfigDict()
     # Exported generator (pretrain's `export/`) and optional adapter (adapt's `adapter/`).
-    config.generator = shipped_generator()
+    config.generator = str(foundation.SHIPPED)
     config.adapter = ""
     config.host = "127.0.0.1"
     config.port = 8765
     # Lesion boxes for "random box": a saved prior (.npz), else one fitted to the train split of
-    # these datasets, else to the lesions of this many phantom images (the default generator's
-    # training data).
+    # these datasets, else to the lesions of `phantom_prior_images` images drawn as the phantom
+    # preset `phantom_prior` (configs/phantom.py) draws them: the foundation model's corpus.
     config.box_prior = ""
     config.box_prior_from = ()
     config.box_bandwidth = ml_collections.config_dict.placeholder(float)
+    config.phantom_prior = "foundation"
     config.phantom_prior_images = 256
     # Sampling the page starts with (--config.sampling.steps=20); an unset field keeps the
     # generator's own sampling preset, from its generator.json.
@@ -56,6 +52,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.keep_jobs = 64
     config.save_images = True
     if preset == "tiny":
+        config.phantom_prior = "tiny"  # the full phantom vocabulary, as the tests' generator
         config.phantom_prior_images = 128
         config.sampling.steps = 4
         config.limits.max_steps = 50

@@ -18,7 +18,7 @@ import pytest
 from generator_fixtures import tiny_generator
 from PIL import Image
 
-from busgen_jax import cli, generator, job, serve, visualize
+from busgen_jax import cli, foundation, generator, job, serve, visualize
 from busgen_jax.data import box_priors, phantom
 from busgen_jax.models import lora
 from busgen_jax.serve import jobs, server, studio
@@ -368,6 +368,19 @@ def test_adapter_brings_its_task_vocabulary(tmp_path):
     # On another base generator the adapter is refused in one line.
     config.generator = str(tiny_generator(tmp_path / "other", seed=1))
     with pytest.raises(job.JobError, match="weights differ"):
+        serve.build_app(config, str(tmp_path / "workdir"))
+
+
+def test_default_serves_the_shipped_foundation_with_its_corpus_boxes(tmp_path, monkeypatch):
+    config = job.load_config("configs/serve.py:default")
+    assert config.generator == str(foundation.SHIPPED)
+    # The foundation corpus labels DCIS malignant: the prior offers the classes the model knows.
+    prior = serve.load_box_prior(config)
+    assert set(prior.class_names) == {"normal", "benign", "malignant"}
+    assert not len(prior.points["normal"]) and len(prior.points["malignant"]) > 20
+    monkeypatch.setattr(foundation, "SHIPPED", tmp_path / "phantom_foundation")
+    config.generator = str(foundation.SHIPPED)
+    with pytest.raises(FileNotFoundError, match="shipped foundation model is missing"):
         serve.build_app(config, str(tmp_path / "workdir"))
 
 

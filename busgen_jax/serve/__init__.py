@@ -14,8 +14,8 @@ import pathlib
 import ml_collections
 from absl import logging
 
-from busgen_jax import job
-from busgen_jax.data import box_priors, phantom, shards
+from busgen_jax import foundation, job
+from busgen_jax.data import box_priors, builtin, phantom, shards
 from busgen_jax.serve import server, studio
 
 IMAGES = "images"
@@ -28,9 +28,19 @@ def load_box_prior(config: ml_collections.ConfigDict) -> box_priors.BoxPrior:
     if config.box_prior_from:
         records = [r for path in config.box_prior_from for r in shards.read_records(path, "train")]
     else:
-        records = phantom.phantom_records(config.phantom_prior_images, seed=0, image_size=64)
+        preset = builtin.phantom_config(config.phantom_prior)
+        records = phantom.phantom_records(
+            config.phantom_prior_images,
+            preset.seed,
+            preset.image_size,
+            class_probs=preset.class_probs,
+            devices=tuple(preset.devices) or None,
+            split_fractions=tuple(preset.split_fractions),
+            label_map=preset.label_map,
+        )
+        records = [r for r in records if r["split"] == "train"]
     try:
-        return box_priors.fit_box_prior(list(records), bandwidth=config.box_bandwidth)
+        return box_priors.fit_box_prior(records, bandwidth=config.box_bandwidth)
     except ValueError as e:
         raise job.JobError(f"box prior: {e}") from e
 
@@ -41,6 +51,8 @@ def build_app(config: ml_collections.ConfigDict, workdir: str) -> server.App:
         raise job.JobError(
             "no generator to serve: pass --config.generator=EXPORT_DIR (pretrain's export/)"
         )
+    if pathlib.Path(config.generator) == foundation.SHIPPED:
+        foundation.shipped_dir()  # a missing shipped model says how to get it back
     try:
         studio_ = studio.Studio(
             config.generator,
