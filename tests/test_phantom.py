@@ -314,9 +314,10 @@ def test_dcis_mostly_forms_masses_and_benign_lesions_are_mostly_solid(early):
 
 
 def test_dcis_lesions_are_hypoechoic_and_calcifications_are_visible(early):
-    """Read off the pixels: a DCIS mass is darker than the ring of tissue around it, and
-    echogenic foci make the brightest pixels of a lesion brighter than in one without them."""
-    contrast, peak = [], collections.defaultdict(list)
+    """Read off the pixels: a DCIS mass is darker than the ring of tissue around it, markedly
+    hypoechoic lesions are darker than mildly hypoechoic ones, and echogenic foci make the
+    brightest pixels of a lesion brighter than in one without them."""
+    contrast, peak, level = [], collections.defaultdict(list), collections.defaultdict(list)
     for image, mask, pathology, birads in zip(
         early["image"], early["mask"], early["pathology"], early["birads"], strict=True
     ):
@@ -327,7 +328,9 @@ def test_dcis_lesions_are_hypoechoic_and_calcifications_are_visible(early):
             contrast.append(x[ring].mean() - x[inside].mean())
         if inside.sum() > 20 and birads["echo_pattern"] == "hypoechoic":
             peak[birads["calcifications"] != "none"].append(np.percentile(x[inside], 95))
+            level[birads["marked_hypoechogenicity"]].append(np.median(x[inside]))
     assert np.median(contrast) > 10
+    assert np.median(level[True]) < np.median(level[False]) - 10
     assert np.median(peak[True]) > np.median(peak[False]) + 10
 
 

@@ -14,6 +14,20 @@ systems", 1999; Szabo, "Diagnostic Ultrasound Imaging", ch. 8-10):
 Fully developed speckle therefore has a Rayleigh envelope (mean/std = 1.91 before compression),
 and the scanners of `PHANTOM_DEVICES` differ in speckle size, dynamic range, gain and field of view.
 
+Presentations (`phantom_lesions`) follow the ultrasound literature, so benign lesions and DCIS
+overlap as in clinic: benign lesions are mostly fibroadenoma-like solid oval circumscribed masses
+(some gently macrolobulated, with a thin capsule), then cysts with posterior enhancement and a few
+non-mass areas; DCIS is mostly a hypoechoic mass with microlobulated or indistinct margins, also a
+non-mass hypoechoic area or ductal change, with echogenic foci (calcifications) in about half.
+Artifacts of any class (`phantom_tissue`): reverberation of the skin line, refraction shadows
+below Cooper's ligaments, edge shadows beside smooth masses; posterior enhancement and shadowing
+come from the lesion's attenuation through the imaging physics. The latent malignancy score
+comes from the same descriptors that shape the image, plus reader noise.
+
+Difficulty: the overlap was tuned, on a validation split, so that a CNN trained on plentiful
+phantom data separates benign from DCIS near AUC 0.85 at 32 px (the classifier job on the
+`configs/phantom.py:benign_dcis` preset; runs and numbers in BENCHMARKS.md, "Phantom difficulty").
+
 Samples are drawn in fixed chunks of `CHUNK`, each from `np.random.default_rng([seed, chunk])`, so
 sample i is the same however many samples are generated. Default class mix (DEFAULT_CLASS_PROBS):
 normal 0.2, benign 0.4, malignant 0.25, DCIS 0.15. About one patient in eight has two images
