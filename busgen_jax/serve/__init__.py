@@ -28,17 +28,17 @@ def load_box_prior(config: ml_collections.ConfigDict) -> box_priors.BoxPrior:
     if config.box_prior_from:
         records = [r for path in config.box_prior_from for r in shards.read_records(path, "train")]
     else:
+        # A sample of the preset's images (all devices, every split): its class mix and labels.
         preset = builtin.phantom_config(config.phantom_prior)
-        records = phantom.phantom_records(
-            config.phantom_prior_images,
-            preset.seed,
-            preset.image_size,
-            class_probs=preset.class_probs,
-            devices=tuple(preset.devices) or None,
-            split_fractions=tuple(preset.split_fractions),
-            label_map=preset.label_map,
+        records = list(
+            phantom.phantom_records(
+                config.phantom_prior_images,
+                preset.seed,
+                preset.image_size,
+                class_probs=preset.class_probs,
+                label_map=preset.label_map,
+            )
         )
-        records = [r for r in records if r["split"] == "train"]
     try:
         return box_priors.fit_box_prior(records, bandwidth=config.box_bandwidth)
     except ValueError as e:
