@@ -10,7 +10,9 @@ PYTEST_ARGS ?=
 export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/.cache/jax
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0
 
-.PHONY: demo test test-fast lint bench clean
+FOUNDATION ?= workdir/foundation
+
+.PHONY: demo test test-fast lint bench clean foundation
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +34,19 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check busgen_jax tests configs benchmarks launch
 	$(BIN)/ruff format --check busgen_jax tests configs benchmarks launch
+
+# Rebuilds the shipped phantom foundation model (busgen_jax/assets/phantom_foundation) from
+# scratch: corpus (cached), pretraining (resumable: rerun after an interruption), sampler
+# measurements for the model card, then the copy into the package with checksums.
+foundation: $(STAMP)
+	start=$$(date +%s) && $(BIN)/busgen pretrain --config=configs/pretrain.py:phantom_foundation \
+		--workdir=$(FOUNDATION)/pretrain && echo $$(( $$(date +%s) - start )) > $(FOUNDATION)/seconds
+	$(BIN)/python -m benchmarks.foundation_quality --generator=$(FOUNDATION)/pretrain/export \
+		--facts=$(FOUNDATION)/facts.json --grid=$(FOUNDATION)/samples.png
+	$(BIN)/python -m busgen_jax.foundation --export=$(FOUNDATION)/pretrain/export \
+		--card_facts=$(FOUNDATION)/facts.json --grid=$(FOUNDATION)/samples.png \
+		--sampling_preset=phantom_foundation --pretrain_workdir=$(FOUNDATION)/pretrain \
+		--train_seconds=$$(cat $(FOUNDATION)/seconds)
 
 bench: $(STAMP)
 	for module in phantom_throughput pipeline_throughput sampler_quality; do \

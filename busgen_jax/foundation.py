@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pathlib
 import shutil
 from collections.abc import Sequence
@@ -166,6 +167,28 @@ def ship(
     return destination
 
 
+def training_facts(pretrain_workdir: str, train_seconds: float) -> dict:
+    """Steps trained (newest checkpoint), wall time, machine and commit, for the model card."""
+    import platform
+    import subprocess
+
+    facts = {
+        "reproduce with": "make foundation (see busgen_jax/foundation.py)",
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
+    }
+    if pretrain_workdir:
+        steps = [int(p.name) for p in (pathlib.Path(pretrain_workdir) / "checkpoints").iterdir()
+                 if p.name.isdigit()]  # fmt: skip
+        facts["steps trained"] = max(steps, default=0)
+    if train_seconds:
+        facts["training wall time"] = f"{train_seconds / 60:.0f} min"
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ASSETS.parent
+    ).stdout.strip()
+    facts["commit"] = commit or "unknown"
+    return facts
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import argparse
 
@@ -175,8 +198,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--destination", default=str(SHIPPED))
     parser.add_argument("--grid", default="", help="sample grid PNG to ship beside the card")
     parser.add_argument("--sampling_preset", default="", help="sampling the spec names")
+    parser.add_argument("--pretrain_workdir", default="", help="for the card: steps trained")
+    parser.add_argument("--train_seconds", type=float, default=0.0, help="for the card")
     args = parser.parse_args(argv)
     facts = json.loads(pathlib.Path(args.card_facts).read_text()) if args.card_facts else {}
+    facts.setdefault("training", {}).update(
+        training_facts(args.pretrain_workdir, args.train_seconds)
+    )
     extra = [args.grid] if args.grid else []
     if args.grid:
         facts["grid"] = pathlib.Path(args.grid).name

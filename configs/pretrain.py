@@ -102,7 +102,7 @@ def _phantom_foundation(config: ml_collections.ConfigDict) -> None:
     """
     config.model.update(
         image_size=32,
-        base_channels=24,
+        base_channels=16,
         channel_mults=(1, 2, 2),
         num_res_blocks=1,
         attention_levels=(2,),
@@ -118,16 +118,16 @@ def _phantom_foundation(config: ml_collections.ConfigDict) -> None:
         image_size=32,
         class_names=list(FOUNDATION_CLASSES),
         device_names=list(phantom.PHANTOM_DEVICES),
-        batch_size=32,
+        batch_size=16,
         balance_classes=True,
     )
     config.diffusion.prediction = "v"
     config.data.paths = (builtin.phantom_path("foundation"),)
     config.sampling_preset = "phantom_foundation"
-    config.train.update(steps=1500, learning_rate=1e-3, warmup_steps=100, ema_decay=0.998)
+    config.train.update(steps=3000, learning_rate=1e-3, warmup_steps=100, ema_decay=0.995)
     config.checkpoint.update(every_steps=200, max_to_keep=2)
     config.log_every_steps = 50
-    config.sample.update(every_steps=750, per_class=4, sampler="ddpm", steps=50)
+    config.sample.update(every_steps=1500, per_class=4, sampler="ddpm", steps=50)
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
