@@ -114,7 +114,7 @@ def test_planted_copies_are_rejected_and_resampled(inputs, tmp_path, monkeypatch
 
 
 def test_unknown_class_is_a_clear_error(inputs, tmp_path):
-    with pytest.raises(ValueError, match=r"classes \['lymphoma'\] not known"):
+    with pytest.raises(job.JobError, match=r"classes \['lymphoma'\] not known"):
         synthesize.run(_config(inputs, classes={"lymphoma": 1.0}), str(tmp_path))
 
 
