@@ -26,7 +26,9 @@ def test_tiny_demo_runs_every_stage_and_writes_the_report(tmp_path):
                     "SIMULATED reader study", "Generative fidelity", "Data scaling"):  # fmt: skip
         assert heading in html
     results = json.loads((tmp_path / "evaluation" / "results.json").read_text())
-    assert set(results["models"]) == {"real", "synthetic", "mixed"}
+    # The full regime's real classifier, the few-shot regime's (the adapter's k-shot images), and
+    # the synthetic and mixed ones.
+    assert set(results["models"]) == {"real", "fewshot", "synthetic", "mixed"}
     assert html.count("data:image/png;base64") >= 8
     # Started again, it finds every stage done and only rebuilds the report.
     again = subprocess.run(
