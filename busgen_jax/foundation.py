@@ -23,7 +23,6 @@ quality numbers).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
@@ -31,6 +30,7 @@ import shutil
 from collections.abc import Sequence
 
 from busgen_jax import job
+from busgen_jax.data import shards
 
 ASSETS = pathlib.Path(__file__).parent / "assets"
 SHIPPED = ASSETS / "phantom_foundation"
@@ -52,14 +52,6 @@ def shipped_dir() -> pathlib.Path:
     return SHIPPED
 
 
-def _sha256(path: pathlib.Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _covered_files(directory: pathlib.Path) -> list[pathlib.Path]:
     """Every file that makes up the generator: all but the checksum file and the card."""
     return sorted(
@@ -71,7 +63,9 @@ def _covered_files(directory: pathlib.Path) -> list[pathlib.Path]:
 
 def write_checksums(directory: pathlib.Path) -> pathlib.Path:
     """Writes `sha256  relative/path` lines (the `sha256sum -c` format) for the generator."""
-    lines = [f"{_sha256(p)}  {p.relative_to(directory)}" for p in _covered_files(directory)]
+    lines = [
+        f"{shards.file_sha256(p)}  {p.relative_to(directory)}" for p in _covered_files(directory)
+    ]
     out = directory / CHECKSUMS
     out.write_text("\n".join(lines) + "\n")
     return out
@@ -91,7 +85,7 @@ def verify_checksums(directory: str | pathlib.Path) -> None:
             raise ChecksumError(f"{where}: missing (listed in {CHECKSUMS})")
         if name not in recorded:
             raise ChecksumError(f"{where}: not listed in {directory / CHECKSUMS}")
-        if _sha256(present[name]) != recorded[name]:
+        if shards.file_sha256(present[name]) != recorded[name]:
             raise ChecksumError(
                 f"{where}: SHA-256 differs from {directory / CHECKSUMS}; the generator files "
                 "are damaged or were edited (reinstall, or rebuild with `make foundation`)"

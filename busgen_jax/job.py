@@ -173,8 +173,11 @@ def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config
             _fail(e)
         _log_to_stderr()
         maybe_initialize_distributed()
-        # Built-in phantom paths (`phantom:PRESET`) become cached datasets, once, here.
-        config = builtin.resolve_config(config)
+        try:
+            # Built-in phantom paths (`phantom:PRESET`) become cached datasets, once, here.
+            config = builtin.resolve_config(config)
+        except (JobError, ValueError, OSError) as e:
+            _fail(e)
         _run_in_workdir(run, config, workdir_flag.value, allow_flag.value)
 
     return main

@@ -47,6 +47,9 @@ SAFE_FIELDS = (
     "*mesh",
     "*mesh.*",
     "*finalize_timeout_s",
+    # Where `busgen serve` listens changes no output.
+    "host",
+    "port",
 )
 # Secrets are fingerprinted by their hash, never written down.
 _SECRET_FIELDS = ("*salt",)

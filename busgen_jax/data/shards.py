@@ -34,7 +34,8 @@ class DatasetError(ValueError):
     """A dataset on disk is missing, incomplete or inconsistent; the message names the file."""
 
 
-def _sha256(path: pathlib.Path) -> str:
+def file_sha256(path: pathlib.Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -95,7 +96,7 @@ def write_shard(payloads: Iterable[bytes], path: str | os.PathLike) -> dict[str,
             reason = error.strerror if isinstance(error, OSError) else str(error).split(";")[0]
             raise DatasetError(f"{path}: cannot write shard ({reason})") from error
         raise
-    return {"file": path.name, "num_records": count, "sha256": _sha256(path)}
+    return {"file": path.name, "num_records": count, "sha256": file_sha256(path)}
 
 
 def _summary(records_meta: list[dict[str, str]]) -> dict[str, Any]:
@@ -277,7 +278,7 @@ def verify_dataset(dataset_dir: str | os.PathLike) -> dict[str, Any]:
     manifest = read_manifest(dataset_dir)
     for split, info in manifest["splits"].items():
         for shard, path in zip(info["shards"], shard_paths(dataset_dir, split), strict=True):
-            if _sha256(pathlib.Path(path)) != shard["sha256"]:
+            if file_sha256(pathlib.Path(path)) != shard["sha256"]:
                 raise DatasetError(f"{path}: checksum does not match the manifest")
             reader = ArrayRecordReader(path)
             count = reader.num_records()
