@@ -89,6 +89,15 @@ def sample_like(model, spec, conditions, sampler, steps, skip, batch_size, seed)
     return np.concatenate(out)[:count, ..., 0], rate
 
 
+def choose(results: dict) -> str:
+    """Quality per second: among samplers with <= 1% failed samples, the fastest whose FD is
+    within 5% of the lowest (FD differences below that are within a run's noise at N = 256)."""
+    sound = {k: v for k, v in results.items() if v["failed"] <= 0.01} or results
+    best_fd = min(v["fd_ratio"] for v in sound.values())
+    close = [k for k, v in sound.items() if v["fd_ratio"] <= 1.05 * best_fd]
+    return max(close, key=lambda k: sound[k]["images_per_s"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--generator", default=str(foundation.SHIPPED))
@@ -165,10 +174,10 @@ def main() -> None:
         f"{real_class_acc:.2f}, device {real_device_acc:.2f}; failure limit {limit:.3f}",
     )
     if args.facts:
-        best = min(results, key=lambda k: (results[k]["failed"] > 0.01, results[k]["fd_ratio"]))
+        best = choose(results)
         facts = {
             "quality": {
-                "chosen sampler (fewest failures, then lowest FD)": best,
+                "chosen sampler (the fastest with <= 1% failures and FD within 5% of the best)": best,
                 "failed samples": f"{results[best]['failed']:.1%}",
                 "oracle class accuracy": results[best]["class_accuracy"],
                 "oracle device accuracy": round(results[best]["device_accuracy"], 3),
@@ -184,7 +193,7 @@ def main() -> None:
         }
         pathlib.Path(args.facts).write_text(json.dumps(facts, indent=1))
     if args.grid:
-        best = min(results, key=lambda k: (results[k]["failed"] > 0.01, results[k]["fd_ratio"]))
+        best = choose(results)
         images = results[best]["images"]
         cells: dict[tuple[str, str], list[np.ndarray]] = {}
         for k in range(len(images)):

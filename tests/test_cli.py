@@ -66,6 +66,8 @@ def test_every_job_explains_its_flags(job):
                 "--config=configs/synthesize.py:tiny",
                 "--workdir=/tmp/x",
                 "--config.generator=/nowhere",
+                # Not the default built-in corpus, which would be generated before the error.
+                "--config.audit.train_paths=('/data/a',)",
             ),
             "/nowhere",
         ),

@@ -284,10 +284,12 @@ def _synthesize(tmp_path, capsys, *overrides) -> str:
 
 
 def test_synthesis_names_an_empty_generator_and_empty_audit_data(tmp_path, capsys, generator_dir):
-    assert _synthesize(tmp_path, capsys) == "error: " + (
+    # The defaults are the shipped foundation model and its corpus; emptied, each is named.
+    no_audit_data = "--config.audit.train_paths=()"
+    assert _synthesize(tmp_path, capsys, "--config.generator=", no_audit_data) == "error: " + (
         "config.generator is empty (an exported generator, e.g. RUN/export)"
     )
-    err = _synthesize(tmp_path, capsys, f"--config.generator={generator_dir}")
+    err = _synthesize(tmp_path, capsys, f"--config.generator={generator_dir}", no_audit_data)
     assert err.startswith("error: config.audit.train_paths is empty"), err
 
 
