@@ -27,10 +27,8 @@ comes from the same descriptors that shape the image, plus reader noise.
 Difficulty, measured (BENCHMARKS.md, "Phantom difficulty"): the classifier job (default ResNet,
 32 px, 1,200 steps) trained on the 4,174 training images of `configs/phantom.py:benign_dcis`
 separates benign from DCIS at test AUC 0.706 (DeLong 95% CI 0.677-0.735, 1,197 cases) with the
-simulator of commit 10dea58 and 0.747 (0.720-0.775) one tuning step later; the overlap was then
-reduced once more (this version, aiming at 0.80-0.90); its run, slowed by the shared CPU, was
-scored at step 400 of 1,200: val AUC 0.715 (0.676-0.755), above the full runs of the two earlier
-versions (val 0.676 and 0.701), but the 0.80-0.90 target is not yet shown by a finished run.
+simulator of commit 10dea58, and this version at test AUC 0.787 (0.761-0.812): just below the
+0.80-0.90 range the simulator aims at.
 
 Samples are drawn in fixed chunks of `CHUNK`, each from `np.random.default_rng([seed, chunk])`, so
 sample i is the same however many samples are generated. Default class mix (DEFAULT_CLASS_PROBS):
