@@ -342,23 +342,3 @@ def compare_model_to_readers(
         mcnemar_method=comparisons[0].mcnemar_at_spec.method,
         simulated=study.simulated,
     )
-
-
-def simulate_reader_study(
-    truth: Any,
-    latent_score: Any,
-    *,
-    n_readers: int,
-    seed: int,
-    modalities: Sequence[str] | None = None,
-    case_ids: Sequence[str] | None = None,
-) -> ReaderStudy:
-    """A simulated BI-RADS panel whose case difficulty is `latent_score` (the phantom's latent
-    malignancy score): `roe_metz.simulate_panel` with the default breast-US parameters."""
-    # roe_metz builds ReaderStudy objects, so it imports this module, not the other way round.
-    from busgen_jax.evaluation import roe_metz
-
-    return roe_metz.simulate_panel(
-        truth, n_readers=n_readers, seed=seed, modalities=modalities, case_ids=case_ids,
-        case_score=latent_score,
-    )  # fmt: skip
