@@ -165,10 +165,10 @@ def test_mcnemar_exact_hand_worked():
     # 1 case right only by a, 6 only by b, 3 concordant: p = 2 * P(X <= 1 | 7, 1/2) = 16/128.
     a = np.array([1, 0, 0, 0, 0, 0, 0, 1, 1, 0])
     b = np.array([0, 1, 1, 1, 1, 1, 1, 1, 1, 0])
-    result = statistics.mcnemar_exact(a, b)
+    result = statistics.mcnemar(a, b)
     assert (result.only_a, result.only_b) == (1, 6)
     assert result.p_value == pytest.approx(16 / 128)
-    assert statistics.mcnemar_exact(a, a).p_value == 1.0
+    assert statistics.mcnemar(a, a).p_value == 1.0
 
 
 def test_bootstrap_ci_seeded_and_stratified():
@@ -228,9 +228,9 @@ def test_undefined_auc_standard_error_gives_no_interval():
         (lambda: statistics.binomial_ci(2.7, 10), "'successes' is 2.7"),
         (lambda: statistics.binomial_ci(11, 10), "more than 'n' = 10"),
         (lambda: statistics.binomial_ci(3, -1), "'n' is -1"),
-        (lambda: statistics.mcnemar_exact([[1, 0], [0, 1]], [[1, 1], [0, 0]]), "'correct_a'"),
-        (lambda: statistics.mcnemar_exact(1, 0), "'correct_a' must be a 1-D"),
-        (lambda: statistics.mcnemar_exact([1, 0, 1], [1, 0]), "cover 3 and 2 cases"),
+        (lambda: statistics.mcnemar([[1, 0], [0, 1]], [[1, 1], [0, 0]]), "'correct_a'"),
+        (lambda: statistics.mcnemar(1, 0), "'correct_a' must be a 1-D"),
+        (lambda: statistics.mcnemar([1, 0, 1], [1, 0]), "cover 3 and 2 cases"),
         (lambda: statistics.mcnemar([1, 0], [1, 0], method="yates"), "'method' is 'yates'"),
         (lambda: statistics.roc_auc_ci([1, 0, 1], [[0.1, 0.2, 0.3]] * 2), "'scores' must have 1"),
         (lambda: statistics.roc_auc_ci([1, 0, 1], [[0.1, 0.2], [0.3]]), "'scores' is not a"),

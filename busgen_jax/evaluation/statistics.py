@@ -489,8 +489,3 @@ def mcnemar(correct_a: Any, correct_b: Any, *, method: str = "exact") -> McNemar
     gap = abs(only_a - only_b) - (1.0 if method == "corrected" else 0.0)
     chi2 = max(gap, 0.0) ** 2 / n
     return McNemarResult(only_a, only_b, float(stats.chi2.sf(chi2, 1)), names[method], chi2)
-
-
-def mcnemar_exact(correct_a: Any, correct_b: Any) -> McNemarResult:
-    """`mcnemar(..., method="exact")`."""
-    return mcnemar(correct_a, correct_b, method="exact")
