@@ -222,6 +222,12 @@ def test_undefined_auc_standard_error_gives_no_interval():
     assert np.isnan(result.std_err) and np.isnan(result.ci_low) and np.isnan(result.ci_high)
 
 
+def test_strict_json_nulls_non_finite_values_and_unwraps_numpy_scalars():
+    value = {"n": np.int64(3), "ok": np.bool_(True), "x": [np.nan, np.float32(np.inf), 0.5]}
+    assert statistics.strict_json(value) == {"n": 3, "ok": True, "x": [None, None, 0.5]}
+    json.dumps(statistics.strict_json(value), allow_nan=False)
+
+
 @pytest.mark.parametrize(
     "call, message",
     [

@@ -31,26 +31,22 @@ class Result:
         return _jsonable(dataclasses.asdict(self))
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: Any, strict: bool = False) -> Any:
     if isinstance(value, dict):
-        return {key: _jsonable(item) for key, item in value.items()}
+        return {key: _jsonable(item, strict) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_jsonable(item) for item in value]
+        return [_jsonable(item, strict) for item in value]
     if isinstance(value, np.generic):
-        return value.item()
+        value = value.item()
+    if strict and isinstance(value, float) and not np.isfinite(value):
+        return None
     return value
 
 
 def strict_json(value: Any) -> Any:
-    """`value` for strict JSON: NaN and infinities (an undefined PPV, a degenerate test) become
-    null."""
-    if isinstance(value, dict):
-        return {key: strict_json(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [strict_json(item) for item in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
+    """`value` for strict JSON: numpy scalars become Python ones, and NaN and infinities (an
+    undefined PPV, a degenerate test) become null."""
+    return _jsonable(value, strict=True)
 
 
 @dataclasses.dataclass(frozen=True)
