@@ -43,7 +43,6 @@ from scipy import special, stats
 from busgen_jax.evaluation import fom as fom_lib
 from busgen_jax.evaluation.statistics import Result, check_alpha, check_scores, check_truth
 
-COV_METHODS = fom_lib.COV_METHODS
 FIXED_READER_TESTS = ("chi2", "f")
 
 
