@@ -95,7 +95,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise job.JobError(str(e)) from e
     out = pathlib.Path(workdir) / "reader_study"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(statistics.strict_json(results), indent=2, allow_nan=False))
+    (out / "results.json").write_text(
+        json.dumps(statistics.strict_json(results), indent=2, allow_nan=False)
+    )
     summary = ""
     for name, comparison in (results["modality_comparison"] or {}).items():
         overall = comparison["overall"]["rrrc"]
