@@ -32,11 +32,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     except shards.DatasetError as e:
         raise job.JobError(str(e)) from e
     heldout_sims, _ = audit.search(heldout, train["image"])
-    thresholds = audit.calibrate(heldout_sims, config.quantile)
     overrides = {"ncc": config.threshold, "windowed": config.windowed_threshold}
-    thresholds.update({m: float(v) for m, v in overrides.items() if v is not None})
+    thresholds = audit.calibrate(heldout_sims, config.quantile, overrides=overrides)
     sims, nearest = audit.search(synthetic["image"], train["image"])
-    score = np.max([sims[m] - thresholds[m] for m in audit.MEASURES], axis=0)
+    score = audit.margin(sims, thresholds)
     order = np.argsort(-score, kind="stable")[: config.num_closest]
     closest = [
         {
@@ -63,7 +62,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         candidate_sims=sims,
         heldout_sims=heldout_sims,
         thresholds=thresholds,
-        rejected_count=int(np.sum(audit.flagged(sims, thresholds))),
+        rejected_count=int(np.sum(score > 0)),
         closest=closest,
         private_pictures=private,
     )

@@ -70,6 +70,18 @@ def test_threshold_is_numpy_quantile_of_heldout_nn(train):
         assert threshold == pytest.approx(np.quantile(brute, q), abs=1e-5)
 
 
+def test_calibrate_overrides_a_measure_and_flags_on_either_margin():
+    rng = np.random.default_rng(0)
+    heldout = {m: rng.uniform(0.2, 0.6, 500) for m in audit.MEASURES}
+    thresholds = audit.calibrate(heldout, 0.99, overrides={"ncc": 0.5, "windowed": None})
+    assert thresholds == {"ncc": 0.5, "windowed": np.quantile(heldout["windowed"], 0.99)}
+    sims = {"ncc": np.array([0.4, 0.7, 0.4, 0.5]), "windowed": np.array([0.1, 0.1, 0.9, 0.1])}
+    expected = np.maximum(sims["ncc"] - 0.5, sims["windowed"] - thresholds["windowed"])
+    np.testing.assert_allclose(audit.margin(sims, thresholds), expected)
+    # Equal to a threshold is not above it.
+    assert audit.flagged(sims, thresholds).tolist() == [False, True, True, False]
+
+
 def test_tiny_heldout_set_warns_and_gives_near_maximum(caplog):
     sims = np.linspace(0.1, 0.5, 20)
     with caplog.at_level("WARNING"):

@@ -241,15 +241,27 @@ def search(
 
 
 def calibrate(
-    heldout_sims: Sims, quantile: float = 0.999, *, warn: bool = True
+    heldout_sims: Sims,
+    quantile: float = 0.999,
+    *,
+    overrides: dict[str, float | None] | None = None,
+    warn: bool = True,
 ) -> dict[str, float]:
-    """Per-measure thresholds: the `quantile` of held-out-to-training similarity."""
-    return {m: quantile_threshold(heldout_sims[m], quantile, warn=warn) for m in MEASURES}
+    """Per-measure thresholds: the `quantile` of held-out-to-training similarity, except where
+    `overrides` gives a measure a fixed value (None keeps the calibrated one)."""
+    thresholds = {m: quantile_threshold(heldout_sims[m], quantile, warn=warn) for m in MEASURES}
+    thresholds.update({m: float(v) for m, v in (overrides or {}).items() if v is not None})
+    return thresholds
+
+
+def margin(sims: Sims, thresholds: dict[str, float]) -> np.ndarray:
+    """[N] largest excess of a similarity over its threshold (> 0: flagged); ranks candidates."""
+    return np.max([np.asarray(sims[m]) - thresholds[m] for m in MEASURES], axis=0)
 
 
 def flagged(sims: Sims, thresholds: dict[str, float]) -> np.ndarray:
     """[N] bool: above the threshold of either measure."""
-    return np.logical_or.reduce([np.asarray(sims[m]) > thresholds[m] for m in MEASURES])
+    return margin(sims, thresholds) > 0
 
 
 def memorization_rates(
