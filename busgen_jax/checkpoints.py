@@ -215,8 +215,8 @@ def _read_checksums(manager: ocp.CheckpointManager, step: int) -> dict[str, dict
 
 
 def verify(state: Any, expected: dict[str, dict] | None) -> list[str]:
-    """What is wrong with a restored `state`: leaves whose checksums differ from `expected` or
-    that hold non-finite values (empty when it is good). Agreed on by every process."""
+    """What is wrong with this process's part of a restored `state`: leaves whose checksums
+    differ from `expected` or that hold non-finite values (empty when it is good)."""
     problems = []
     for name, leaf in _leaves(state):
         for key, piece in _host_pieces(leaf).items():
@@ -227,11 +227,17 @@ def verify(state: Any, expected: dict[str, dict] | None) -> list[str]:
                 problems.append(f"{name} has no checksum")
             elif np.issubdtype(piece.dtype, np.inexact) and not np.all(np.isfinite(piece)):
                 problems.append(f"{name} holds non-finite values")
+    return problems
+
+
+def _agree(problems: list[str]) -> list[str]:
+    """This process's `problems` with a step, or a stand-in when only another process found
+    some: one process's bad shard makes the step bad for all, so every process restores alike.
+    A collective: every process calls it once per step tried, whatever its restore did."""
     if jax.process_count() > 1:
-        # One process's bad shard makes the step bad for all, so every process restores alike.
         flags = multihost_utils.process_allgather(np.asarray(len(problems), np.int32))
         if np.any(flags) and not problems:
-            problems.append("another process found its part of this step bad")
+            return ["another process found its part of this step bad"]
     return problems
 
 
@@ -286,6 +292,9 @@ def restore_latest(
             problems = verify(restored.state, expected)
         except Exception as error:  # noqa: BLE001 - any failure means "this step is unreadable"
             problems = [f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"]
+        # Outside the try: a process whose restore raised must still join the others' verdict,
+        # or they would wait for it forever.
+        problems = _agree(problems)
         if problems:
             logging.warning(
                 "Checkpoint step %d in %s cannot be restored (%s); trying an older one.",

@@ -111,6 +111,19 @@ def test_all_corrupt_raises_instead_of_reinitializing(tmp_path):
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir() if p.name.isdigit()) == ["1", "2"]
 
 
+def test_every_step_tried_is_agreed_on_even_when_its_restore_raises(tmp_path, monkeypatch):
+    # Across processes the verdict on a step is a collective: a process whose restore raised
+    # must still take part, or the processes whose restore worked wait for it forever.
+    _save_steps(tmp_path / "ckpt", [1, 2])
+    victim = _largest_file(tmp_path / "ckpt" / "2")
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
+    verdicts = []
+    agree = checkpoints._agree
+    monkeypatch.setattr(checkpoints, "_agree", lambda p: verdicts.append(list(p)) or agree(p))
+    assert _restore(tmp_path / "ckpt")[1][1] == 1
+    assert len(verdicts) == 2 and verdicts[0] and verdicts[1] == []
+
+
 def _overwrite_middle(path: pathlib.Path, size: int, seed: int) -> None:
     """Random bytes over the middle of `path`, keeping its size (damage that may still decode)."""
     data = bytearray(path.read_bytes())
