@@ -1,8 +1,8 @@
 """Headless Chromium for the browser tests: Debian's package, installed when missing.
 
-CI runs as root on a fresh Debian machine, so the first browser test installs `chromium` (and
-`chromium-driver`) with apt; playwright then drives that binary (its own browser downloads
-cannot be fetched here).
+CI runs as root on a fresh Debian machine, so the first browser test installs `chromium` with
+apt; playwright then drives that binary over its own protocol (no chromedriver; its own browser
+downloads cannot be fetched here).
 """
 
 from __future__ import annotations
@@ -12,7 +12,9 @@ import os
 import shutil
 import subprocess
 
-PACKAGES = ("chromium", "chromium-driver")
+PACKAGES = ("chromium",)
+# A fresh machine may still be running its first unattended upgrade: wait for dpkg's lock.
+DPKG_LOCK_WAIT_S = 600
 LOCK = "/tmp/busgen-chromium-install.lock"
 
 
@@ -33,11 +35,14 @@ def chromium_path() -> str:
 def _apt_install() -> None:
     if os.geteuid() != 0:
         raise RuntimeError(
-            "the browser tests need Debian's chromium: run `apt-get install -y chromium "
-            "chromium-driver` as root (the tests install it themselves when run as root)"
+            "the browser tests need Debian's chromium: run `apt-get install -y chromium` as "
+            "root (the tests install it themselves when run as root)"
         )
+    if shutil.which("apt-get") is None:
+        raise RuntimeError("the browser tests need a `chromium` on PATH (no apt-get to install it)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for args in (["update", "-qq"], ["install", "-y", "-qq", *PACKAGES]):
+    wait = ["-o", f"DPkg::Lock::Timeout={DPKG_LOCK_WAIT_S}"]
+    for args in ([*wait, "update", "-qq"], [*wait, "install", "-y", "-qq", *PACKAGES]):
         result = subprocess.run(["apt-get", *args], env=env, capture_output=True, text=True)
         if result.returncode:
             raise RuntimeError(f"apt-get {' '.join(args)} failed:\n{result.stderr[-2000:]}")
