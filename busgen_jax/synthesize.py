@@ -407,29 +407,14 @@ def write_audit(out_dir: pathlib.Path, ctx: dict[str, Any], done: list[dict]) ->
 
 def _membership(ctx: dict[str, Any]) -> dict[str, Any]:
     """Loss-based membership inference: the generator's training split against held-out."""
-    spec, draws = ctx["spec"], ctx["config"].audit.membership_draws
-    losses = []
-    for split in (ctx["reference"]["train"], ctx["reference"]["heldout"]):
-        # A device the generator does not know gets the null condition.
-        device_ids = np.asarray(
-            [
-                spec.device_names.index(d) + 1 if d in spec.device_names else 0
-                for d in split["device"]
-            ]
-        )
-        losses.append(
-            membership.per_image_losses(
-                ctx["model"],
-                spec,
-                split["image"],
-                split["class_id"],
-                device_ids,
-                split["box_mask"],
-                num_draws=draws,
-                seed=ctx["config"].seed,
-            )
-        )
-    return membership.loss_attack(*losses)
+    return membership.attack(
+        ctx["model"],
+        ctx["spec"],
+        ctx["reference"]["train"],
+        ctx["reference"]["heldout"],
+        num_draws=ctx["config"].audit.membership_draws,
+        seed=ctx["config"].seed,
+    )
 
 
 def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -1,11 +1,15 @@
-"""`busgen audit` finds planted copies in a dataset and passes independent images."""
+"""`busgen audit` finds planted copies in a dataset, passes independent images, and attacks the
+generator with membership inference when it is given."""
 
 import json
 
-from generator_fixtures import phantom_dataset
+import pytest
+from generator_fixtures import phantom_dataset, tiny_generator
 
 from busgen_jax import audit_job, job
+from busgen_jax import generator as generator_lib
 from busgen_jax.data import pipeline
+from busgen_jax.privacy import membership
 
 
 def _config(synthetic, train):
@@ -43,6 +47,40 @@ def test_independent_images_mostly_pass(tmp_path):
     assert not report["memorization_test"]["copying"]
     assert report["private_pictures"] is None
     assert not (tmp_path / "independent" / "private_audit").exists()
+    assert report["membership_inference"] is None  # no generator given: no attack
+
+
+def test_membership_inference_attacks_the_given_generator(tmp_path, capsys):
+    data = phantom_dataset(tmp_path / "data", num=48)
+    config = _config(data, data)
+    config.generator = str(tiny_generator(tmp_path / "gen"))
+    config.membership_draws = 2
+    report = audit_job.run(config, str(tmp_path / "mia"))
+    result = report["membership_inference"]
+    # The generator's training split against the held-out split, each image under its own
+    # condition at the generator's size and classes: the same numbers as the attack run directly.
+    model, spec = generator_lib.load_generator(config.generator)
+    members, others = (
+        pipeline.load_split([str(data)], split, spec.image_size, spec.class_names)
+        for split in ("train", "test")
+    )
+    expected = membership.attack(model, spec, members, others, num_draws=2, seed=0)
+    assert result["num_members"] == len(members["image"]) > 0
+    assert result["num_nonmembers"] == len(others["image"]) > 0
+    assert result["auc"] == pytest.approx(expected["auc"])
+    assert result["tpr_at_1pct_fpr"] == pytest.approx(expected["tpr_at_1pct_fpr"])
+    assert result["num_draws"] == 2
+    on_disk = json.loads((tmp_path / "mia" / "audit" / "audit.json").read_text())
+    assert on_disk["membership_inference"] == result
+    assert f"membership inference: AUC {result['auc']:.3f}" in capsys.readouterr().out
+
+
+def test_an_adapter_without_its_generator_is_one_clear_error(tmp_path):
+    data = phantom_dataset(tmp_path / "data", num=16)
+    config = _config(data, data)
+    config.adapter = str(tmp_path / "adapter")
+    with pytest.raises(job.JobError, match="config.generator"):
+        audit_job.run(config, str(tmp_path / "out"))
 
 
 def test_missing_inputs_are_one_clear_error(tmp_path, capsys):

@@ -11,6 +11,7 @@ false-positive rate (Carlini et al. 2022's low-FPR metric).
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -99,3 +100,41 @@ def loss_attack(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> dict
         "member_loss_mean": float(np.mean(member_losses)),
         "nonmember_loss_mean": float(np.mean(nonmember_losses)),
     }
+
+
+def device_ids(spec: Any, devices: Sequence[str]) -> np.ndarray:
+    """The generator's device id of each name; a device it does not know gets 0 (null)."""
+    return np.asarray(
+        [spec.device_names.index(d) + 1 if d in spec.device_names else 0 for d in devices]
+    )
+
+
+def attack(
+    model: nnx.Module,
+    spec: Any,
+    members: dict[str, Any],
+    nonmembers: dict[str, Any],
+    *,
+    num_draws: int = 16,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """`loss_attack` of the generator's training images against held-out real images.
+
+    `members` and `nonmembers` are splits as `pipeline.load_split` returns them, loaded at the
+    generator's image size with its class names (so `class_id` is the generator's), each image
+    scored under its own class, device and box mask.
+    """
+    losses = [
+        per_image_losses(
+            model,
+            spec,
+            split["image"],
+            split["class_id"],
+            device_ids(spec, split["device"]),
+            split["box_mask"],
+            num_draws=num_draws,
+            seed=seed,
+        )
+        for split in (members, nonmembers)
+    ]
+    return {**loss_attack(*losses), "num_draws": int(num_draws)}
