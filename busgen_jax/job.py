@@ -195,12 +195,22 @@ def _run_in_workdir(run: Callable, config, workdir: str, allow_config_change: bo
     """`run(config, workdir)` holding the workdir, with user errors as one line."""
     name = _job_name(run)
     writer = _is_writer()
+    # Every process of a multi-host job learns whether any of them found the workdir unusable
+    # (only process 0 locks it), so that all stop with the one line instead of the rest waiting.
+    agree = workdir_lib.agree if os.environ.get(DISTRIBUTED_ENV) == "1" else lambda error: None
     try:
-        before = {p.name for p in workdir_lib.check_writable(workdir).iterdir()}
-        with workdir_lib.lock(workdir, name) if writer else contextlib.nullcontext():
-            first = workdir_lib.check_config(
-                workdir, name, config, allow_safe_changes=allow_config_change, write=writer
-            )
+        with contextlib.ExitStack() as held:
+            try:
+                before = {p.name for p in workdir_lib.check_writable(workdir).iterdir()}
+                if writer:
+                    held.enter_context(workdir_lib.lock(workdir, name))
+                first = workdir_lib.check_config(
+                    workdir, name, config, allow_safe_changes=allow_config_change, write=writer
+                )
+            except Exception as error:
+                agree(error)
+                raise
+            agree(None)
             try:
                 run(config, workdir)
             except BaseException:

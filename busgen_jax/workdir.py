@@ -7,8 +7,9 @@ reads or writes anything else there. Both live in `WORKDIR/.busgen/`:
   lock                   host, pid and job of the holder while a job runs. The lock is a
                          kernel `flock`, so a crashed holder (SIGKILL, power loss of a local
                          disk) releases it by itself; the file left behind is only a label.
-                         Where a filesystem has no `flock` (some FUSE mounts), an exclusive
-                         create with a liveness check of the recorded pid stands in.
+                         Where a filesystem has no `flock` (some FUSE mounts), the label itself
+                         is the lock: a job claims it when it is empty or names a pid of this
+                         host that is gone, and empties it when it ends.
   <job>.config.json      the fields of the config that fix the job's output, written when the
                          job first starts. A restart whose config differs stops with one line
                          naming the changed fields; `--allow_config_change` accepts changes of
@@ -112,6 +113,7 @@ def lock(workdir: str | os.PathLike, job: str) -> Iterator[None]:
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "job": job, "since": time.time()}
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    held = False
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -132,14 +134,54 @@ def lock(workdir: str | os.PathLike, job: str) -> Iterator[None]:
                 workdir,
                 _describe(previous),
             )
+        held = True
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode(), 0)
+        logging.info("%s: locked by '%s' on host %s, pid %d", workdir, job, me["host"], me["pid"])
         yield
     finally:
-        # An empty file marks a clean release; the flock goes with the descriptor.
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, 0)
+        # An empty file marks a clean release; the flock goes with the descriptor. A job that
+        # was refused leaves the holder's label (and, without flock, its claim) as it found it.
+        if held:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
         os.close(fd)
+
+
+_VERDICT_BYTES = 2048
+
+
+def agree(error: BaseException | None) -> None:
+    """Shares one process's verdict on the workdir with every process of a multi-host job.
+
+    Only process 0 takes the lock, and any process may find the workdir unusable; a process
+    that stopped alone would leave the others waiting in their first collective. So every
+    process calls this once, after its checks and before the job starts, with the error it
+    met (or None): each learns of the others', and one that met none raises the first one
+    met, naming the process that met it. A collective; a no-op in a single-process job.
+
+    Raises:
+      WorkdirError: `error` is None and another process met one.
+    """
+    import jax  # only multi-host jobs get here; the workdir checks themselves need no JAX
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return
+    mine = np.zeros(_VERDICT_BYTES, np.uint8)
+    if error is not None:
+        text = (str(error).strip().splitlines() or [type(error).__name__])[-1]
+        encoded = text.encode()[:_VERDICT_BYTES]
+        mine[: len(encoded)] = np.frombuffer(encoded, np.uint8)
+        mine[0] = mine[0] or ord("?")  # an error never reads as "none"
+    verdicts = np.asarray(multihost_utils.process_allgather(mine))
+    if error is not None:
+        return
+    for index, verdict in enumerate(verdicts):
+        if verdict[0]:
+            text = bytes(verdict).rstrip(b"\0").decode(errors="replace")
+            raise WorkdirError(f"{text} (met by process {index} of this job)")
 
 
 def _claim_without_flock(path: pathlib.Path, workdir, me: dict[str, Any]) -> None:

@@ -1,13 +1,19 @@
 """Two JAX processes on localhost train exactly as one process with the same two devices.
 
 Each process reads its own block of every global batch (`pipeline.ProcessBatchSlice`), the mesh
-spans both processes' devices, and orbax writes one checkpoint collectively.
+spans both processes' devices, and orbax writes one checkpoint collectively. Process 0 alone
+holds the workdir's lock, and when another job holds it, both processes stop with its one line.
+
+No assertion races the clock: the processes' logs say who locked the workdir, and every wait is
+bounded (generous, for compiling on a busy 2-core machine), killing the processes when it ends.
 """
 
 import os
+import pathlib
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -15,7 +21,12 @@ import orbax.checkpoint as ocp
 import pytest
 from generator_fixtures import phantom_dataset
 
+from busgen_jax import workdir as workdir_lib
+
 STEPS = 3
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TIMEOUT_S = 900  # per run of one or two processes; a run takes 1-2 minutes on an idle machine
+GRACE_S = 180  # for a process to stop by itself after its partner failed
 
 
 def _free_port() -> int:
@@ -33,6 +44,50 @@ def _command(data_dir, workdir) -> list[str]:
     ]  # fmt: skip
 
 
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+
+
+def _two_processes(command: list[str], logs: pathlib.Path) -> tuple[list[int], list[str]]:
+    """Runs `command` as processes 0 and 1 of one job: their exit codes and stderr.
+
+    Both are killed if either is still running after TIMEOUT_S, or GRACE_S after the other
+    failed, so a hung process fails this test (killed: a negative code) instead of the run.
+    """
+    port = _free_port()
+    logs.mkdir(parents=True, exist_ok=True)
+    workers, files = [], []
+    try:
+        for index in range(2):
+            files.append(open(logs / f"process_{index}.stderr", "w+"))  # noqa: SIM115
+            env = {
+                **_env(),
+                "BUSGEN_DISTRIBUTED": "1",
+                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": str(index),
+            }
+            workers.append(
+                subprocess.Popen(command, cwd=ROOT, env=env, stdout=files[-1], stderr=files[-1])
+            )
+        deadline = time.monotonic() + TIMEOUT_S
+        while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
+            if any(w.poll() for w in workers):  # one failed: the rest get a grace period
+                deadline = min(deadline, time.monotonic() + GRACE_S)
+            time.sleep(0.5)
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+            worker.wait()
+        errs = []
+        for file in files:
+            file.seek(0)
+            errs.append(file.read())
+            file.close()
+    return [worker.returncode for worker in workers], errs
+
+
 def _export(workdir):
     """The exported params, restored onto this (one-device) process whatever their saved layout."""
     path = workdir / "export" / "params"
@@ -48,29 +103,55 @@ def _export(workdir):
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
     data = phantom_dataset(tmp_path / "data", num=48)
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    single = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    subprocess.run(_command(data, tmp_path / "one"), env=single, check=True, timeout=900)
+    single = {**_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    subprocess.run(
+        _command(data, tmp_path / "one"), cwd=ROOT, env=single, check=True, timeout=TIMEOUT_S
+    )
 
-    port = _free_port()
-    workers = [
-        subprocess.Popen(
-            _command(data, tmp_path / "two"),
-            env={
-                **env,
-                "BUSGEN_DISTRIBUTED": "1",
-                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-                "JAX_NUM_PROCESSES": "2",
-                "JAX_PROCESS_ID": str(index),
-            },  # fmt: skip
-        )
-        for index in range(2)
-    ]
-    codes = [worker.wait(timeout=900) for worker in workers]
-    assert codes == [0, 0]
+    codes, errs = _two_processes(_command(data, tmp_path / "two"), tmp_path / "logs")
+    assert codes == [0, 0], "\n".join(err[-3000:] for err in errs)
+    # Process 0 held the workdir's lock; process 1 never took it.
+    assert f"locked by 'pretrain' on host {socket.gethostname()}, pid " in errs[0], errs[0][-3000:]
+    assert "locked by" not in errs[1], errs[1][-3000:]
 
     one, two = _export(tmp_path / "one"), _export(tmp_path / "two")
     assert jax.tree.structure(one) == jax.tree.structure(two)
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert (tmp_path / "two" / "checkpoints" / str(STEPS)).is_dir()
+
+
+_HOLDER = """
+import sys, time
+from busgen_jax import workdir
+with workdir.lock(sys.argv[1], "holder"):
+    print("locked", flush=True)
+    time.sleep(3600)
+"""
+
+
+def test_a_multi_host_job_on_a_busy_workdir_stops_on_every_process_in_one_line(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, str(run)], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        # The refusal comes before any data is read: the dataset need not exist.
+        codes, errs = _two_processes(_command(tmp_path / "data", run), tmp_path / "logs")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert codes == [2, 2], "\n".join(err[-3000:] for err in errs)
+    refusal = (
+        f"error: --workdir={run}: in use by 'holder' on host {socket.gethostname()}, "
+        f"pid {holder.pid}; wait for it to finish or choose another --workdir"
+    )
+    lines = [err.strip().splitlines()[-1] for err in errs]
+    assert lines[0] == refusal, errs[0][-3000:]
+    assert lines[1] == f"{refusal} (met by process 0 of this job)", errs[1][-3000:]
+    assert not any("Traceback" in err for err in errs), errs
+    # Neither process wrote the workdir: the holder's label is intact, no config was recorded.
+    lock = run / workdir_lib.META_DIR / workdir_lib.LOCK_FILE
+    assert f'"pid": {holder.pid}' in lock.read_text()
+    assert not list((run / workdir_lib.META_DIR).glob("*.config.json"))

@@ -106,8 +106,38 @@ def test_the_lock_is_exclusive_within_and_across_processes(tmp_path):
         ):
             with workdir.lock(tmp_path, "b"):
                 pass
+        # The refused job left the holder's label as it found it.
+        assert (
+            json.loads((tmp_path / workdir.META_DIR / workdir.LOCK_FILE).read_text())["job"] == "a"
+        )
     with workdir.lock(tmp_path, "b"):  # released when the first block ended
         pass
+
+
+def test_without_flock_the_label_is_the_lock(tmp_path, monkeypatch):
+    def no_flock(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(workdir.fcntl, "flock", no_flock)
+    label = tmp_path / workdir.META_DIR / workdir.LOCK_FILE
+    with workdir.lock(tmp_path, "a"):
+        with pytest.raises(
+            workdir.WorkdirError, match=rf"in use by 'a' on host .*, pid {os.getpid()}"
+        ):
+            with workdir.lock(tmp_path, "b"):
+                pass
+        assert json.loads(label.read_text())["job"] == "a"  # the refusal kept the claim
+    assert label.read_text() == ""  # released
+    # A claim of a process of this host that is gone is taken over; one of another host is not.
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    label.write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "job": "x"}))
+    with workdir.lock(tmp_path, "b"):
+        assert json.loads(label.read_text())["job"] == "b"
+    label.write_text(json.dumps({"host": "elsewhere", "pid": os.getpid(), "job": "x"}))
+    with pytest.raises(workdir.WorkdirError, match=r"in use by 'x' on host elsewhere, .*delete"):
+        with workdir.lock(tmp_path, "b"):
+            pass
 
 
 def test_a_restart_with_another_config_is_refused_naming_the_fields(tmp_path):
