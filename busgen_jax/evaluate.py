@@ -170,6 +170,7 @@ def _reader_analysis(
         "n_readers": len(study.reader_ids),
         "modalities": list(study.modalities),
         "compared_modality": modality,
+        "call_rule": study.scale.call_rule(threshold),
         "readers": {
             m: [
                 p.to_dict()
@@ -481,7 +482,7 @@ def write_roc(path, tests, truth, case_ids, readers: dict[str, Any] | None) -> N
     if readers is not None:
         for p in readers["readers"][readers["compared_modality"]]:
             points[p["reader_id"]] = (p["sensitivity"]["estimate"], p["specificity"]["estimate"])
-            title = f"Readers at >= {p['threshold']}"
+            title = f"Readers at {readers['call_rule']}"
     plots.plot_roc_curves(
         path,
         models,
@@ -514,7 +515,9 @@ def _pct(value: float) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.0%}"
 
 
-def _vs_readers_markdown(name: str, model: Mapping[str, Any], level: str) -> list[str]:
+def _vs_readers_markdown(
+    name: str, model: Mapping[str, Any], level: str, call_rule: str
+) -> list[str]:
     """BUSGen's reader figure as text: each reader against the model at matched operating
     points, the mean gains with MRMC intervals and p-values, and what was tested."""
     vs, rrrc = model["vs_readers"], model["mrmc"]["rrrc"]
@@ -541,7 +544,7 @@ def _vs_readers_markdown(name: str, model: Mapping[str, Any], level: str) -> lis
     )
     sens_gain = _ci(vs["mean_sensitivity_gain"], *vs["sensitivity_gain_ci"])
     spec_gain = _ci(vs["mean_specificity_gain"], *vs["specificity_gain_ci"])
-    lines = [f"### {name} vs readers at BI-RADS >= {vs['threshold']}", ""]
+    lines = [f"### {name} vs readers at {call_rule}", ""]
     lines += [
         f"What was tested: for each reader, {name}'s threshold was set to match that reader's "
         f"specificity on the cases the reader read, and the two sensitivities were compared on "
@@ -594,7 +597,7 @@ def _reader_markdown(study: Mapping[str, Any]) -> list[str]:
         lines += [f"### Readers, modality '{modality}'", ""]
         lines += _table("Reader|Cases|Sensitivity|Specificity|AUC", rows)
     for name, model in study["models"].items():
-        lines += _vs_readers_markdown(name, model, level)
+        lines += _vs_readers_markdown(name, model, level, study["call_rule"])
     if study["modality_comparison"]:
         comparison = study["modality_comparison"]
         overall = comparison["overall"]["rrrc"]

@@ -20,10 +20,12 @@ training neighbours by case id and holds no training pixels.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import pathlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -90,28 +92,57 @@ def _train_records(paths):
         yield from shards.read_records(path, "train")
 
 
-def audit_reference(config: ml_collections.ConfigDict, spec) -> dict[str, Any]:
-    """Training and held-out splits, their similarities and the rejection thresholds.
+@dataclasses.dataclass(frozen=True)
+class AuditReference:
+    """Training and held-out splits, held-out-to-training similarities and the thresholds.
 
     `thresholds` are the configured quantile of held-out-to-training similarity (or the
     configured overrides); `strict_thresholds` the `strict_quantile` one, used for a shard whose
     own candidates test as copying.
     """
+
+    train: dict[str, Any]
+    heldout: dict[str, Any]
+    heldout_sims: audit.Sims
+    thresholds: dict[str, float]
+    strict_thresholds: dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """What every shard needs, built once per job by `_context`."""
+
+    config: ml_collections.ConfigDict
+    spec: generator_lib.GeneratorSpec
+    model: Any
+    plan: list[tuple[str, str]]
+    prior: box_priors.BoxPrior
+    key: jax.Array
+    mesh: jax.sharding.Mesh
+    reference: AuditReference
+    # High-frequency energy above which a draw is noise, from the real training images.
+    failure_limit: float
+    sampling: dict[str, Any]
+    sample_fn: Callable[..., jax.Array]
+    provenance: dict[str, Any]
+
+
+def audit_reference(config: ml_collections.ConfigDict, spec) -> AuditReference:
+    """The audit's splits and thresholds (`AuditReference`)."""
     paths, size, classes = list(config.audit.train_paths), spec.image_size, spec.class_names
     train = pipeline.load_split(paths, "train", size, classes)
     heldout = pipeline.load_split(paths, config.audit.heldout_split, size, classes)
     heldout_sims, _ = audit.search(heldout["image"], train["image"])
     overrides = {"ncc": config.audit.threshold, "windowed": config.audit.windowed_threshold}
-    thresholds = audit.calibrate(heldout_sims, config.audit.quantile)
-    thresholds.update({m: float(v) for m, v in overrides.items() if v is not None})
+    thresholds = audit.calibrate(heldout_sims, config.audit.quantile, overrides=overrides)
     strict = audit.calibrate(heldout_sims, config.audit.strict_quantile)
-    return {
-        "train": train,
-        "heldout": heldout,
-        "heldout_sims": heldout_sims,
-        "thresholds": thresholds,
-        "strict_thresholds": {m: min(strict[m], thresholds[m]) for m in audit.MEASURES},
-    }
+    return AuditReference(
+        train=train,
+        heldout=heldout,
+        heldout_sims=heldout_sims,
+        thresholds=thresholds,
+        strict_thresholds={m: min(strict[m], thresholds[m]) for m in audit.MEASURES},
+    )
 
 
 def _shard_name(config, shard: int, num_shards: int) -> str:
@@ -123,17 +154,17 @@ def _boxes_for(prior, pathology: str, seed: int, index: int, attempt: int) -> np
     return box_priors.sample_boxes(prior, pathology, 1, rng)[0]
 
 
-def generate_shard(ctx: dict[str, Any], shard: int) -> tuple[list[dict], dict]:
+def generate_shard(ctx: Context, shard: int) -> tuple[list[dict], dict]:
     """One shard: accepted records and a sidecar (per-record metadata, every candidate's
     similarities, and the shard's closest candidates as similarities and training case ids).
 
     Rejected candidates are dropped here: neither they nor any training image reach the disk.
     Noise-like candidates (`sample_failures`) are redrawn like privacy rejections and counted.
     """
-    config, plan = ctx["config"], ctx["plan"]
+    config, plan = ctx.config, ctx.plan
     start = shard * config.records_per_shard
     pending = list(range(start, min(start + config.records_per_shard, len(plan))))
-    thresholds = ctx["thresholds"]
+    thresholds = ctx.reference.thresholds
     accepted: dict[int, tuple[np.ndarray, np.ndarray, int, dict[str, float]]] = {}
     candidate_sims: dict[str, list[float]] = {m: [] for m in audit.MEASURES}
     closest: list[dict] = []
@@ -141,11 +172,11 @@ def generate_shard(ctx: dict[str, Any], shard: int) -> tuple[list[dict], dict]:
     for attempt in range(config.audit.max_rounds):
         if not pending:
             break
-        boxes = {i: _boxes_for(ctx["prior"], plan[i][0], config.seed, i, attempt) for i in pending}
-        images = _sample(ctx, pending, boxes, jax.random.fold_in(ctx["key"], shard), attempt)
-        sims, nearest = audit.search(images, ctx["train_images"])
+        boxes = {i: _boxes_for(ctx.prior, plan[i][0], config.seed, i, attempt) for i in pending}
+        images = _sample(ctx, pending, boxes, jax.random.fold_in(ctx.key, shard), attempt)
+        sims, nearest = audit.search(images, ctx.reference.train["image"])
         failed = (
-            sample_failures.failed(images, ctx["failure_limit"])
+            sample_failures.failed(images, ctx.failure_limit)
             if config.redraw_failed
             else np.zeros(len(images), bool)
         )
@@ -155,7 +186,7 @@ def generate_shard(ctx: dict[str, Any], shard: int) -> tuple[list[dict], dict]:
             if failed[j]:
                 continue
             sim = {m: float(sims[m][j]) for m in audit.MEASURES}
-            neighbour = ctx["train_case_ids"][nearest["windowed"][j]]
+            neighbour = ctx.reference.train["case_id"][nearest["windowed"][j]]
             closest.append(_closest_entry(i, attempt, sim, neighbour, thresholds))
             if audit.flagged(sim, thresholds):
                 still.append(i)
@@ -163,9 +194,11 @@ def generate_shard(ctx: dict[str, Any], shard: int) -> tuple[list[dict], dict]:
                 accepted[i] = (images[j], boxes[i], attempt, sim)
         for m in audit.MEASURES:
             candidate_sims[m] += sims[m].tolist()
-        if thresholds is not ctx["strict_thresholds"] and _tests_as_copying(ctx, candidate_sims):
+        if thresholds is not ctx.reference.strict_thresholds and _tests_as_copying(
+            ctx, candidate_sims
+        ):
             # The generator copies: tighten the thresholds and recheck what was accepted.
-            thresholds = ctx["strict_thresholds"]
+            thresholds = ctx.reference.strict_thresholds
             logging.warning("shard %d: candidates test as copying; using strict thresholds", shard)
             still += [i for i in accepted if audit.flagged(accepted[i][3], thresholds)]
             accepted = {i: a for i, a in accepted.items() if i not in still}
@@ -192,7 +225,7 @@ def generate_shard(ctx: dict[str, Any], shard: int) -> tuple[list[dict], dict]:
                 split="train",
                 boxes=boxes,
                 provenance={
-                    **ctx["provenance"],
+                    **ctx.provenance,
                     "index": i,
                     "attempt": attempt,
                     "nn_similarity": sim["ncc"],
@@ -223,18 +256,20 @@ def _closest_entry(index, attempt, sim, neighbour, thresholds) -> dict[str, Any]
         "similarity": sim,
         "train_case_id": neighbour,
         "flagged": bool(audit.flagged(sim, thresholds)),
-        "score": max(sim[m] - thresholds[m] for m in audit.MEASURES),
+        "score": float(audit.margin(sim, thresholds)),
     }
 
 
-def _tests_as_copying(ctx, candidate_sims: dict[str, list[float]]) -> bool:
+def _tests_as_copying(ctx: Context, candidate_sims: dict[str, list[float]]) -> bool:
     sims = {m: np.asarray(v) for m, v in candidate_sims.items()}
-    return audit.copying_verdict(sims, ctx["heldout_sims"])["copying"]
+    return audit.copying_verdict(sims, ctx.reference.heldout_sims)["copying"]
 
 
-def _sample(ctx, indices: list[int], boxes: dict, shard_key: jax.Array, attempt: int) -> np.ndarray:
+def _sample(
+    ctx: Context, indices: list[int], boxes: dict, shard_key: jax.Array, attempt: int
+) -> np.ndarray:
     """Images for `indices`, in fixed-size batches sharded over the local devices."""
-    config, spec, plan = ctx["config"], ctx["spec"], ctx["plan"]
+    config, spec, plan = ctx.config, ctx.spec, ctx.plan
     size, batch = spec.image_size, config.batch_size
     out = []
     for b, first in enumerate(range(0, len(indices), batch)):
@@ -242,14 +277,14 @@ def _sample(ctx, indices: list[int], boxes: dict, shard_key: jax.Array, attempt:
         padded = chunk + [chunk[-1]] * (batch - len(chunk))  # one compiled shape
         classes = generator_lib.ids_for([plan[i][0] for i in padded], spec.class_names, "classes")
         devices = generator_lib.ids_for([plan[i][1] for i in padded], spec.device_names, "devices")
-        raster = ctx["sampling"]["box_raster"]
+        raster = ctx.sampling["box_raster"]
         masks = np.stack([box_priors.box_mask(boxes[i], size, size, raster) for i in padded])
         key = jax.random.fold_in(jax.random.fold_in(shard_key, attempt), b)
         inputs = mesh_lib.host_batch_to_global(
-            {"class_id": classes, "device_id": devices, "box_mask": masks}, ctx["mesh"]
+            {"class_id": classes, "device_id": devices, "box_mask": masks}, ctx.mesh
         )
-        images = ctx["sample_fn"](
-            ctx["model"], key, inputs["class_id"], inputs["device_id"], inputs["box_mask"]
+        images = ctx.sample_fn(
+            ctx.model, key, inputs["class_id"], inputs["device_id"], inputs["box_mask"]
         )
         out.append(np.asarray(jax.device_get(images))[: len(chunk)])
     return np.concatenate(out)
@@ -264,14 +299,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         _remove_scratch(out_dir, "")
         return shards.read_manifest(out_dir)
     ctx = _context(config)
-    num_shards = -(-len(ctx["plan"]) // config.records_per_shard)
+    num_shards = -(-len(ctx.plan) // config.records_per_shard)
     mine = range(jax.process_index(), num_shards, jax.process_count())
     for k in mine:  # what a killed run of this process left half-written
         _remove_scratch(out_dir, _shard_name(config, k, num_shards), sidecars=False)
     todo = [k for k in mine if not _sidecar(out_dir, config, k, num_shards).exists()]
     logging.info(
         "synthesis: %d records in %d shards; %d shards to write here (%d done)",
-        len(ctx["plan"]),
+        len(ctx.plan),
         num_shards,
         len(todo),
         len(mine) - len(todo),
@@ -285,7 +320,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         made += len(records)
         rate = made / (time.perf_counter() - start)
         left = sum(
-            min(config.records_per_shard, len(ctx["plan"]) - k * config.records_per_shard)
+            min(config.records_per_shard, len(ctx.plan) - k * config.records_per_shard)
             for k in todo[n:]
         )
         logging.info(
@@ -318,7 +353,7 @@ def _remove_scratch(out_dir: pathlib.Path, shard_name: str, sidecars: bool = Tru
             path.unlink(missing_ok=True)
 
 
-def finalize(config, out_dir: pathlib.Path, num_shards: int, ctx: dict[str, Any]) -> dict:
+def finalize(config, out_dir: pathlib.Path, num_shards: int, ctx: Context) -> dict:
     """Manifest and audit report, once every process's shards are done."""
     sidecars = [_sidecar(out_dir, config, k, num_shards) for k in range(num_shards)]
     deadline = time.monotonic() + config.finalize_timeout_s
@@ -332,7 +367,7 @@ def finalize(config, out_dir: pathlib.Path, num_shards: int, ctx: dict[str, Any]
     manifest = shards.build_manifest(
         config.name, {"train": [d["shard"] for d in done]}, {"train": meta}
     )
-    manifest["extra"] = {"provenance": ctx["provenance"], "config": config.to_dict()}
+    manifest["extra"] = {"provenance": ctx.provenance, "config": config.to_dict()}
     report = write_audit(out_dir, ctx, done)
     manifest["extra"]["audit"] = {
         k: report[k] for k in ("thresholds", "num_candidates", "rejected_count", "rejection_rate")
@@ -340,10 +375,10 @@ def finalize(config, out_dir: pathlib.Path, num_shards: int, ctx: dict[str, Any]
     # Noise-like draws, redrawn before the privacy check: none of them is in the dataset.
     manifest["extra"]["failed_samples"] = {
         "redrawn": sum(d.get("failed", 0) for d in done),
-        "limit": ctx["failure_limit"],
+        "limit": ctx.failure_limit,
     }
     accepted = {m: np.concatenate([d["accepted_sims"][m] for d in done]) for m in audit.MEASURES}
-    verdict = audit.copying_verdict(accepted, ctx["heldout_sims"], alpha=FAIL_ALPHA)
+    verdict = audit.copying_verdict(accepted, ctx.reference.heldout_sims, alpha=FAIL_ALPHA)
     if verdict["copying"]:
         raise job.JobError(
             f"{out_dir}: the accepted images test as copying their training images "
@@ -360,11 +395,11 @@ def finalize(config, out_dir: pathlib.Path, num_shards: int, ctx: dict[str, Any]
     return manifest
 
 
-def write_audit(out_dir: pathlib.Path, ctx: dict[str, Any], done: list[dict]) -> dict:
+def write_audit(out_dir: pathlib.Path, ctx: Context, done: list[dict]) -> dict:
     """audit/: every candidate's similarities against held-out ones, the closest candidates as
     synthetic image (accepted ones only) beside the training neighbour's case id, membership
     inference, and optionally the operator-only pictures in WORKDIR/private_audit/."""
-    config = ctx["config"]
+    config = ctx.config
     sims = {m: np.concatenate([d["candidate_sims"][m] for d in done]) for m in audit.MEASURES}
     closest = sorted((c for d in done for c in d["closest"]), key=lambda c: -c["score"])
     closest = closest[: config.audit.num_closest]
@@ -378,7 +413,7 @@ def write_audit(out_dir: pathlib.Path, ctx: dict[str, Any], done: list[dict]) ->
         entry["image"] = None if png is None else schema.decode_png(png)
     private = None
     if config.audit.private_pictures:
-        train = ctx["reference"]["train"]
+        train = ctx.reference.train
         rows = [
             (
                 c["image"],
@@ -396,8 +431,8 @@ def write_audit(out_dir: pathlib.Path, ctx: dict[str, Any], done: list[dict]) ->
     return privacy_report.write_audit_report(
         out_dir / "audit",
         candidate_sims=sims,
-        heldout_sims=ctx["heldout_sims"],
-        thresholds=ctx["thresholds"],
+        heldout_sims=ctx.reference.heldout_sims,
+        thresholds=ctx.reference.thresholds,
         rejected_count=sum(d["rejected"] for d in done),
         closest=closest,
         membership=_membership(ctx) if config.audit.membership_draws else None,
@@ -405,19 +440,19 @@ def write_audit(out_dir: pathlib.Path, ctx: dict[str, Any], done: list[dict]) ->
     )
 
 
-def _membership(ctx: dict[str, Any]) -> dict[str, Any]:
+def _membership(ctx: Context) -> dict[str, Any]:
     """Loss-based membership inference: the generator's training split against held-out."""
     return membership.attack(
-        ctx["model"],
-        ctx["spec"],
-        ctx["reference"]["train"],
-        ctx["reference"]["heldout"],
-        num_draws=ctx["config"].audit.membership_draws,
-        seed=ctx["config"].seed,
+        ctx.model,
+        ctx.spec,
+        ctx.reference.train,
+        ctx.reference.heldout,
+        num_draws=ctx.config.audit.membership_draws,
+        seed=ctx.config.seed,
     )
 
 
-def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
+def _context(config: ml_collections.ConfigDict) -> Context:
     if not config.generator:
         raise job.JobError("config.generator is empty (an exported generator, e.g. RUN/export)")
     try:
@@ -435,36 +470,30 @@ def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
     except ValueError as e:
         raise job.JobError(f"config: {e}") from e
     reference = audit_reference(config, spec)
-    protect_fn, protection = copy_protection(config.cpsample, spec, reference["train"]["image"])
+    protect_fn, protection = copy_protection(config.cpsample, spec, reference.train["image"])
     mesh = mesh_lib.make_mesh(dict(config.mesh))
     if config.batch_size % mesh_lib.num_batch_shards(mesh):
         raise job.JobError(
             f"batch_size {config.batch_size} does not divide over {mesh.shape} devices"
         )
-    return {
-        "config": config,
-        "spec": spec,
-        "model": model,
-        "plan": plan,
-        "prior": load_box_prior(config, spec.class_names),
-        "key": jax.random.key(config.seed),
-        "mesh": mesh,
-        "reference": reference,
-        "train_images": reference["train"]["image"],
-        "train_case_ids": reference["train"]["case_id"],
-        "thresholds": reference["thresholds"],
-        "strict_thresholds": reference["strict_thresholds"],
-        "heldout_sims": reference["heldout_sims"],
-        # High-frequency energy above which a draw is noise, from the real training images.
-        "failure_limit": sample_failures.failure_limit(reference["train"]["image"]),
-        "sampling": sampling,
-        "sample_fn": generator_lib.make_sample_fn(
+    return Context(
+        config=config,
+        spec=spec,
+        model=model,
+        plan=plan,
+        prior=load_box_prior(config, spec.class_names),
+        key=jax.random.key(config.seed),
+        mesh=mesh,
+        reference=reference,
+        failure_limit=sample_failures.failure_limit(reference.train["image"]),
+        sampling=sampling,
+        sample_fn=generator_lib.make_sample_fn(
             spec,
             eta=config.eta,
             protect_fn=protect_fn,
             **{k: v for k, v in sampling.items() if k not in ("preset", "box_raster")},
         ),
-        "provenance": {
+        provenance={
             "source": "synthetic",
             "checkpoint": str(config.generator),
             "adapter": str(config.adapter) if config.adapter else None,
@@ -476,7 +505,7 @@ def _context(config: ml_collections.ConfigDict) -> dict[str, Any]:
             "sampling": sampling,
             "cpsample": protection,
         },
-    }
+    )
 
 
 def copy_protection(cp: ml_collections.ConfigDict, spec, train_images: np.ndarray):

@@ -131,6 +131,7 @@ def test_simulated_reader_study_matches_direct_calls(setup):
     )  # fmt: skip
     assert study_results["simulated"] and "SIMULATED" in study_results["label"]
     assert study_results["compared_modality"] == "unaided"
+    assert study_results["call_rule"] == "BI-RADS >= 4A"
     readers = reader_study.reader_performance(study, modality="aided")
     assert study_results["readers"]["aided"] == [r.to_dict() for r in readers]
     vs = reader_study.compare_model_to_readers(study, strong, modality="unaided")
@@ -160,7 +161,9 @@ def test_outputs_are_written(setup):
     report = (out / "evaluation.md").read_text()
     auc = setup["results"]["models"]["strong"]["auc"]["auc"]
     assert f"| strong | {auc:.3f}" in report
-    assert "## SIMULATED reader study" in report and "### strong vs readers at BI-RADS" in report
+    assert (
+        "## SIMULATED reader study" in report and "### strong vs readers at BI-RADS >= 4A" in report
+    )
     assert "What was tested: for each reader" in report
     assert re.search(
         r"Mean sensitivity gain [-+]?\d\.\d{3} \(.* to .*\), MRMC p = 0\.\d{4}", report

@@ -102,6 +102,8 @@ def test_numeric_scales_either_direction_and_missing_reads(tmp_path):
     (performance,) = reader_study.reader_performance(ranked)
     assert performance.auc == pytest.approx(metrics.roc_auc_score([1, 1, 0, 0], [-1, -3, -4, -2]))
     assert (performance.sensitivity.estimate, performance.specificity.estimate) == (0.5, 0.5)
+    assert reversed_scale.call_rule() == "rating <= 2" and scale.call_rule() == "rating >= 35"
+    assert reader_study.BIRADS.call_rule("4c") == "BI-RADS >= 4C"
     ranked.write_csv(tmp_path / "again.csv")
     again = reader_io.load_long_table(tmp_path / "again.csv", scale=reversed_scale)
     np.testing.assert_array_equal(again.scores, ranked.scores)

@@ -96,7 +96,7 @@ def _copy_on_first_try(monkeypatch):
 
     def copying_sample(ctx, indices, boxes, shard_key, attempt):
         if attempt == 0:
-            return ctx["train_images"][: len(indices), ..., None]
+            return ctx.reference.train["image"][: len(indices), ..., None]
         return real_sample(ctx, indices, boxes, shard_key, attempt)
 
     monkeypatch.setattr(synthesize, "_sample", copying_sample)

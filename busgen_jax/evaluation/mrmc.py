@@ -310,6 +310,18 @@ def or_analysis(
     return c, overall, contrasts
 
 
+def _case_counts(truth: np.ndarray, ratings: np.ndarray) -> dict[str, Any]:
+    """The design and the numbers of cases read (any reader) of ratings [..., N]."""
+    finite = np.isfinite(ratings)
+    read = finite.reshape(-1, truth.size).any(axis=0)
+    return {
+        "design": "factorial" if finite.all() else "split-plot/unbalanced",
+        "n_cases": int(read.sum()),
+        "n_positive": int(truth[read].sum()),
+        "n_negative": int((1 - truth[read]).sum()),
+    }
+
+
 def _reader_ids(reader_ids: Sequence[str] | None, r: int) -> list[str]:
     ids = [str(j) for j in reader_ids] if reader_ids is not None else [str(j) for j in range(r)]
     if len(ids) != r:
@@ -355,11 +367,10 @@ def or_modalities(
     if len(names) != t:
         raise ValueError(f"'modalities' names {len(names)} modalities, the ratings have {t}")
     theta, cov = fom_lib.estimates(truth, ratings, fom, thresholds, cov_method=cov_method)
-    read = np.isfinite(ratings).any(axis=(0, 1))
-    n_cases = int(read.sum())
+    counts = _case_counts(truth, ratings)
     components, overall, contrasts = or_analysis(
         theta, cov, modalities=names, alpha=alpha,
-        fixed_reader_test=fixed_reader_test, n_cases=n_cases,
+        fixed_reader_test=fixed_reader_test, n_cases=counts["n_cases"],
     )  # fmt: skip
     block = cov.reshape(t, r, t, r)
     ids = _reader_ids(reader_ids, r)
@@ -379,11 +390,8 @@ def or_modalities(
         comparison=first.comparison if t == 2 else "all modalities",
         fom=fom.label,
         cov_method=cov_method,
-        design="factorial" if np.isfinite(ratings).all() else "split-plot/unbalanced",
         n_readers=r,
-        n_cases=n_cases,
-        n_positive=int(truth[read].sum()),
-        n_negative=int((1 - truth[read]).sum()),
+        **counts,
         reader_ids=ids,
         reader_fom={name: theta[i].tolist() for i, name in enumerate(names)},
         mean_fom={
@@ -467,9 +475,9 @@ def or_model_vs_readers(
     )
     contrast = np.hstack([-np.eye(r), np.eye(r)])  # D_j = model_j - reader_j
     d, d_cov = contrast @ theta, contrast @ cov @ contrast.T
-    n_cases = int(np.isfinite(reader_ratings).any(axis=0).sum())
+    counts = _case_counts(truth, reader_ratings)
     tests = single_modality(
-        d, d_cov, alpha=alpha, fixed_reader_test=fixed_reader_test, n_cases=n_cases
+        d, d_cov, alpha=alpha, fixed_reader_test=fixed_reader_test, n_cases=counts["n_cases"]
     )
     readers = single_modality(theta[:r], cov[:r, :r], alpha=alpha, null=fom.chance)["rrrc"]
     # The model is fixed: only case sampling varies its mean over the reader-matched rows.
@@ -482,16 +490,12 @@ def or_model_vs_readers(
         for j in range(r)
     ]
     components = {f"{k}_d": v for k, v in or_components(d[None], d_cov).items() if k != "ms_t"}
-    read = np.isfinite(reader_ratings).any(axis=0)
     return MRMCResult(
         comparison="model - readers",
         fom=fom.label,
         cov_method=cov_method,
-        design="factorial" if np.isfinite(reader_ratings).all() else "split-plot/unbalanced",
         n_readers=r,
-        n_cases=n_cases,
-        n_positive=int(truth[read].sum()),
-        n_negative=int((1 - truth[read]).sum()),
+        **counts,
         reader_ids=ids,
         reader_fom={"readers": theta[:r].tolist(), "model": theta[r:].tolist()},
         mean_fom={"readers": readers, "model": model},

@@ -83,6 +83,12 @@ class RatingScale:
             raise ValueError("the numeric rating scale has no 'threshold' for positive calls")
         return self.score(value, "threshold")
 
+    def call_rule(self, threshold: Any = None) -> str:
+        """A positive call in the scale's own units: "BI-RADS >= 4A", "rating <= 2"."""
+        name = "BI-RADS" if self.kind == "birads" else "rating"
+        sign = ">=" if self.higher_is_malignant else "<="
+        return f"{name} {sign} {self.label(self.cut(threshold))}"
+
     def label(self, score: float) -> str:
         """A score back in the scale's own units, as files write it."""
         if self.kind == "birads":

@@ -63,8 +63,6 @@ SAMPLING_PRESETS["phantom_foundation"] = {
     **SAMPLING_PRESETS["project"],
     "sampler": "ddpm",
     "steps": 25,
-    "guidance_weight": 1.8,
-    "skip": "time_uniform",
 }
 SAMPLING_FIELDS = tuple(SAMPLING_PRESETS["published"])
 

@@ -27,6 +27,7 @@ from busgen_jax.data.importers.common import (
     RawCase,
     check_inside,
     device_name,
+    existing_file,
     load_image,
     load_mask,
     parse_scalar,
@@ -56,8 +57,7 @@ def _row_case(
     image_path = root / "Images" / f"{image_id}.png"
     mask_path = root / "Masks" / f"{image_id.replace('bus_', 'mask_', 1)}.png"
     for path in (image_path, mask_path):
-        if not check_inside(path, roots, where).is_file():
-            raise DatasetImportError(f"{where}: names a missing file {path}")
+        existing_file(path, roots, where)
     image = load_image(image_path)
     labels = {
         key: parse_scalar(value)

@@ -96,6 +96,14 @@ def check_inside(path: pathlib.Path, roots: Sequence[pathlib.Path], where: str) 
     return pathlib.Path(path)
 
 
+def existing_file(path: pathlib.Path, roots: Sequence[pathlib.Path], where: str) -> pathlib.Path:
+    """`path` if it lies inside `roots` (`check_inside`) and is a file; else an error that says
+    `where` names a missing file."""
+    if not check_inside(path, roots, where).is_file():
+        raise DatasetImportError(f"{where}: names a missing file {path}")
+    return pathlib.Path(path)
+
+
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """Reads a PNG/JPEG/BMP/TIFF file (fully decoded) as 2-D uint8 grayscale.
 

@@ -31,8 +31,8 @@ from typing import Any
 from busgen_jax.data.importers.common import (
     DatasetImportError,
     RawCase,
-    check_inside,
     device_name,
+    existing_file,
     load_image,
     load_mask,
     parse_scalar,
@@ -53,13 +53,6 @@ _KNOWN_COLUMNS = (
     "split",
     "birads",
 )
-
-
-def _existing(base: pathlib.Path, cell: str, where: str, roots: tuple) -> pathlib.Path:
-    path = check_inside(base / cell, roots, where)
-    if not path.is_file():
-        raise DatasetImportError(f"{where}: names a missing file {path}")
-    return path
 
 
 def _birads(row: dict[str, str]) -> dict[str, Any]:
@@ -83,7 +76,7 @@ def _row_case(
 ) -> RawCase:
     if not row["image_path"] or not row["pathology"]:
         raise DatasetImportError(f"{where}: empty image_path or pathology")
-    image_path = _existing(base, row["image_path"], where, roots)
+    image_path = existing_file(base / row["image_path"], roots, where)
     patient, case, source_device = row.get("patient_id"), row.get("case_id"), row.get("device")
     if is_dicom(image_path):
         dicom = read_dicom(image_path)
@@ -95,7 +88,7 @@ def _row_case(
         image = load_image(image_path)
     case = case or row["image_path"]
     mask_cells = [cell.strip() for cell in row.get("mask_path", "").split(";") if cell.strip()]
-    mask_paths = [_existing(base, cell, where, roots) for cell in mask_cells]
+    mask_paths = [existing_file(base / cell, roots, where) for cell in mask_cells]
     return RawCase(
         image=image,
         mask=load_mask(mask_paths, image.shape, str(image_path)) if mask_paths else None,

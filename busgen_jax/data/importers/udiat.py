@@ -24,6 +24,7 @@ from busgen_jax.data.importers.common import (
     DatasetImportError,
     RawCase,
     check_inside,
+    existing_file,
     load_image,
     load_mask,
     parse_scalar,
@@ -86,8 +87,7 @@ def scan_udiat(
             )
         image_path, mask_path = root / "original" / f"{stem}.png", root / "GT" / f"{stem}.png"
         for path in (image_path, mask_path):
-            if not check_inside(path, roots, where).is_file():
-                raise DatasetImportError(f"{where}: names a missing file {path}")
+            existing_file(path, roots, where)
         image = load_image(image_path)
         cases.append(
             RawCase(
