@@ -12,7 +12,7 @@ export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0
 
 FOUNDATION ?= workdir/foundation
 
-.PHONY: demo test test-fast lint bench clean foundation
+.PHONY: demo test test-fast lint bench clean foundation oracle
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,16 @@ foundation: $(STAMP)
 		--card_facts=$(FOUNDATION)/facts.json --grid=$(FOUNDATION)/samples.png \
 		--sampling_preset=phantom_foundation --pretrain_workdir=$(FOUNDATION)/pretrain \
 		--train_seconds=$$(cat $(FOUNDATION)/seconds)
+
+# Rebuilds the shipped phantom oracle (busgen_jax/assets/phantom_oracle), the judge of the demo's
+# quality gates: a CNN trained on the built-in benign_dcis phantom, scored once on its test split.
+ORACLE ?= workdir/oracle
+oracle: $(STAMP)
+	mkdir -p $(ORACLE) && start=$$(date +%s) && $(BIN)/busgen train-classifier \
+		--config=configs/classifier.py:oracle --workdir=$(ORACLE) \
+		&& echo $$(( $$(date +%s) - start )) > $(ORACLE)/seconds
+	$(BIN)/python -m busgen_jax.evaluation.oracle --workdir=$(ORACLE) \
+		--train_seconds=$$(cat $(ORACLE)/seconds)
 
 bench: $(STAMP)
 	for module in phantom_throughput pipeline_throughput sampler_quality; do \

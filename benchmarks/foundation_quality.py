@@ -32,14 +32,11 @@ import time
 import jax
 import numpy as np
 from sklearn.decomposition import PCA
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from benchmarks.common import git_revision, machine_description, report
 from busgen_jax import foundation, generator, visualize
 from busgen_jax.data import builtin, pipeline
-from busgen_jax.evaluation import generative, sample_failures
+from busgen_jax.evaluation import generative, oracle, sample_failures
 
 # (sampler, steps, time grid): ancestral DDPM, deterministic DDIM, and the DPM-Solvers.
 RUNS = (
@@ -49,17 +46,6 @@ RUNS = (
     ("dpm_solver_pp_2m", 20, "logsnr"),
     ("dpm_solver_pp_3s", 20, "time_uniform"),
 )
-
-
-def oracle_features(images: np.ndarray) -> np.ndarray:
-    """Pixels and high-frequency energy: what tells the phantom's classes and scanners apart."""
-    flat = images.reshape(len(images), -1)
-    return np.concatenate([flat, sample_failures.high_frequency_energy(images)[:, None]], axis=1)
-
-
-def fit_oracle(images: np.ndarray, labels: list[str]):
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=2000))
-    return model.fit(oracle_features(images), labels)
 
 
 def sample_like(model, spec, conditions, sampler, steps, skip, batch_size, seed):
@@ -120,8 +106,8 @@ def main() -> None:
     pick = rng.permutation(len(train["image"]))[: args.oracle_images]
     train_images = train["image"][pick]
     limit = sample_failures.failure_limit(train["image"])
-    class_oracle = fit_oracle(train_images, [train["pathology"][i] for i in pick])
-    device_oracle = fit_oracle(train_images, [train["device"][i] for i in pick])
+    class_oracle = oracle.fit_pixel_oracle(train_images, [train["pathology"][i] for i in pick])
+    device_oracle = oracle.fit_pixel_oracle(train_images, [train["device"][i] for i in pick])
     pca = PCA(64, random_state=args.seed).fit(train_images.reshape(len(pick), -1))
 
     order = rng.permutation(len(test["image"]))
@@ -131,10 +117,10 @@ def main() -> None:
     feats = lambda x: pca.transform(x.reshape(len(x), -1))
     floor = generative.frechet_distance(feats(a["image"]), feats(b["image"]))
     real_class_acc = float(
-        np.mean(class_oracle.predict(oracle_features(b["image"])) == b["pathology"])
+        np.mean(class_oracle.predict(oracle.pixel_features(b["image"])) == b["pathology"])
     )
     real_device_acc = float(
-        np.mean(device_oracle.predict(oracle_features(b["image"])) == b["device"])
+        np.mean(device_oracle.predict(oracle.pixel_features(b["image"])) == b["device"])
     )
 
     runs = [RUNS[int(i)] for i in args.runs.split(",")] if args.runs else list(RUNS)
@@ -142,8 +128,8 @@ def main() -> None:
     for sampler, steps, skip in runs:
         images, rate = sample_like(model, spec, a, sampler, steps, skip, args.batch_size, args.seed)
         failed = sample_failures.failed(images, limit)
-        class_acc = class_oracle.predict(oracle_features(images)) == a["pathology"]
-        device_acc = device_oracle.predict(oracle_features(images)) == a["device"]
+        class_acc = class_oracle.predict(oracle.pixel_features(images)) == a["pathology"]
+        device_acc = device_oracle.predict(oracle.pixel_features(images)) == a["device"]
         per_class = {c: float(np.mean(class_acc[a["pathology"] == c])) for c in classes}
         fd = generative.frechet_distance(feats(images), feats(b["image"]))
         name = f"{sampler} {steps} {skip}"

@@ -21,7 +21,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from busgen_jax import foundation, job
+from busgen_jax import demo_gates, foundation, job
 
 TIMINGS = "timings.json"
 
@@ -63,8 +63,10 @@ class Paths:
 
         return self.synthesize / synthesize.OUTPUT
 
-    def classifier(self, source: str) -> pathlib.Path:
-        return self.classifiers / source
+    def classifier(self, source: str, seed: int = 0) -> pathlib.Path:
+        """Seed 0's classifier is the one evaluated in full (readers, fidelity); the others
+        give the spread over seeds."""
+        return self.classifiers / (source if seed == 0 else f"{source}_seed{seed}")
 
     def predictions(self, source: str, split: str) -> pathlib.Path:
         return self.classifiers / source / f"predictions_{split}.csv"
@@ -136,17 +138,26 @@ def classifier_sources(config, paths: Paths) -> dict[str, dict[str, Any]]:
 def stage_classifiers(config, paths: Paths) -> None:
     from busgen_jax import classify, predict
 
+    aucs: dict[str, list[float]] = {}
     for source, fields in classifier_sources(config, paths).items():
-        print(f"   classifier trained on {source} data")
-        workdir = paths.classifier(source)
-        classify.run(
-            _resolved(config.classifier, **fields, **{"eval.paths": (str(paths.data),)}),
-            str(workdir),
-        )
-        model, trained = predict.load_classifier(workdir / "export")
+        for seed in config.classifier_seeds:
+            print(f"   classifier trained on {source} data, seed {seed}")
+            workdir = paths.classifier(source, seed)
+            result = classify.run(
+                _resolved(
+                    config.classifier,
+                    **fields,
+                    **{"eval.paths": (str(paths.data),), "train.seed": seed},
+                ),
+                str(workdir),
+            )
+            aucs.setdefault(source, []).append(result["auc"])
+        model, trained = predict.load_classifier(paths.classifier(source) / "export")
         for split in ("val", "test"):
             rows = predict.predict_split(model, trained, [str(paths.data)], split)
             predict.write_csv(rows, paths.predictions(source, split))
+    summary = {source: demo_gates.seed_summary(values) for source, values in aucs.items()}
+    (paths.classifiers / "seeds.json").write_text(json.dumps(summary, indent=1))
 
 
 def stage_evaluate(config, paths: Paths) -> None:
@@ -174,6 +185,34 @@ def stage_fidelity(config, paths: Paths) -> None:
         segmenter_steps=config.fidelity_segmenter_steps,
         out_path=paths.fidelity / "fidelity.json",
     )
+    stage_oracle(config, paths)
+
+
+def stage_oracle(config, paths: Paths) -> None:
+    """The quality gates' measurements: the phantom oracle's verdict on the synthetic set, and
+    a recount of noise-like images in the written dataset."""
+    from busgen_jax.data import pipeline, shards
+    from busgen_jax.evaluation import oracle, sample_failures
+
+    oracle_dir = config.oracle.classifier or oracle.shipped_dir()
+    size = json.loads((pathlib.Path(oracle_dir) / "config.json").read_text())["data"]["image_size"]
+    reference = [config.oracle.reference or str(paths.data)]
+    synthetic = pipeline.load_split([str(paths.synthetic)], "train", size)
+    result = oracle.measure(
+        synthetic,
+        pipeline.load_split(reference, "train", size),
+        pipeline.load_split(reference, "test", size),
+        oracle_dir=oracle_dir,
+        seed=config.seed,
+        max_per_class=config.oracle.max_per_class,
+    )
+    oracle.write(result, paths.fidelity / "oracle.json")
+    failed = shards.read_manifest(paths.synthetic)["extra"]["failed_samples"]
+    # At the generator's own size, where synthesis measured the limit.
+    native = json.loads((paths.generator / "generator.json").read_text())["image_size"]
+    generated = pipeline.load_split([str(paths.synthetic)], "train", native)
+    count = int(sample_failures.failed(generated["image"], failed["limit"]).sum())
+    (paths.fidelity / "failed_in_dataset.json").write_text(json.dumps({"failed": count}))
 
 
 def stage_scaling(config, paths: Paths) -> None:
@@ -223,6 +262,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Path:
         timings_path.write_text(json.dumps(timings, indent=1))
         marker.touch()
         print(f"[{index}/{len(STAGES)}] {name}: {timings[name]:.0f} s", flush=True)
+    print("quality gates (gates.json):")
+    for gate in demo_gates.evaluate(paths):
+        print(f"   {demo_gates.describe(gate)}")
     total = sum(timings.values())
     print(f"demo finished: {total:.0f} s of stages ({time.perf_counter() - start:.0f} s this run)")
     print(f"report: {paths.report}")

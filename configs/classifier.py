@@ -11,7 +11,8 @@
 
 `tiny` trains in seconds (tests); `default` is a 64 px demo (a few minutes on 2 CPU cores);
 `resnet18` is a ResNet-18-like network (4 levels of 2 blocks, 64-512 channels, stride-2 stem)
-for real data at 128 px. A task after the comma is one of TASKS (default benign_vs_malignant);
+for real data at 128 px. `oracle` is the shipped phantom oracle (`busgen_jax.evaluation.oracle`):
+the default network at 32 px trained on the built-in `benign_dcis` phantom (6,000 images). A task after the comma is one of TASKS (default benign_vs_malignant);
 other tasks are overrides: `--config.task.negative="('benign',)"
 --config.task.positive="('dcis',)"`, or a label column with `--config.task.label_field=recurrence
 --config.task.negative="('0',)" --config.task.positive="('1',)"`.
@@ -23,9 +24,9 @@ from __future__ import annotations
 import ml_collections
 
 from busgen_jax import job
-from busgen_jax.data import pipeline
+from busgen_jax.data import builtin, pipeline
 
-SIZES = ("tiny", "default", "resnet18")
+SIZES = ("tiny", "default", "resnet18", "oracle")
 TASKS = {
     "benign_vs_malignant": (("benign",), ("malignant",)),
     "benign_vs_dcis": (("benign",), ("dcis",)),
@@ -118,6 +119,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.checkpoint.every_steps = 20
         config.log_every_steps = 10
         config.partition.min_size = 256
+    elif size == "oracle":
+        # The data and length of the recorded phantom difficulty run (BENCHMARKS.md, "Phantom
+        # difficulty"); the val split picks nothing, the test split stays for the record.
+        config.task.negative, config.task.positive = TASKS["benign_vs_dcis"]
+        config.model.image_size = 32
+        config.data.update(image_size=32, paths=(builtin.phantom_path("benign_dcis"),))
+        config.eval.split = "val"
+        config.train.steps = 1200
     elif size == "resnet18":
         config.model.update(
             image_size=128, base_channels=64, channel_mults=(1, 2, 4, 8), num_res_blocks=2,

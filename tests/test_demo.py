@@ -22,9 +22,20 @@ def test_tiny_demo_runs_every_stage_and_writes_the_report(tmp_path):
         "scaling", "report",
     ]  # fmt: skip
     html = (tmp_path / "report.html").read_text()
-    for heading in ("Phantom data", "Synthesis and privacy audit", "Evaluation",
-                    "SIMULATED reader study", "Generative fidelity", "Data scaling"):  # fmt: skip
+    for heading in ("Quality gates", "Phantom data", "Synthesis and privacy audit",
+                    "Classifiers over seeds", "Evaluation", "SIMULATED reader study",
+                    "Generative fidelity", "Data scaling"):  # fmt: skip
         assert heading in html
+    # The gates are measured by the shipped oracle and printed as well as reported.
+    gates = json.loads((tmp_path / "gates.json").read_text())
+    names = [g["gate"] for g in gates]
+    assert "synthetic images of class dcis that the oracle calls dcis" in names
+    assert "few-shot regime: synthetic-only AUC - few-shot real AUC" in names
+    assert "full regime: mixed AUC - real-only AUC" in names
+    assert all(isinstance(g["passed"], bool) for g in gates)
+    assert out.stdout.count(", target ") == len(gates)
+    oracle = json.loads((tmp_path / "fidelity" / "oracle.json").read_text())
+    assert set(oracle["synthetic"]["class"]) == {"benign", "dcis"}
     results = json.loads((tmp_path / "evaluation" / "results.json").read_text())
     # The full regime's real classifier, the few-shot regime's (the adapter's k-shot images), and
     # the synthetic and mixed ones.
