@@ -250,7 +250,7 @@ def abstract_like(state: Any, shardings: Any) -> Any:
 
 def _quarantine(manager: ocp.CheckpointManager, step: int) -> None:
     """Moves an unreadable step (and its checksums) out of the checkpoint directory, kept for
-    inspection."""
+    inspection. A collective: every process calls it for the same steps."""
     unreadable = pathlib.Path(f"{manager.directory}_unreadable")
     moves = [
         (pathlib.Path(manager.directory) / str(step), unreadable / str(step)),
@@ -262,6 +262,11 @@ def _quarantine(manager: ocp.CheckpointManager, step: int) -> None:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 shutil.rmtree(target, ignore_errors=True)
                 shutil.move(str(source), str(target))
+    if jax.process_count() > 1:
+        # Every process reloads only once process 0 has moved the step: one that still listed
+        # it would refuse to save that step again (orbax: "already exists") while the others
+        # wait for it.
+        multihost_utils.sync_global_devices(f"busgen_jax.checkpoints quarantine {step}")
     manager.reload()
 
 

@@ -8,6 +8,7 @@ No assertion races the clock: the processes' logs say who locked the workdir, an
 bounded (generous, for compiling on a busy 2-core machine), killing the processes when it ends.
 """
 
+import json
 import os
 import pathlib
 import socket
@@ -35,12 +36,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _command(data_dir, workdir) -> list[str]:
+def _command(data_dir, workdir, *, steps=STEPS, every=STEPS, extra=()) -> list[str]:
     return [
         sys.executable, "-m", "busgen_jax.pretrain", "--config=configs/pretrain.py:tiny",
         f"--workdir={workdir}", f"--config.data.paths=('{data_dir}',)",
-        f"--config.train.steps={STEPS}", f"--config.checkpoint.every_steps={STEPS}",
-        f"--config.sample.every_steps={STEPS}",
+        f"--config.train.steps={steps}", f"--config.checkpoint.every_steps={every}",
+        f"--config.sample.every_steps={steps}", *extra,
     ]  # fmt: skip
 
 
@@ -48,8 +49,11 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
 
 
-def _two_processes(command: list[str], logs: pathlib.Path) -> tuple[list[int], list[str]]:
-    """Runs `command` as processes 0 and 1 of one job: their exit codes and stderr.
+def _two_processes(
+    command: list[str], logs: pathlib.Path, first: list[str] | None = None
+) -> tuple[list[int], list[str]]:
+    """Runs `command` (`first`, if given, as process 0) as processes 0 and 1 of one job: their
+    exit codes and stderr.
 
     Both are killed if either is still running after TIMEOUT_S, or GRACE_S after the other
     failed, so a hung process fails this test (killed: a negative code) instead of the run.
@@ -68,7 +72,13 @@ def _two_processes(command: list[str], logs: pathlib.Path) -> tuple[list[int], l
                 "JAX_PROCESS_ID": str(index),
             }
             workers.append(
-                subprocess.Popen(command, cwd=ROOT, env=env, stdout=files[-1], stderr=files[-1])
+                subprocess.Popen(
+                    (first or command) if index == 0 else command,
+                    cwd=ROOT,
+                    env=env,
+                    stdout=files[-1],
+                    stderr=files[-1],
+                )  # fmt: skip
             )
         deadline = time.monotonic() + TIMEOUT_S
         while any(w.poll() is None for w in workers) and time.monotonic() < deadline:
@@ -119,6 +129,55 @@ def test_two_processes_match_one_process(tmp_path):
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     assert (tmp_path / "two" / "checkpoints" / str(STEPS)).is_dir()
+
+
+# `python -m busgen_jax.pretrain` whose file moves (only quarantine moves files) take seconds.
+_SLOW_MOVES = """
+import runpy, shutil, sys, time
+move = shutil.move
+def slow_move(*args, **kwargs):
+    time.sleep(5)
+    return move(*args, **kwargs)
+shutil.move = slow_move
+sys.argv[0] = "busgen_jax.pretrain"
+runpy.run_module("busgen_jax.pretrain", run_name="__main__", alter_sys=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_step_that_one_process_finds_bad_is_skipped_by_both(tmp_path):
+    """Restoring a multi-host run verifies each process's shards against its checksums; a step
+    that only process 1 finds bad is skipped by both, for the last good one, and quarantined."""
+    data = phantom_dataset(tmp_path / "data", num=48)
+    run = tmp_path / "run"
+    # FSDP over the two processes: each holds (and checksums) its own half of every kernel.
+    fsdp = ("--config.mesh.data=1", "--config.mesh.fsdp=2")
+    codes, errs = _two_processes(
+        _command(data, run, steps=4, every=2, extra=fsdp), tmp_path / "logs_first"
+    )
+    assert codes == [0, 0], "\n".join(err[-3000:] for err in errs)
+
+    # Garble a checksum of a shard that only process 1 holds.
+    sums = run / "checkpoints_checksums" / "4"
+    theirs = json.loads((sums / "process_0.json").read_text())
+    mine = json.loads((sums / "process_1.json").read_text())
+    name, key = next(
+        (name, key) for name, pieces in mine.items() for key in pieces if key not in theirs[name]
+    )
+    mine[name][key] = "0" * 64
+    (sums / "process_1.json").write_text(json.dumps(mine))
+
+    # Process 0 moves the bad step aside slowly: process 1 must not reload the steps before.
+    second = _command(data, run, steps=6, every=2, extra=(*fsdp, "--allow_config_change"))
+    slow = [sys.executable, "-c", _SLOW_MOVES, *second[3:]]
+    codes, errs = _two_processes(second, tmp_path / "logs_second", first=slow)
+    assert codes == [0, 0], "\n".join(err[-3000:] for err in errs)
+    assert f"{name} does not match its checksum" in errs[1], errs[1][-3000:]
+    assert "another process found its part of this step bad" in errs[0], errs[0][-3000:]
+    for err in errs:
+        assert "Restored checkpoint step 2 " in err, err[-3000:]
+    assert (run / "checkpoints_unreadable" / "4").is_dir()
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] == "6"
 
 
 _HOLDER = """
