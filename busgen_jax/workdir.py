@@ -6,10 +6,14 @@ reads or writes anything else there. Both live in `WORKDIR/.busgen/`:
 
   lock                   host, pid and job of the holder while a job runs. The lock is a
                          kernel `flock`, so a crashed holder (SIGKILL, power loss of a local
-                         disk) releases it by itself; the file left behind is only a label.
-                         Where a filesystem has no `flock` (some FUSE mounts), the label itself
-                         is the lock: a job claims it when it is empty or names a pid of this
-                         host that is gone, and empties it when it ends.
+                         disk) releases it by itself. Where a filesystem has no `flock`, the
+                         label itself is the lock: a job claims it when it is empty or names a
+                         pid of this host that is gone, and empties it when it ends.
+                         A mount shared by several machines (Cloud Storage FUSE, as the
+                         launchers use) keeps each machine's `flock` to itself, so the holder
+                         also renews its label every BEAT_S seconds: a label of another host
+                         renewed within STALE_S refuses the job even when the `flock` is free
+                         here, and an older one is a crashed holder's, taken over.
   <job>.config.json      the fields of the config that fix the job's output, written when the
                          job first starts. A restart whose config differs stops with one line
                          naming the changed fields; `--allow_config_change` accepts changes of
@@ -29,6 +33,7 @@ import os
 import pathlib
 import shutil
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -38,6 +43,11 @@ import ml_collections
 
 META_DIR = ".busgen"
 LOCK_FILE = "lock"
+# The holder rewrites its label this often; a label of another host not rewritten for STALE_S is
+# taken for a crashed holder's (clocks of the hosts must agree to well within that).
+BEAT_S = 60.0
+STALE_S = 600.0
+_LABEL_BYTES = 512  # labels are padded to one length, so a rewrite never shows a partial one
 # Fields whose change does not alter what a run already wrote, matched against dotted config
 # paths ("*" spans dots, so they match inside the demo's nested stage configs too).
 SAFE_FIELDS = (
@@ -111,9 +121,11 @@ def lock(workdir: str | os.PathLike, job: str) -> Iterator[None]:
     """
     path = pathlib.Path(workdir) / META_DIR / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "job": job, "since": time.time()}
+    now = int(time.time())
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "job": job, "since": now, "beat": now}
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     held = False
+    renewing = threading.Event()
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -125,9 +137,10 @@ def lock(workdir: str | os.PathLike, job: str) -> Iterator[None]:
                     "finish or choose another --workdir"
                 ) from None
             use_flock = False  # no flock on this filesystem
-        if not use_flock:
-            _claim_without_flock(path, workdir, me)
         previous = _holder(path)
+        if not use_flock:
+            _claim_without_flock(path, workdir, me, previous)
+        _refuse_a_live_holder_elsewhere(path, workdir, me, previous)
         if previous:
             logging.warning(
                 "%s: took over the lock of %s, which ended without releasing it",
@@ -135,10 +148,17 @@ def lock(workdir: str | os.PathLike, job: str) -> Iterator[None]:
                 _describe(previous),
             )
         held = True
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
+        _write_label(fd, me)
         logging.info("%s: locked by '%s' on host %s, pid %d", workdir, job, me["host"], me["pid"])
-        yield
+        renewer = threading.Thread(
+            target=_renew, args=(fd, me, renewing), daemon=True, name="busgen-workdir-lock"
+        )
+        renewer.start()
+        try:
+            yield
+        finally:
+            renewing.set()
+            renewer.join()
     finally:
         # An empty file marks a clean release; the flock goes with the descriptor. A job that
         # was refused leaves the holder's label (and, without flock, its claim) as it found it.
@@ -184,12 +204,43 @@ def agree(error: BaseException | None) -> None:
             raise WorkdirError(f"{text} (met by process {index} of this job)")
 
 
-def _claim_without_flock(path: pathlib.Path, workdir, me: dict[str, Any]) -> None:
-    """The lock by content alone: free when empty, or when its holder on this host is gone."""
-    holder = _holder(path)
-    if holder and not (holder.get("host") == me["host"] and not _alive(int(holder["pid"]))):
+def _write_label(fd: int, me: dict[str, Any]) -> None:
+    label = json.dumps(me).encode().ljust(_LABEL_BYTES)
+    os.pwrite(fd, label, 0)  # over the previous label, never through an empty file
+    os.ftruncate(fd, len(label))
+    os.fsync(fd)  # a shared mount (Cloud Storage FUSE) shows other machines the file from here
+
+
+def _renew(fd: int, me: dict[str, Any], stop: threading.Event) -> None:
+    """Rewrites the holder's label every BEAT_S seconds until `stop` is set."""
+    while not stop.wait(BEAT_S):
+        with contextlib.suppress(OSError):  # a missed beat is retried at the next
+            _write_label(fd, {**me, "beat": int(time.time())})
+
+
+def _claim_without_flock(
+    path: pathlib.Path, workdir, me: dict[str, Any], holder: dict[str, Any]
+) -> None:
+    """The lock by content alone: free when empty, or when its holder on this host is gone
+    (a holder on another host is judged by `_refuse_a_live_holder_elsewhere`)."""
+    if holder and holder.get("host") == me["host"] and _alive(int(holder["pid"])):
         raise WorkdirError(
             f"--workdir={workdir}: in use by {_describe(holder)} (if that job is gone, delete "
+            f"{path})"
+        )
+
+
+def _refuse_a_live_holder_elsewhere(
+    path: pathlib.Path, workdir, me: dict[str, Any], holder: dict[str, Any]
+) -> None:
+    """Raises when the label names a job on another host that renewed it within STALE_S."""
+    if not holder or holder.get("host") == me["host"]:
+        return
+    age = me["beat"] - float(holder.get("beat", holder.get("since", 0)))
+    if age < STALE_S:
+        raise WorkdirError(
+            f"--workdir={workdir}: in use by {_describe(holder)} (its lock was renewed "
+            f"{max(age, 0):.0f} s ago; if that job is gone, wait {STALE_S - age:.0f} s or delete "
             f"{path})"
         )
 

@@ -134,10 +134,42 @@ def test_without_flock_the_label_is_the_lock(tmp_path, monkeypatch):
     label.write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "job": "x"}))
     with workdir.lock(tmp_path, "b"):
         assert json.loads(label.read_text())["job"] == "b"
-    label.write_text(json.dumps({"host": "elsewhere", "pid": os.getpid(), "job": "x"}))
+    label.write_text(
+        json.dumps({"host": "elsewhere", "pid": os.getpid(), "job": "x", "beat": int(time.time())})
+    )
     with pytest.raises(workdir.WorkdirError, match=r"in use by 'x' on host elsewhere, .*delete"):
         with workdir.lock(tmp_path, "b"):
             pass
+
+
+def test_a_lock_renewed_on_another_host_refuses_even_with_the_flock_free(tmp_path, monkeypatch):
+    # What a job on one machine sees of a job on another that shares the mount (Cloud Storage
+    # FUSE keeps each machine's flock to itself): only the label, renewed every BEAT_S.
+    label = tmp_path / workdir.META_DIR / workdir.LOCK_FILE
+    label.parent.mkdir()
+    elsewhere = {"host": "elsewhere", "pid": 4321, "job": "pretrain", "since": 0}
+    label.write_text(json.dumps({**elsewhere, "beat": int(time.time()) - 30}))
+    with pytest.raises(
+        workdir.WorkdirError,
+        match=r"in use by 'pretrain' on host elsewhere, pid 4321 \(its lock was renewed 3\d s ago",
+    ):
+        with workdir.lock(tmp_path, "b"):
+            pass
+    assert json.loads(label.read_text())["host"] == "elsewhere"  # left as it was
+    # A label not renewed for STALE_S is a crashed holder's: taken over.
+    label.write_text(json.dumps({**elsewhere, "beat": int(time.time() - workdir.STALE_S) - 1}))
+    with workdir.lock(tmp_path, "b"):
+        assert json.loads(label.read_text())["job"] == "b"
+    assert label.read_text() == ""
+    # The holder renews its label while it holds the lock.
+    monkeypatch.setattr(workdir, "BEAT_S", 0.05)
+    with workdir.lock(tmp_path, "c"):
+        first = json.loads(label.read_text())["beat"]
+        deadline = time.monotonic() + 60
+        while json.loads(label.read_text())["beat"] == first and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert json.loads(label.read_text())["beat"] > first
+    assert label.read_text() == ""
 
 
 def test_a_restart_with_another_config_is_refused_naming_the_fields(tmp_path):
