@@ -144,6 +144,8 @@ def test_a_killed_writer_leaves_nothing_behind_after_the_next_write(tmp_path):
         writer.wait()
     (staged,) = (tmp_path / "ds").glob(".staging-*")
     assert list(staged.iterdir())
+    # The killed writer left no shard (nor manifest) in the dataset, only its hidden staging.
+    assert [p.name for p in (tmp_path / "ds").iterdir() if p != staged] == []
     shards.write_dataset(make_records(30), tmp_path / "ds", name="k", records_per_shard=4)
     assert sorted(p.name for p in (tmp_path / "ds").iterdir() if p.name.startswith(".")) == []
     assert shards.verify_dataset(tmp_path / "ds")["num_records"] == 30
