@@ -42,6 +42,8 @@ def tiny_generator(directory: pathlib.Path, *, seed: int = 0) -> pathlib.Path:
         class_names=tuple(phantom.schema.PATHOLOGIES),
         device_names=tuple(phantom.PHANTOM_DEVICES),
         image_size=config.image_size,
+        # A random network: any sampler gives noise, so the cheapest few steps do for tests.
+        sampling={**presets.sampling_preset("project"), "steps": 6},
     )
     return generator.export_generator(directory, model, config, spec)
 
