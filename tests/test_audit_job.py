@@ -70,6 +70,9 @@ def test_membership_inference_attacks_the_given_generator(tmp_path, capsys):
     assert result["auc"] == pytest.approx(expected["auc"])
     assert result["tpr_at_1pct_fpr"] == pytest.approx(expected["tpr_at_1pct_fpr"])
     assert result["num_draws"] == 2
+    # A large split is scored on a seeded sample of it.
+    capped = membership.attack(model, spec, members, others, num_draws=2, seed=0, max_images=5)
+    assert capped["num_members"] == capped["num_nonmembers"] == 5
     on_disk = json.loads((tmp_path / "mia" / "audit" / "audit.json").read_text())
     assert on_disk["membership_inference"] == result
     assert f"membership inference: AUC {result['auc']:.3f}" in capsys.readouterr().out

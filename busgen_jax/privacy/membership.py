@@ -117,13 +117,29 @@ def attack(
     *,
     num_draws: int = 16,
     seed: int = 0,
+    max_images: int = 2048,
 ) -> dict[str, Any]:
     """`loss_attack` of the generator's training images against held-out real images.
 
     `members` and `nonmembers` are splits as `pipeline.load_split` returns them, loaded at the
     generator's image size with its class names (so `class_id` is the generator's), each image
-    scored under its own class, device and box mask.
+    scored under its own class, device and box mask. A split larger than `max_images` is scored
+    on a seeded random `max_images` of it: ~2,000 images per side pin the AUC to about +-0.02,
+    and scoring a whole 18,000-image foundation corpus took over 10 minutes on 2 CPU cores.
     """
+    rng = np.random.default_rng(seed)
+
+    def capped(split: dict[str, Any]) -> dict[str, Any]:
+        count = len(split["image"])
+        if count <= max_images:
+            return split
+        keep = np.sort(rng.choice(count, max_images, replace=False))
+        return {
+            k: np.asarray(v)[keep] if isinstance(v, np.ndarray) else [v[i] for i in keep]
+            for k, v in split.items()
+        }
+
+    members, nonmembers = capped(members), capped(nonmembers)
     losses = [
         per_image_losses(
             model,
