@@ -35,7 +35,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="convergence_") as scratch:
         for source in args.sources.split(","):
             for steps in (int(s) for s in args.steps.split(",")):
-                run_config = demo._resolved(
+                run_config = demo.stage_config(
                     config.classifier,
                     **sources[source],
                     **{"eval.paths": (str(paths.data),), "eval.split": "val",

@@ -72,7 +72,7 @@ class Paths:
         return self.classifiers / source / f"predictions_{split}.csv"
 
 
-def _resolved(config: ml_collections.ConfigDict, **fields: Any) -> ml_collections.ConfigDict:
+def stage_config(config: ml_collections.ConfigDict, **fields: Any) -> ml_collections.ConfigDict:
     """A copy of a stage config with `fields` (dotted names allowed) set."""
     config = config.copy_and_resolve_references()
     config.unlock()
@@ -88,7 +88,7 @@ def _resolved(config: ml_collections.ConfigDict, **fields: Any) -> ml_collection
 def stage_phantom(config, paths: Paths) -> None:
     from busgen_jax import generate_phantom
 
-    generate_phantom.run(_resolved(config.phantom, seed=config.seed), str(paths.phantom))
+    generate_phantom.run(stage_config(config.phantom, seed=config.seed), str(paths.phantom))
 
 
 def stage_pretrain(config, paths: Paths) -> None:
@@ -98,14 +98,14 @@ def stage_pretrain(config, paths: Paths) -> None:
     from busgen_jax import pretrain
 
     pretrain.run(
-        _resolved(config.pretrain, **{"data.paths": (str(paths.data),)}), str(paths.pretrain)
+        stage_config(config.pretrain, **{"data.paths": (str(paths.data),)}), str(paths.pretrain)
     )
 
 
 def stage_adapt(config, paths: Paths) -> None:
     from busgen_jax import adapt
 
-    adapt_config = _resolved(
+    adapt_config = stage_config(
         config.adapt, generator=str(paths.generator), **{"data.paths": (str(paths.data),)}
     )
     adapt.run(adapt_config, str(paths.adapt))
@@ -114,7 +114,7 @@ def stage_adapt(config, paths: Paths) -> None:
 def stage_synthesize(config, paths: Paths) -> None:
     from busgen_jax import synthesize
 
-    synth_config = _resolved(
+    synth_config = stage_config(
         config.synthesize,
         generator=str(paths.generator),
         adapter=str(paths.adapter),
@@ -144,7 +144,7 @@ def stage_classifiers(config, paths: Paths) -> None:
             print(f"   classifier trained on {source} data, seed {seed}")
             workdir = paths.classifier(source, seed)
             result = classify.run(
-                _resolved(
+                stage_config(
                     config.classifier,
                     **fields,
                     **{"eval.paths": (str(paths.data),), "train.seed": seed},
@@ -164,7 +164,7 @@ def stage_evaluate(config, paths: Paths) -> None:
     from busgen_jax import evaluate
 
     sources = list(config.classifier_sources)
-    eval_config = _resolved(
+    eval_config = stage_config(
         config.evaluate,
         predictions=tuple(f"{s}={paths.predictions(s, 'test')}" for s in sources),
         validation=tuple(f"{s}={paths.predictions(s, 'val')}" for s in sources),
@@ -218,7 +218,7 @@ def stage_oracle(config, paths: Paths) -> None:
 def stage_scaling(config, paths: Paths) -> None:
     from busgen_jax import scaling
 
-    scaling_config = _resolved(
+    scaling_config = stage_config(
         config.scaling, real_path=str(paths.data), synthetic_path=str(paths.synthetic)
     )
     scaling.run(scaling_config, str(paths.scaling))
