@@ -43,7 +43,7 @@ def build_generator(config, paths: demo.Paths) -> None:
 def synthesize_and_score(config, paths: demo.Paths, scale: float, alpha: float) -> list:
     out = paths.root / f"synthesize_cpsample_{scale:g}"
     shutil.rmtree(out, ignore_errors=True)
-    synth = demo._resolved(
+    synth = demo.stage_config(
         config.synthesize,
         generator=str(paths.generator),
         adapter=str(paths.adapter),
@@ -87,7 +87,7 @@ def classifier_auc(config, paths: demo.Paths, data, name: str) -> float:
     shutil.rmtree(work, ignore_errors=True)
     fields = {"data.paths": (str(data),), "data.mix_weights": ()}
     classify.run(
-        demo._resolved(config.classifier, **fields, **{"eval.paths": (str(paths.data),)}),
+        demo.stage_config(config.classifier, **fields, **{"eval.paths": (str(paths.data),)}),
         str(work),
     )
     model, trained = predict.load_classifier(work / "export")
