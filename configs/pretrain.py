@@ -1,4 +1,5 @@
-"""Diffusion pretraining configs: presets tiny, small, busgen_toy (published), busgen (published).
+"""Diffusion pretraining configs: presets tiny, small, phantom_foundation, efficient, busgen_toy
+(published), busgen (published).
 
   python -m busgen_jax.pretrain --config=configs/pretrain.py:tiny --workdir=/tmp/pretrain \
       --config.data.paths="('/data/phantom',)" --config.train.steps=20
@@ -6,6 +7,8 @@
 `tiny` runs in seconds on a CPU (tests); `small` is a 64 px demo (minutes on 2 cores);
 `phantom_foundation` is the shipped phantom foundation model (`make foundation` reproduces it:
 the corpus, this preset, then `busgen_jax.foundation` writes it into the package);
+`efficient` trains the 128 px `efficient` U-Net (39% of the published forward FLOPs: attention
+only at 32 and 16 px, 4 heads, grayscale) on the 128 px phantom with the published recipe;
 `busgen_toy` and `busgen` are the published architecture and training defaults at 128 and 160 px
 (AdamW 6.25e-6 raised 2.5x over the first tenth of training then cosine, weight decay 1e-4,
 clip 1.0, dropout 0.15, loss summed over pixels / B^2, all conditions dropped together with
@@ -20,7 +23,7 @@ from busgen_jax import job
 from busgen_jax.data import builtin, phantom, pipeline, schema
 from busgen_jax.models import presets
 
-PRESETS = ("tiny", "small", "phantom_foundation", "busgen_toy", "busgen")
+PRESETS = ("tiny", "small", "phantom_foundation", "efficient", "busgen_toy", "busgen")
 # The phantom foundation model's pretraining corpus (`configs/phantom.py:foundation`): DCIS is
 # not among its labels, so adapting to benign vs DCIS is a real few-shot task.
 FOUNDATION_CLASSES = ("normal", "benign", "malignant")
@@ -158,8 +161,10 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         config.checkpoint.every_steps = 250
         config.sample.update(every_steps=500, steps=20)
     else:  # published BUSGen training defaults
-        config.data.class_names = list(config.model.class_names)
-        config.data.device_names = list(config.model.device_names)
+        published = preset != "efficient"  # the efficient net has the phantom's vocabulary
+        classes, devices = schema.PATHOLOGIES, phantom.PHANTOM_DEVICES
+        config.data.class_names = list(config.model.class_names if published else classes)
+        config.data.device_names = list(config.model.device_names if published else devices)
         config.data.update(batch_size=1, balance_classes=True, random_flip=True, random_crop=True)
         config.diffusion.reduction = "published"
         config.train.update(

@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 from generator_fixtures import random_unet
 
-from busgen_jax.models import UNet, count_params, model_config
+from busgen_jax.models import UNet, count_params, model_config, unet
 from busgen_jax.models.unet import dropout, interpolate_rows, sinusoidal_embedding
 
 _forward = nnx.jit(lambda model, *args, **kwargs: model(*args, **kwargs))
@@ -43,12 +43,21 @@ def test_published_presets_have_the_published_parameter_count(name, expected):
 
 
 def test_demo_presets_build_and_record_image_size():
-    for name in ("tiny", "small"):
+    for name in ("tiny", "small", "efficient"):
         config = model_config(name)
         assert config.image_size % 2 ** (len(config.channel_mults) - 1) == 0
     assert 1_000_000 < count_params(model_config("small")) < 10_000_000
     with pytest.raises(ValueError, match="unknown model preset"):
         model_config("huge")
+
+
+def test_efficient_preset_costs_at_most_40_percent_of_the_published_forward_pass():
+    published = unet.forward_flops(model_config("busgen_toy"))
+    assert 5.0e11 < published < 5.5e11  # the ~530 GFLOP per 128 px image of the published net
+    efficient = model_config("efficient")
+    assert unet.forward_flops(efficient) <= 0.40 * published
+    assert efficient.image_size == 128 and efficient.image_channels == 1
+    assert max(efficient.attention_levels) == 3 and min(efficient.attention_levels) >= 2
 
 
 def test_conditions_act_per_sample_and_null_is_distinct(model):
@@ -130,3 +139,35 @@ def test_missing_config_field_is_named():
     del config["num_devices"]
     with pytest.raises(ValueError, match="num_devices"):
         count_params(config)
+
+
+@pytest.mark.parametrize("kernel,padding", [(5, (2, 3)), (3, (1, 2)), (4, (2, 2)), (4, (1, 3))])
+def test_subpixel_transposed_conv_equals_the_dilated_one_and_its_gradients(kernel, padding):
+    args = (6, 5, (kernel, kernel))
+    kw = dict(strides=2, padding=(padding, padding))
+    fast = unet.SubpixelConvTranspose(*args, **kw, rngs=nnx.Rngs(0))
+    reference = nnx.ConvTranspose(*args, **kw, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 7, 9, 6))
+    np.testing.assert_allclose(fast(x), reference(x), rtol=1e-5, atol=1e-5)
+    assert fast(x).shape == (2, 14, 18, 5)
+
+    def grads(module):
+        graphdef, params = nnx.split(module)
+        loss = lambda p, x: jnp.sum(jnp.sin(nnx.merge(graphdef, p)(x)))
+        return jax.grad(loss, argnums=(0, 1))(params, x)
+
+    for got, want in zip(
+        jax.tree.leaves(grads(fast)), jax.tree.leaves(grads(reference)), strict=True
+    ):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_subpixel_transposed_conv_refuses_what_it_cannot_compute():
+    with pytest.raises(ValueError, match="strides"):
+        unet.SubpixelConvTranspose(
+            4, 4, (5, 5), strides=1, padding=((2, 3), (2, 3)), rngs=nnx.Rngs(0)
+        )
+    with pytest.raises(ValueError, match="sum to the kernel size"):
+        unet.SubpixelConvTranspose(
+            4, 4, (5, 5), strides=2, padding=((2, 2), (2, 2)), rngs=nnx.Rngs(0)
+        )

@@ -142,7 +142,8 @@ def _rank_conv(base, rank: int, rngs: nnx.Rngs):
     if isinstance(base, nnx.ConvTranspose):
         if base.transpose_kernel:
             raise ValueError("LoRA does not support ConvTranspose with transpose_kernel=True")
-        return nnx.ConvTranspose(base.in_features, rank, base.kernel_size, **common)
+        # The base's own class, so a sub-pixel transposed conv keeps its fast gradient.
+        return type(base)(base.in_features, rank, base.kernel_size, **common)
     if base.feature_group_count != 1:
         raise ValueError("LoRA does not support grouped convolutions")
     return nnx.Conv(

@@ -1,8 +1,9 @@
-"""Model presets: `model_config(name)` for 'tiny', 'small', 'busgen_toy' and 'busgen', and the
-sampling presets `sampling_preset(name)` for 'published', 'project' and 'phantom_foundation'.
+"""Model presets: `model_config(name)` for 'tiny', 'small', 'efficient', 'busgen_toy' and 'busgen',
+and the sampling presets `sampling_preset(name)` for 'published', 'project' and 'phantom_foundation'.
 
 'busgen_toy' and 'busgen' are the published architectures exactly (so the released PyTorch
-weights import one to one); 'tiny' and 'small' are this project's own choices for tests and demos.
+weights import one to one); 'tiny' and 'small' are this project's own choices for tests and demos;
+'efficient' is the published 128 px layout made cheaper (39% of its forward FLOPs).
 
 A sampling preset is how a generator is meant to be sampled; an exported generator's spec
 records one (`generator.GeneratorSpec.sampling`). 'published' is what the official BUSGen code
@@ -31,7 +32,7 @@ BUSGEN_DEVICES = (
     "Siemens-ACUSON-NX3-Elite", "VINNO-G86", "Mindray-Resona-R9", "SonoScape-Clinic",
     "Mindray-NuewaI9", "Mindray-Resona7", "Samsung-Heraw10",
 )  # fmt: skip
-PRESETS = ("tiny", "small", "busgen_toy", "busgen")
+PRESETS = ("tiny", "small", "efficient", "busgen_toy", "busgen")
 # Each setting is one field of a sampling preset (and of configs/synthesize.py).
 SAMPLING_PRESETS = {
     "published": {
@@ -124,6 +125,29 @@ def _small() -> ml_collections.ConfigDict:
     return config
 
 
+def _efficient() -> ml_collections.ConfigDict:
+    """The published 128 px U-Net (channels, levels, blocks, samplers) at 39% of its forward
+    FLOPs (208 vs 529 GFLOP per image, XLA cost analysis; `benchmarks/train_step.py`).
+
+    Almost all of the saving is attention: the published model attends over every pixel at
+    128 and 64 px, (HW)^2 = 2.7e8 and 1.7e7 scores per head, about 60% of its FLOPs; here it
+    attends only at 32 and 16 px, with 4 heads (64 channels each) instead of one, where a
+    position's neighbourhood is the whole lesion. Grayscale input, as ultrasound is.
+    """
+    config = _busgen_toy()
+    del config["class_names"], config["device_names"]
+    config.update(
+        image_channels=1,
+        attention_levels=(2, 3),
+        num_heads=4,
+        attention_impl="xla",
+        num_classes=len(PATHOLOGIES),
+        num_devices=4,
+        time_embedding="sinusoidal",
+    )
+    return config
+
+
 def _tiny() -> ml_collections.ConfigDict:
     config = _small()
     config.update(
@@ -145,7 +169,13 @@ def _tiny() -> ml_collections.ConfigDict:
 
 def model_config(name: str) -> ml_collections.ConfigDict:
     """Returns a fresh model ConfigDict for preset `name` (one of PRESETS)."""
-    builders = {"tiny": _tiny, "small": _small, "busgen_toy": _busgen_toy, "busgen": _busgen}
+    builders = {
+        "tiny": _tiny,
+        "small": _small,
+        "efficient": _efficient,
+        "busgen_toy": _busgen_toy,
+        "busgen": _busgen,
+    }
     if name not in builders:
         raise ValueError(f"unknown model preset {name!r}; expected one of {PRESETS}")
     return builders[name]()

@@ -125,12 +125,78 @@ class Downsample(nnx.Module):
         return self.conv3(x) + self.conv5(x)
 
 
+def subpixel_conv_transpose(
+    x: jax.Array, kernel: jax.Array, padding: tuple[tuple[int, int], tuple[int, int]]
+) -> jax.Array:
+    """`lax.conv_transpose(x, kernel, strides=2, padding)` [B, H, W, C] -> [B, 2H, 2W, O] as four
+    ordinary convolutions, one per output phase, interleaved (sub-pixel convolution, Shi et al.
+    2016, Sec. 2.2).
+
+    The transposed conv is a correlation over the input dilated by 2: output o = 2m + a sums
+    x[i] K[k] over o + k - lo = 2i, so phase a uses only the taps k = k_a, k_a + 2, ... with
+    k_a = (lo - a) mod 2, at input offsets i - m = (k - lo + a) / 2. Each phase is therefore a
+    stride-1 correlation of the undilated x with K[k_a::2]. Why: XLA on CPU has no fast kernel
+    for a dilated input, and the backward pass of `conv_transpose` (a kernel gradient with a
+    dilated window) ran 50-70x slower than PyTorch's; these four convolutions and their
+    gradients are ordinary ones. Requires lo + hi = kernel size, so the output is exactly 2H.
+    """
+
+    def phase_taps(lo: int, phase: int, size: int) -> tuple[int, tuple[int, int]]:
+        start = (lo - phase) % 2
+        before = (lo - phase - start) // 2
+        return start, (before, len(range(start, size, 2)) - 1 - before)
+
+    (lo_h, _), (lo_w, _) = padding
+    phases = []
+    for a in (0, 1):
+        start_h, pad_h = phase_taps(lo_h, a, kernel.shape[0])
+        row = []
+        for b in (0, 1):
+            start_w, pad_w = phase_taps(lo_w, b, kernel.shape[1])
+            taps = kernel[start_h::2, start_w::2]
+            row.append(
+                jax.lax.conv_general_dilated(
+                    x, taps, (1, 1), (pad_h, pad_w), dimension_numbers=("NHWC", "HWIO", "NHWC")
+                )
+            )
+        phases.append(jnp.stack(row, axis=3))  # [B, H, W, 2 (b), O]
+    y = jnp.stack(phases, axis=2)  # [B, H, 2 (a), W, 2 (b), O]
+    batch, height, _, width, _, channels = y.shape
+    return y.reshape(batch, 2 * height, 2 * width, channels)
+
+
+class SubpixelConvTranspose(nnx.ConvTranspose):
+    """`nnx.ConvTranspose` with stride 2, computed by `subpixel_conv_transpose`: the same
+    parameters (so checkpoints, the PyTorch converter and LoRA see an `nnx.ConvTranspose`) and
+    the same numbers up to float summation order."""
+
+    def __init__(
+        self, in_features: int, out_features: int, kernel_size, *, strides, padding, **kwargs
+    ):
+        if tuple(np.broadcast_to(strides, 2)) != (2, 2):
+            raise ValueError(f"strides must be 2, got {strides}")
+        for (lo, hi), size in zip(padding, kernel_size, strict=True):
+            if lo + hi != size:
+                raise ValueError(f"padding {padding} must sum to the kernel size {kernel_size}")
+        super().__init__(
+            in_features, out_features, kernel_size, strides=strides, padding=padding, **kwargs
+        )
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        bias = self.bias[...] if self.bias is not None else None
+        inputs, kernel, bias = self.promote_dtype(
+            (inputs, self.kernel[...], bias), dtype=self.dtype
+        )
+        y = subpixel_conv_transpose(inputs, kernel, self.padding)
+        return y if bias is None else y + bias
+
+
 class Upsample(nnx.Module):
     """Doubles the resolution: transposed 5x5 conv (PyTorch stride 2, padding 2, output padding
     1, i.e. dilated-input padding (2, 3)), then a 3x3 conv."""
 
     def __init__(self, ch: int, *, rngs: nnx.Rngs):
-        self.deconv = nnx.ConvTranspose(
+        self.deconv = SubpixelConvTranspose(
             ch, ch, (5, 5), strides=2, padding=((2, 3), (2, 3)), rngs=rngs
         )
         self.conv = nnx.Conv(ch, ch, (3, 3), rngs=rngs)
@@ -277,3 +343,24 @@ def count_params(config: ml_collections.ConfigDict) -> int:
     model = nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0)))
     leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
     return int(sum(np.prod(leaf.shape) for leaf in leaves))
+
+
+def forward_flops(config: ml_collections.ConfigDict, batch_size: int = 1) -> float:
+    """FLOPs of one forward pass, from XLA's cost analysis of the lowered (uncompiled) program
+    with plain attention (the chunked loop's body would be counted once); nothing is allocated."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.attention_impl = "plain"
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0))))
+    size, shape = config.image_size, jax.ShapeDtypeStruct
+    images = shape((batch_size, size, size, config.image_channels), jnp.float32)
+    ids = shape((batch_size,), jnp.int32)
+    lowered = jax.jit(
+        lambda state, x, t, ids, box: nnx.merge(graphdef, state)(x, t, ids, ids, box)
+    ).lower(
+        state,
+        images,
+        shape((batch_size,), jnp.float32),
+        ids,
+        shape((batch_size, size, size, 1), jnp.float32),
+    )
+    return float(lowered.cost_analysis()["flops"])
