@@ -16,6 +16,7 @@ JOBS = {
     "import": ("busgen_jax.import_data", "import BUSI / BUS-BRA / UDIAT / CSV / DICOM data"),
     "pretrain": ("busgen_jax.pretrain", "pretrain the conditional diffusion U-Net"),
     "adapt": ("busgen_jax.adapt", "few-shot LoRA adaptation of a pretrained model"),
+    "distill": ("busgen_jax.distill", "distil a generator into a few-step student"),
     "synthesize": ("busgen_jax.synthesize", "write an audited synthetic dataset"),
     "train-classifier": ("busgen_jax.classify", "train a classifier on real/synthetic data"),
     "predict": ("busgen_jax.predict", "per-case probabilities of a classifier, as CSV"),

@@ -5,7 +5,10 @@ An exported generator is a directory with
   model_config.json     the U-Net config
   generator.json        what sampling needs besides the network: the noise schedule, the
                         prediction target, the class and device vocabularies, image size, and
-                        the sampling preset it is meant for (`presets.SAMPLING_PRESETS`).
+                        the sampling preset it is meant for (`presets.SAMPLING_PRESETS`);
+                        for a distilled student (`busgen distill`) also `student`: its
+                        teacher, the step count it was distilled for and whether it takes the
+                        guidance weight as an input (sampled then in one pass per step).
 Pretraining exports its EMA params in this form, the PyTorch converter writes the published
 weights in it, and adaptation writes its adapters next to a reference to one.
 """
@@ -48,6 +51,8 @@ class GeneratorSpec:
     sampling: dict[str, Any] = dataclasses.field(
         default_factory=lambda: presets.sampling_preset("project")
     )
+    # None for a trained generator; a distilled student's provenance (`diffusion.distillation`).
+    student: dict[str, Any] | None = None
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -172,8 +177,13 @@ def sample_images(
     )
     schedule = schedules.make_schedule(ml_collections.ConfigDict(spec.schedule))
     channels = model.head.in_features - 1
+    # A guidance-distilled student computes the guided prediction itself, from w, in one pass.
+    guidance_input = bool(spec.student and spec.student.get("guidance_input"))
 
     def model_fn(x, t, classes, devices, masks):
+        if guidance_input:
+            w = jnp.full(x.shape[:1], guidance_weight, jnp.float32)
+            return model(x, t, classes, devices, masks, guidance_weight=w)
         return model(x, t, classes, devices, masks)
 
     denoise_fn = guidance.guided_denoise_fn(
@@ -181,7 +191,7 @@ def sample_images(
         class_ids,
         device_ids,
         box_mask,
-        guidance_weight=guidance_weight,
+        guidance_weight=0.0 if guidance_input else guidance_weight,
         drop_box_mask=how["drop_box_mask"],
         time_input=how["time_input"],
     )

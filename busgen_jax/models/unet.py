@@ -11,7 +11,9 @@ classifier-free guidance, Ho & Salimans 2022).
 Config fields (see `presets.py`): image_size, image_channels, base_channels, channel_mults,
 num_res_blocks, attention_levels (level indices, 0 = full resolution), attention_in_up_path,
 middle_attention, num_heads, attention_impl, attention_chunk, dropout, norm_groups, num_classes,
-num_devices (both excluding the null index), num_timesteps, time_embedding ('table' | 'sinusoidal').
+num_devices (both excluding the null index), num_timesteps, time_embedding ('table' | 'sinusoidal'),
+and optionally guidance_input (default False): a guidance-distilled student takes the guidance
+weight w as an input (Meng et al. 2023, sec. 4.1), embedded like the time and added to it.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ REQUIRED_FIELDS = (
     "num_timesteps", "time_embedding",
 )  # fmt: skip
 _zeros = nnx.initializers.zeros_init()
+GUIDANCE_SCALE = 100.0  # w -> the argument of its sinusoidal embedding
 
 
 def sinusoidal_embedding(t: jax.Array, dim: int) -> jax.Array:
@@ -252,6 +255,11 @@ class UNet(nnx.Module):
             self.time_table = nnx.Param(sinusoidal_embedding(t, ch))
         self.time_dense1 = nnx.Linear(ch, emb_dim, rngs=rngs)
         self.time_dense2 = nnx.Linear(emb_dim, emb_dim, rngs=rngs)
+        if config.get("guidance_input", False):
+            # Zero-initialized output: a student built from a teacher starts as the teacher's
+            # conditional network, whatever w it is given.
+            self.guidance_dense1 = nnx.Linear(ch, emb_dim, rngs=rngs)
+            self.guidance_dense2 = nnx.Linear(emb_dim, emb_dim, kernel_init=_zeros, rngs=rngs)
         self.class_embed = nnx.Embed(config.num_classes + 1, ch, rngs=rngs)
         self.device_embed = nnx.Embed(config.num_devices + 1, ch, rngs=rngs)
         self.cond_dense1 = nnx.Linear(2 * ch, emb_dim, rngs=rngs)
@@ -296,6 +304,7 @@ class UNet(nnx.Module):
         box_mask: jax.Array,
         *,
         dropout_rng: jax.Array | None = None,
+        guidance_weight: jax.Array | None = None,
     ) -> jax.Array:
         """Predicts the noise epsilon.
 
@@ -305,6 +314,8 @@ class UNet(nnx.Module):
           class_ids, device_ids: int [B], 0 = null (unconditional).
           box_mask: float [B, H, W, 1] lesion-box mask in {0, 1}.
           dropout_rng: None for evaluation, else one PRNG key for all dropout in this call.
+          guidance_weight: float [B], the guidance weight w of a model built with
+            guidance_input (required there, refused elsewhere).
 
         Returns:
           float [B, H, W, C] predicted epsilon.
@@ -314,6 +325,14 @@ class UNet(nnx.Module):
         else:
             temb = sinusoidal_embedding(t, self.time_dense1.in_features)
         temb = self.time_dense2(nnx.swish(self.time_dense1(temb)))
+        if hasattr(self, "guidance_dense1") != (guidance_weight is not None):
+            raise ValueError("guidance_weight is required by, and only by, a guidance_input model")
+        if guidance_weight is not None:
+            # w in [0, ~4] scaled onto the time embedding's frequency range (t in [0, T-1]).
+            wemb = sinusoidal_embedding(
+                GUIDANCE_SCALE * guidance_weight, self.guidance_dense1.in_features
+            )
+            temb = temb + self.guidance_dense2(nnx.swish(self.guidance_dense1(wemb)))
         cemb = jnp.concatenate([self.class_embed(class_ids), self.device_embed(device_ids)], -1)
         cemb = self.cond_dense2(nnx.swish(self.cond_dense1(cemb)))
         block_index = itertools.count()  # a distinct dropout stream per residual block
