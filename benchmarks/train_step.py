@@ -1,19 +1,35 @@
-"""Train-step throughput, peak memory and FLOPs of the published `busgen_toy` config on CPU.
+"""Train-step speed of the diffusion U-Net against a PyTorch twin of the same architecture.
 
-  python -m benchmarks.train_step --batch_sizes=1,2,4,8 --steps=1 --warmup=0 --torch
+  python -m benchmarks.train_step --models=busgen_toy,demo,efficient --batch_sizes=1,4 \
+      --ablations=none,dilated_upsample,no_attention,no_groupnorm,plain_resample,no_ema,forward_only
 
-Every setting runs in a fresh subprocess, so its peak RSS (`resource.getrusage`) is its own:
-the JAX train step (AdamW + EMA, sharded-state code path on one device) with chunked
-(flash-style) and plain attention, and the same step (forward, backward, AdamW) of the published
-PyTorch architecture from `tests/torch_reference_unet.py` for the ratio.
+Models: `busgen_toy` (the published 128 px U-Net, chunked attention), `demo` (the shipped phantom
+foundation model's 32 px U-Net, `configs/pretrain.py:phantom_foundation`) and `efficient` (the
+128 px `efficient` preset). For each, in one run: the JAX train step (diffusion loss, AdamW, EMA;
+the pretraining job's sharded step on one device) and the same step of the PyTorch twin
+(`tests/torch_reference_unet.twin`: forward, backward, clipping, AdamW, EMA), each in a fresh
+subprocess so its peak RSS is its own, reported as the ratio of images/s. GFLOPs per image are
+XLA's cost analysis of the step lowered with plain attention (the chunked loop's body would be
+counted once). On an accelerator, `--peak_tflops` (the chip's dense peak at the compute dtype)
+adds model FLOP utilization. Settings that cannot fit are reported, not run into the OOM killer:
+a JAX step whose XLA buffer plan exceeds `--memory_limit_gib` is compiled but not run, and the
+PyTorch worker runs under an address-space limit of that size.
 
-Settings that cannot fit are reported, not run into the OOM killer: a plain-attention JAX step
-whose XLA buffer plan (`memory_analysis`) exceeds `--memory_limit_gib` is compiled but not
-executed, and the PyTorch worker runs under an address-space limit of that size, so an
-allocation it cannot make fails inside PyTorch. FLOPs per image come from XLA's cost analysis of
-the plain-attention step: the chunked one loops over key chunks, and cost analysis counts a loop
-body once. On an accelerator, `--peak_tflops` (the chip's dense peak at the compute dtype)
-adds model FLOP utilization: XLA's FLOPs per image times images/s over that peak.
+Ablations (`--ablations`, each applied to both frameworks alike) find where the time goes:
+  dilated_upsample  JAX only: the up-sampler's transposed conv as `lax.conv_transpose` (a conv
+                    over the dilated input), as it was before the sub-pixel form;
+  no_attention      no attention blocks;
+  no_groupnorm      every GroupNorm replaced by the identity;
+  plain_resample    down-sampler one 3x3 stride-2 conv, up-sampler nearest x2 then its 3x3 conv;
+  no_ema            no EMA update of the weights;
+  forward_only      one forward pass, no gradient.
+
+What was found (BENCHMARKS.md, "Train step ... against PyTorch"): XLA on CPU has no fast kernel
+for a convolution over a dilated input, which is what the gradient of a transposed conv is; the
+published up-sampler's backward pass ran 50-70x slower than PyTorch's and took about 80% of the
+published toy's step. Computed as four ordinary convolutions of the undilated input
+(`models.unet.subpixel_conv_transpose`), same parameters and numbers, the step is faster than
+PyTorch's. `benchmarks/train_step_ops.py` times each op alone.
 """
 
 from __future__ import annotations
@@ -28,17 +44,39 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+MODELS = {"busgen_toy": "busgen_toy", "demo": "phantom_foundation", "efficient": "efficient"}
+ABLATIONS = (
+    "none",
+    "dilated_upsample",
+    "no_attention",
+    "no_groupnorm",
+    "plain_resample",
+    "no_ema",
+    "forward_only",
+)
+EMA_DECAY = 0.999
 
 
-def _batch(batch_size: int, size: int):
+def _config(model: str, batch_size: int, ablation: str):
+    from configs import pretrain as pretrain_config
+
+    config = pretrain_config.get_config(MODELS[model])
+    config.data.update(paths=["unused"], batch_size=batch_size)
+    if ablation == "no_attention":
+        config.model.update(attention_levels=(), middle_attention=False)
+    return config
+
+
+def _batch(config):
     import numpy as np
 
     rng = np.random.default_rng(0)
+    b, size = config.data.batch_size, config.data.image_size
     return {
-        "image": rng.uniform(-1, 1, (batch_size, size, size, 1)).astype(np.float32),
-        "box_mask": (rng.uniform(size=(batch_size, size, size, 1)) < 0.2).astype(np.float32),
-        "class_id": rng.integers(1, 3, batch_size).astype(np.int32),
-        "device_id": rng.integers(0, 4, batch_size).astype(np.int32),
+        "image": rng.uniform(-1, 1, (b, size, size, 1)).astype(np.float32),
+        "box_mask": (rng.uniform(size=(b, size, size, 1)) < 0.2).astype(np.float32),
+        "class_id": rng.integers(1, config.model.num_classes + 1, b).astype(np.int32),
+        "device_id": rng.integers(1, config.model.num_devices + 1, b).astype(np.int32),
     }
 
 
@@ -52,32 +90,77 @@ def _timed(step, steps: int, warmup: int) -> float:
     return (time.perf_counter() - tick) / steps
 
 
-def jax_worker(batch_size: int, steps: int, warmup: int, attention: str, limit_gib: float):
+def _ablate_jax(ablation: str) -> None:
+    """Patches the JAX model for `ablation` (this worker process only)."""
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from busgen_jax.models import attention, unet
+
+    class Identity(nnx.Module):
+        def __call__(self, x):
+            return x
+
+    if ablation == "dilated_upsample":
+        unet.SubpixelConvTranspose.__call__ = nnx.ConvTranspose.__call__
+    elif ablation == "no_groupnorm":
+        attention.group_norm = unet.group_norm = lambda *args, **kwargs: Identity()
+    elif ablation == "plain_resample":
+        unet.Downsample.__call__ = lambda self, x: self.conv3(x)
+        unet.Upsample.__call__ = lambda self, x: self.conv(jnp.repeat(jnp.repeat(x, 2, 1), 2, 2))
+    elif ablation == "no_ema":
+        optax.incremental_update = lambda new, old, step_size: old
+
+
+def jax_worker(
+    model: str,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    ablation: str,
+    attention: str | None,
+    limit_gib: float,
+) -> dict:
     import jax
+    from flax import nnx
 
     from busgen_jax import pretrain
     from busgen_jax.parallel import mesh as mesh_lib
-    from configs import pretrain as pretrain_config
 
-    config = pretrain_config.get_config("busgen_toy")
-    config.data.update(paths=["unused"], batch_size=batch_size)
-    config.model.attention_impl = attention
+    _ablate_jax(ablation)
+    config = _config(model, batch_size, ablation)
+    if attention:
+        config.model.attention_impl = attention
     mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
     init_fn, _, shardings = pretrain.abstract_state_and_shardings(config, mesh)
     state = jax.jit(init_fn, out_shardings=shardings)()
-    train_step = pretrain.make_train_step(config, mesh, shardings)
-    batch = mesh_lib.host_batch_to_global(_batch(batch_size, config.data.image_size), mesh)
+    batch = mesh_lib.host_batch_to_global(_batch(config), mesh)
     rng = jax.random.key(0)
+    out = {}
+    if ablation == "forward_only":
+        model_ = nnx.merge(state.graphdef, state.params, state.rest)
+        x = batch["image"].repeat(config.model.image_channels, -1)
+        t = jax.numpy.full((batch_size,), 250.0)
+        args = (x, t, batch["class_id"], batch["device_id"], batch["box_mask"])
+        forward = nnx.jit(lambda m, *a: m(*a))
+        jax.block_until_ready(forward(model_, *args))  # compiles
+        out["step_s"] = _timed(lambda: jax.block_until_ready(forward(model_, *args)), steps, warmup)
+        out["images_per_s"] = batch_size / out["step_s"]
+        return out
+    train_step = pretrain.make_train_step(config, mesh, shardings)
     tick = time.perf_counter()
     compiled = train_step.lower(state, batch, rng).compile()
-    out = {"compile_s": time.perf_counter() - tick}
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    out["gflops_per_image"] = float(cost.get("flops", float("nan"))) / batch_size / 1e9
+    out["compile_s"] = time.perf_counter() - tick
     memory = compiled.memory_analysis()
     out["xla_buffers_gib"] = (
         memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
     ) / 2**30
+    if ablation == "none":
+        config.model.attention_impl = "plain"  # the chunked loop's body is counted once
+        plain_step = pretrain.make_train_step(config, mesh, shardings)
+        flops = plain_step.lower(state, batch, rng).cost_analysis()["flops"]
+        out["gflops_per_image"] = float(flops) / batch_size / 1e9
     if out["xla_buffers_gib"] > limit_gib:
         return out
 
@@ -91,29 +174,56 @@ def jax_worker(batch_size: int, steps: int, warmup: int, attention: str, limit_g
     return out
 
 
-def torch_worker(batch_size: int, steps: int, warmup: int, limit_gib: float) -> dict:
+def _ablate_torch(ablation: str) -> None:
+    import torch
+    import torch_reference_unet as reference
+    from torch import nn
+
+    if ablation == "no_groupnorm":
+        nn.GroupNorm = lambda *args: nn.Identity()
+    elif ablation == "plain_resample":
+        reference.DownSample.forward = lambda self, x, temb, cemb: self.c1(x)
+        upsample = lambda x: torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
+        reference.UpSample.forward = lambda self, x, temb, cemb: self.c(upsample(x))
+
+
+def torch_worker(
+    model: str, batch_size: int, steps: int, warmup: int, ablation: str, limit_gib: float
+) -> dict:
     import torch
 
     limit = int(limit_gib * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     sys.path.insert(0, str(ROOT / "tests"))
-    from torch_reference_unet import TorchUNet
+    from torch_reference_unet import twin
 
+    _ablate_torch(ablation)
+    config = _config(model, batch_size, ablation)
+    batch = {k: torch.as_tensor(v) for k, v in _batch(config).items()}
     torch.manual_seed(0)
-    model = TorchUNet()
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=6.25e-6, weight_decay=1e-4)
-    x = torch.randn(batch_size, 3, 128, 128)
-    mask = (torch.rand(batch_size, 1, 128, 128) < 0.2).float()
-    t = torch.randint(0, 500, (batch_size,))
-    ids = torch.ones(batch_size, dtype=torch.long)
+    net = twin(config.model)
+    net.train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    ema = [p.detach().clone() for p in params]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+    x = batch["image"].permute(0, 3, 1, 2).repeat(1, config.model.image_channels, 1, 1)
+    mask = batch["box_mask"].permute(0, 3, 1, 2)
+    t = torch.randint(0, config.model.num_timesteps, (batch_size,))
+    classes, devices = batch["class_id"].long(), batch["device_id"].long()
 
     def step():
-        loss = ((model(x, t, ids, ids, mask) - x) ** 2).sum() / batch_size**2
+        if ablation == "forward_only":
+            with torch.no_grad():
+                net(x, t, classes, devices, mask)
+            return
+        loss = ((net(x, t, classes, devices, mask) - x) ** 2).mean()
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
+        if ablation != "no_ema":
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, params, 1.0 - EMA_DECAY)
 
     try:
         seconds = _timed(step, steps, warmup)
@@ -125,16 +235,28 @@ def torch_worker(batch_size: int, steps: int, warmup: int, limit_gib: float) -> 
     return {"step_s": seconds, "images_per_s": batch_size / seconds}
 
 
-def run_setting(kind: str, batch_size: int, args, attention: str = "chunked") -> dict:
+def run_setting(kind: str, model: str, batch_size: int, ablation: str, args) -> dict:
     """Runs one setting in a fresh interpreter; returns its timings and peak RSS."""
-    command = [sys.executable, "-m", "benchmarks.train_step", "--worker", kind,
-               f"--batch_sizes={batch_size}", f"--steps={args.steps}", f"--warmup={args.warmup}",
-               f"--attention={attention}", f"--memory_limit_gib={args.memory_limit_gib}"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.train_step",
+        "--worker",
+        kind,
+        f"--models={model}",
+        f"--batch_sizes={batch_size}",
+        f"--ablations={ablation}",
+        f"--steps={args.steps}",
+        f"--warmup={args.warmup}",
+        f"--memory_limit_gib={args.memory_limit_gib}",
+    ]
+    if args.attention:
+        command.append(f"--attention={args.attention}")
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if result.returncode:
-        raise RuntimeError(f"{kind} batch {batch_size} failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"{kind} {model} batch {batch_size} failed:\n{result.stderr[-3000:]}")
     out = json.loads(result.stdout.strip().splitlines()[-1])
-    print(kind, attention, batch_size, out, flush=True)
+    print(kind, model, batch_size, ablation, out, flush=True)
     return out
 
 
@@ -146,70 +268,134 @@ def _rate(out: dict, limit_gib: float) -> str:
     return f"not run: XLA plans {out['xla_buffers_gib']:.1f} GiB > {limit_gib:g}"
 
 
-def _rss(out: dict) -> str | float:
-    """Peak RSS of a setting that ran (a setting compiled but not run has none worth showing)."""
-    return out["peak_rss_gib"] if "images_per_s" in out or "failed_allocation_gib" in out else "-"
+def _ratio(jax_out: dict, torch_out: dict) -> float | str:
+    if "images_per_s" in jax_out and "images_per_s" in torch_out:
+        return jax_out["images_per_s"] / torch_out["images_per_s"]
+    return ""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch_sizes", default="1,2")
+    parser.add_argument("--models", default="busgen_toy,demo,efficient")
+    parser.add_argument("--batch_sizes", default="1,4")
+    parser.add_argument("--ablations", default="none")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--attention", default="chunked")
+    parser.add_argument("--attention", help="override the presets' attention_impl")
     parser.add_argument("--memory_limit_gib", type=float, default=20.0)
-    parser.add_argument("--torch", action="store_true", help="also time the PyTorch reference")
+    parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch twin")
     parser.add_argument(
         "--peak_tflops", type=float, help="the device's peak TFLOP/s: adds model FLOP utilization"
     )
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    models = args.models.split(",")
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    ablations = args.ablations.split(",")
+    for name, allowed in (("models", MODELS), ("ablations", ABLATIONS)):
+        unknown = set(locals()[name]) - set(allowed)
+        if unknown:
+            parser.error(f"--{name}: unknown {sorted(unknown)}; choose from {list(allowed)}")
     if args.worker:
-        worker_args = (batch_sizes[0], args.steps, args.warmup)
+        common = (models[0], batch_sizes[0], args.steps, args.warmup, ablations[0])
         out = (
-            jax_worker(*worker_args, args.attention, args.memory_limit_gib)
+            jax_worker(*common, args.attention, args.memory_limit_gib)
             if args.worker == "jax"
-            else torch_worker(*worker_args, args.memory_limit_gib)
+            else torch_worker(*common, args.memory_limit_gib)
         )
         out["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         print(json.dumps(out))
         return
     from benchmarks.common import report
 
-    rows = []
-    for batch_size in batch_sizes:
-        chunked = run_setting("jax", batch_size, args, "chunked")
-        plain = run_setting("jax", batch_size, args, "plain")
-        limit = args.memory_limit_gib
-        row = [batch_size, _rate(chunked, limit), _rss(chunked), chunked["xla_buffers_gib"],
-               _rate(plain, limit), _rss(plain), plain["xla_buffers_gib"],
-               plain["gflops_per_image"]]  # fmt: skip
-        if args.peak_tflops:
-            achieved = plain["gflops_per_image"] * chunked.get("images_per_s", float("nan"))
-            row.append(achieved / (args.peak_tflops * 1e3))
-        if args.torch:
-            torch_out = run_setting("torch", batch_size, args)
-            ratio = (chunked["images_per_s"] / torch_out["images_per_s"]
-                     if "images_per_s" in torch_out else "")  # fmt: skip
-            row += [_rate(torch_out, limit), _rss(torch_out), ratio]
-        rows.append(row)
-    header = ["batch", "JAX chunked img/s", "peak RSS GiB", "XLA buffers GiB",
-              "JAX plain img/s", "peak RSS GiB", "XLA buffers GiB", "GFLOPs/img (XLA)"]  # fmt: skip
+    limit = args.memory_limit_gib
+    speed_rows, ablation_rows = [], []
+    for model in models:
+        for batch_size in batch_sizes:
+            base = {}
+            for ablation in ablations:
+                jax_out = run_setting("jax", model, batch_size, ablation, args)
+                torch_out = (
+                    {} if args.no_torch else run_setting("torch", model, batch_size, ablation, args)
+                )
+                if ablation == "none":
+                    base = {"jax": jax_out, "torch": torch_out}
+                    flops = jax_out["gflops_per_image"]
+                    row = [
+                        model,
+                        batch_size,
+                        _rate(jax_out, limit),
+                        jax_out["peak_rss_gib"],
+                        _rate(torch_out, limit) if torch_out else "-",
+                        torch_out.get("peak_rss_gib", "-"),
+                        _ratio(jax_out, torch_out),
+                        flops,
+                        flops * jax_out.get("images_per_s", float("nan")),
+                    ]
+                    if args.peak_tflops:
+                        row.append(row[-1] / (args.peak_tflops * 1e3))
+                    speed_rows.append(row)
+                    continue
+                saved = {
+                    kind: base[kind]["step_s"] - out["step_s"]
+                    for kind, out in (("jax", jax_out), ("torch", torch_out))
+                    if "step_s" in base.get(kind, {}) and "step_s" in out
+                }
+                ablation_rows.append(
+                    [
+                        model,
+                        batch_size,
+                        ablation,
+                        jax_out.get("step_s", "-"),
+                        torch_out.get("step_s", "-"),
+                        _ratio(jax_out, torch_out),
+                        saved.get("jax", "-"),
+                        saved.get("torch", "-"),
+                    ]
+                )
+    header = [
+        "model",
+        "batch",
+        "JAX img/s",
+        "JAX peak RSS GiB",
+        "PyTorch img/s",
+        "PyTorch peak RSS GiB",
+        "JAX / PyTorch",
+        "GFLOPs/img (XLA)",
+        "JAX GFLOP/s",
+    ]
     if args.peak_tflops:
-        header.append(f"MFU (chunked, peak {args.peak_tflops:g} TFLOP/s)")
-    if args.torch:
-        header += ["PyTorch img/s", "peak RSS GiB", "JAX chunked / PyTorch"]
-    report(
-        "Train step, busgen_toy (128 px, published U-Net, AdamW + EMA)",
-        "configs/pretrain.py:busgen_toy, 1 CPU device, fp32",
-        header,
-        rows,
-        notes=f"{args.steps} timed step(s) after {args.warmup} warm-up step(s), compiled ahead "
-        f"of time; each setting in a fresh process; memory limit {args.memory_limit_gib:g} GiB "
-        "(see the script's docstring); GFLOPs from XLA cost analysis of the plain-attention "
-        "step (forward + backward + update).",
+        header.append(f"MFU (peak {args.peak_tflops:g} TFLOP/s)")
+    settings = (
+        f"{args.steps} timed step(s) after {args.warmup} warm-up step(s), compiled ahead of time;"
+        f" each setting in a fresh process; memory limit {limit:g} GiB; fp32"
     )
+    report(
+        "Train step against PyTorch (JAX and a PyTorch twin of the same U-Net)",
+        "models " + ", ".join(f"{m} (configs/pretrain.py:{MODELS[m]})" for m in models),
+        header,
+        speed_rows,
+        notes=settings + "; GFLOPs from XLA cost analysis of the step with plain attention "
+        "(forward + backward + update).",
+    )
+    if ablation_rows:
+        report(
+            "Train step ablations against PyTorch (where the time goes)",
+            "models " + ", ".join(models) + "; ablations as in the script's docstring",
+            [
+                "model",
+                "batch",
+                "ablation",
+                "JAX s/step",
+                "PyTorch s/step",
+                "JAX / PyTorch speed",
+                "JAX s saved",
+                "PyTorch s saved",
+            ],
+            ablation_rows,
+            notes=settings + "; 's saved' = the full step's seconds minus the ablated step's: "
+            "what the removed part costs in each framework.",
+        )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from flax import nnx
 
 from busgen_jax import generator
 from busgen_jax.data import box_priors
-from busgen_jax.models import UNet, model_config, presets, torch_convert
+from busgen_jax.models import UNet, count_params, model_config, presets, torch_convert
 
 DATA = pathlib.Path(__file__).parent / "data"
 _forward = nnx.jit(lambda model, *args: model(*args))
@@ -389,3 +389,18 @@ def test_synthesize_published_preset_is_the_published_sampling():
         fields = {k: config[k] for k in presets.SAMPLING_FIELDS}
         assert generator.sampling_settings(project_spec, fields)["preset"] == expected
     assert fields["drop_box_mask"] is None and fields["box_raster"] is None
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "efficient", "busgen_toy"])
+def test_torch_twin_has_the_architecture_of_each_preset(name):
+    """The speed benchmark's PyTorch twins: every trainable tensor of the project's U-Net has a
+    counterpart of the same size (the time table of a sinusoidal net is frozen)."""
+    pytest.importorskip("torch")
+    from torch_reference_unet import twin
+
+    config = model_config(name)
+    trainable = [p for p in twin(config).parameters() if p.requires_grad]
+    assert sum(p.numel() for p in trainable) == count_params(config)
+    model = nnx.eval_shape(lambda: UNet(config, rngs=nnx.Rngs(0)))
+    jax_sizes = [int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(model, nnx.Param))]
+    assert sorted(p.numel() for p in trainable) == sorted(jax_sizes)

@@ -2,7 +2,9 @@
 
 Written from the architecture description in tests/data/README.md's source (the reference
 README of the published model) and checked against its key/shape lists; used to test that
-`busgen_jax.models.torch_convert` imports such weights and reproduces the forward pass.
+`busgen_jax.models.torch_convert` imports such weights and reproduces the forward pass. Its
+defaults are the published layout; `twin(config)` builds the same architecture as any of this
+project's U-Net configs, for side-by-side speed measurements (`benchmarks/train_step.py`).
 """
 
 from __future__ import annotations
@@ -22,17 +24,25 @@ def interleaved_sinusoids(num_timesteps: int, dim: int) -> torch.Tensor:
 
 
 class AttnBlock(nn.Module):
-    def __init__(self, ch: int, groups: int):
+    def __init__(self, ch: int, groups: int, num_heads: int = 1):
         super().__init__()
         self.group_norm = nn.GroupNorm(groups, ch)
         self.proj_q = nn.Conv2d(ch, ch, 1)
         self.proj_k = nn.Conv2d(ch, ch, 1)
         self.proj_v = nn.Conv2d(ch, ch, 1)
         self.proj = nn.Conv2d(ch, ch, 1)
+        self.num_heads = num_heads
 
     def forward(self, x):
         b, c, h, w = x.shape
         y = self.group_norm(x)
+        if self.num_heads > 1:  # not published: PyTorch's fused attention over heads
+            heads = lambda z: z.reshape(b, self.num_heads, c // self.num_heads, h * w).transpose(
+                2, 3
+            )
+            q, k, v = heads(self.proj_q(y)), heads(self.proj_k(y)), heads(self.proj_v(y))
+            out = nn.functional.scaled_dot_product_attention(q, k, v)
+            return x + self.proj(out.transpose(2, 3).reshape(b, c, h, w))
         q = self.proj_q(y).permute(0, 2, 3, 1).reshape(b, h * w, c)
         k = self.proj_k(y).reshape(b, c, h * w)
         v = self.proj_v(y).permute(0, 2, 3, 1).reshape(b, h * w, c)
@@ -42,7 +52,7 @@ class AttnBlock(nn.Module):
 
 
 class ResBlock(nn.Module):
-    def __init__(self, in_ch, out_ch, emb_dim, dropout, attn, groups):
+    def __init__(self, in_ch, out_ch, emb_dim, dropout, attn, groups, num_heads=1):
         super().__init__()
         self.block1 = nn.Sequential(
             nn.GroupNorm(groups, in_ch), nn.SiLU(), nn.Conv2d(in_ch, out_ch, 3, padding=1)
@@ -56,7 +66,7 @@ class ResBlock(nn.Module):
             nn.Conv2d(out_ch, out_ch, 3, padding=1),
         )
         self.shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
-        self.attn = AttnBlock(out_ch, groups) if attn else nn.Identity()
+        self.attn = AttnBlock(out_ch, groups, num_heads) if attn else nn.Identity()
 
     def forward(self, x, temb, cemb):
         h = self.block1(x)
@@ -100,12 +110,20 @@ class TorchUNet(nn.Module):
         num_timesteps=500,
         groups=32,
         image_channels=3,
+        attention_levels=None,
+        attention_in_up_path=False,
+        middle_attention=True,
+        num_heads=1,
+        time_embedding="table",
     ):
         super().__init__()
         emb_dim = 4 * ch
+        attention_levels = range(len(ch_mult)) if attention_levels is None else attention_levels
         self.time_embedding = nn.Module()
+        table = interleaved_sinusoids(num_timesteps, ch)
         self.time_embedding.timembedding = nn.Sequential(
-            nn.Embedding.from_pretrained(interleaved_sinusoids(num_timesteps, ch), freeze=False),
+            # A frozen table of the sinusoids is what a sinusoidal embedding computes at integer t.
+            nn.Embedding.from_pretrained(table, freeze=time_embedding != "table"),
             nn.Linear(ch, emb_dim),
             nn.SiLU(),
             nn.Linear(emb_dim, emb_dim),
@@ -117,21 +135,24 @@ class TorchUNet(nn.Module):
             nn.Linear(2 * ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
         )
         self.head = nn.Conv2d(image_channels + 1, ch, 3, padding=1)
-        block = lambda i, o, attn: ResBlock(i, o, emb_dim, dropout, attn, groups)
+        block = lambda i, o, attn: ResBlock(i, o, emb_dim, dropout, attn, groups, num_heads)
         self.downblocks, chs, now = nn.ModuleList(), [ch], ch
         for level, mult in enumerate(ch_mult):
             for _ in range(num_res_blocks):
-                self.downblocks.append(block(now, ch * mult, True))
+                self.downblocks.append(block(now, ch * mult, level in attention_levels))
                 now = ch * mult
                 chs.append(now)
             if level != len(ch_mult) - 1:
                 self.downblocks.append(DownSample(now))
                 chs.append(now)
-        self.middleblocks = nn.ModuleList([block(now, now, True), block(now, now, False)])
+        self.middleblocks = nn.ModuleList(
+            [block(now, now, middle_attention), block(now, now, False)]
+        )
         self.upblocks = nn.ModuleList()
         for level in reversed(range(len(ch_mult))):
+            up_attn = attention_in_up_path and level in attention_levels
             for _ in range(num_res_blocks + 1):
-                self.upblocks.append(block(chs.pop() + now, ch * ch_mult[level], False))
+                self.upblocks.append(block(chs.pop() + now, ch * ch_mult[level], up_attn))
                 now = ch * ch_mult[level]
             if level != 0:
                 self.upblocks.append(UpSample(now))
@@ -157,6 +178,26 @@ class TorchUNet(nn.Module):
                 h = torch.cat([h, skips.pop()], dim=1)
             h = layer(h, temb, cemb)
         return self.tail(h)
+
+
+def twin(config) -> TorchUNet:
+    """The PyTorch U-Net with the architecture of this project's U-Net `config` (ConfigDict)."""
+    return TorchUNet(
+        ch=config.base_channels,
+        ch_mult=tuple(config.channel_mults),
+        num_res_blocks=config.num_res_blocks,
+        dropout=config.dropout,
+        n_classes=config.num_classes + 1,
+        n_devices=config.num_devices + 1,
+        num_timesteps=config.num_timesteps,
+        groups=config.norm_groups,
+        image_channels=config.image_channels,
+        attention_levels=tuple(config.attention_levels),
+        attention_in_up_path=config.attention_in_up_path,
+        middle_attention=config.middle_attention,
+        num_heads=config.num_heads,
+        time_embedding=config.time_embedding,
+    )
 
 
 def published_guided_eps(net: TorchUNet, class_ids, device_ids, box_mask, guidance_weight=1.8):
