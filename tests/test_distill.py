@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from busgen_jax import checkpoints, distill, generator, job
+from busgen_jax import adapt, checkpoints, distill, generator, job
 from busgen_jax.diffusion import distillation, losses, schedules
-from busgen_jax.models import torch_convert
+from busgen_jax.models import lora, torch_convert
 from tests.generator_fixtures import phantom_dataset, tiny_generator
 
 BATCH = 8
@@ -96,21 +96,51 @@ def test_student_is_a_generator_sampled_in_its_steps_one_pass_each(distilled):
     np.testing.assert_allclose(images, np.clip(np.asarray(x), -1, 1), atol=2e-4)
 
 
+def _gaps_to_teacher(student, spec, teacher, teacher_spec, export):
+    """RMS distance to the teacher's guided DDIM samples at the distillation's starting step count
+    of (the trained student, the untrained one: the teacher's weights, zero w-embedding)."""
+    start = spec.student["rounds"][0]["steps"]
+    reference = _sample(teacher, teacher_spec, sampler=distillation.STUDENT_SAMPLER, steps=start,
+                        skip=distillation.STUDENT_SKIP)  # fmt: skip
+    untrained = distill.build_student(
+        torch_convert.load_model_config(export), nnx.state(teacher, nnx.Param), 0
+    )
+    trained_gap = np.sqrt(np.mean(np.square(_sample(student, spec) - reference)))
+    untrained_gap = np.sqrt(np.mean(np.square(_sample(untrained, spec) - reference)))
+    return trained_gap, untrained_gap
+
+
 @pytest.mark.slow
 def test_student_is_closer_to_the_teacher_than_the_untrained_student(inputs, distilled):
     result, _ = distilled
     teacher, teacher_spec = generator.load_generator(inputs[0])
     student, spec = generator.load_generator(result["export"])
-    # The teacher's samples: its guided DDIM at the step count the distillation started from.
-    start = spec.student["rounds"][0]["steps"]
-    reference = _sample(teacher, teacher_spec, sampler=distillation.STUDENT_SAMPLER, steps=start,
-                        skip=distillation.STUDENT_SKIP)  # fmt: skip
-    # The untrained student: the teacher's weights with the zero-initialized w-embedding.
-    untrained = distill.build_student(
-        torch_convert.load_model_config(result["export"]), nnx.state(teacher, nnx.Param), 0
+    trained_gap, untrained_gap = _gaps_to_teacher(
+        student, spec, teacher, teacher_spec, result["export"]
     )
-    trained_gap = np.sqrt(np.mean(np.square(_sample(student, spec) - reference)))
-    untrained_gap = np.sqrt(np.mean(np.square(_sample(untrained, spec) - reference)))
+    assert trained_gap < 0.8 * untrained_gap, (trained_gap, untrained_gap)
+
+
+@pytest.mark.slow
+def test_adapted_teacher_distils_into_a_student_of_the_task(inputs, tmp_path):
+    """An adaptation job's adapter, merged into the teacher, is what the student learns: the
+    task's vocabulary (its new class included) and the adapted teacher's samples."""
+    teacher_dir, data = inputs
+    config = job.load_config("configs/adapt.py:tiny")
+    config.generator, config.data.paths = str(teacher_dir), [str(data)]
+    adapter = adapt.run(config, str(tmp_path / "adapt"))
+    adapter_dir = tmp_path / "adapt" / adapt.ADAPTER
+    teacher, teacher_spec = generator.load_generator(teacher_dir, adapter=adapter_dir)
+    lora.merge_lora(teacher)
+    config = _config(teacher_dir, data)
+    config.adapter = str(adapter_dir)
+    result = distill.run(config, str(tmp_path / "distill"))
+    student, spec = generator.load_generator(result["export"])
+    assert spec.class_names == teacher_spec.class_names and "dcis" in spec.class_names, adapter
+    assert spec.student["adapter"] == str(adapter_dir)
+    trained_gap, untrained_gap = _gaps_to_teacher(
+        student, spec, teacher, teacher_spec, result["export"]
+    )
     assert trained_gap < 0.8 * untrained_gap, (trained_gap, untrained_gap)
 
 
