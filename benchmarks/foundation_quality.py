@@ -48,6 +48,9 @@ RUNS = (
 )
 
 
+CONDITION_KEYS = ("image", "box_mask", "pathology", "device")
+
+
 def sample_like(model, spec, conditions, sampler, steps, skip, batch_size, seed):
     """One image per conditioning image, fixed-size batches (one compiled shape), timed."""
     sample_fn = generator.make_sample_fn(
@@ -75,6 +78,29 @@ def sample_like(model, spec, conditions, sampler, steps, skip, batch_size, seed)
     return np.concatenate(out)[:count, ..., 0], rate
 
 
+def reference_sets(data, spec, samples: int, oracle_images: int, seed: int) -> dict:
+    """What every sampler is scored against, from the corpus `data` at `spec`'s size and classes:
+    its `train` and `test` splits; `a` (`samples` test images: the conditions each sampler draws
+    by) and `b` (as many other test images: the real-vs-real floor); the class and device
+    `oracles` fit on `oracle_images` training images (their indices `fit`); the noise-like
+    samples' `failure_limit`; and the `rng` that drew them, for further seeded draws."""
+    train = pipeline.load_split([data], "train", spec.image_size, spec.class_names)
+    test = pipeline.load_split([data], "test", spec.image_size, spec.class_names)
+    rng = np.random.default_rng(seed)
+    fit = rng.permutation(len(train["image"]))[:oracle_images]
+    oracles = {
+        key: oracle.fit_pixel_oracle(train["image"][fit], [train[key][i] for i in fit])
+        for key in ("pathology", "device")
+    }
+    order = rng.permutation(len(test["image"]))
+    half = min(samples, len(order) // 2)
+    a = {k: np.asarray(test[k])[order[:half]] for k in CONDITION_KEYS}
+    b = {k: np.asarray(test[k])[order[half : 2 * half]] for k in CONDITION_KEYS}
+    limit = sample_failures.failure_limit(train["image"])
+    return {"train": train, "test": test, "a": a, "b": b, "oracles": oracles, "fit": fit,
+            "failure_limit": limit, "rng": rng}  # fmt: skip
+
+
 def choose(results: dict) -> str:
     """Quality per second: among samplers with <= 1% failed samples, the fastest whose FD is
     within 5% of the lowest (FD differences below that are within a run's noise at N = 256)."""
@@ -99,21 +125,12 @@ def main() -> None:
 
     data = builtin.resolve_path(args.data)
     model, spec = generator.load_generator(args.generator)
-    size, classes = spec.image_size, spec.class_names
-    train = pipeline.load_split([data], "train", size, classes)
-    test = pipeline.load_split([data], "test", size, classes)
-    rng = np.random.default_rng(args.seed)
-    pick = rng.permutation(len(train["image"]))[: args.oracle_images]
-    train_images = train["image"][pick]
-    limit = sample_failures.failure_limit(train["image"])
-    class_oracle = oracle.fit_pixel_oracle(train_images, [train["pathology"][i] for i in pick])
-    device_oracle = oracle.fit_pixel_oracle(train_images, [train["device"][i] for i in pick])
+    ref = reference_sets(data, spec, args.samples, args.oracle_images, args.seed)
+    a, b, limit, pick = ref["a"], ref["b"], ref["failure_limit"], ref["fit"]
+    class_oracle, device_oracle = ref["oracles"]["pathology"], ref["oracles"]["device"]
+    half, classes = len(a["image"]), spec.class_names
+    train_images = ref["train"]["image"][pick]
     pca = PCA(64, random_state=args.seed).fit(train_images.reshape(len(pick), -1))
-
-    order = rng.permutation(len(test["image"]))
-    half = min(args.samples, len(order) // 2)
-    a = {k: np.asarray(test[k])[order[:half]] for k in ("image", "box_mask", "pathology", "device")}
-    b = {k: np.asarray(test[k])[order[half : 2 * half]] for k in ("image", "pathology", "device")}
     feats = lambda x: pca.transform(x.reshape(len(x), -1))
     floor = generative.frechet_distance(feats(a["image"]), feats(b["image"]))
     real_class_acc = float(

@@ -32,7 +32,7 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
             "start_steps": 8,  # the teacher's DDIM step count the first student matches
             "final_steps": 1,  # halve down to this (a power of two below start_steps)
             # Steps per round: the guidance round first, then one entry per halving.
-            "round_steps": (600, 500, 400, 400),
+            "round_steps": (2000, 1500, 1200, 1200),
             # w ~ U(range) in training; the student is sampled at the teacher's own w.
             "guidance_range": (0.0, 3.0),
         }
