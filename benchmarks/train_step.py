@@ -29,7 +29,7 @@ for a convolution over a dilated input, which is what the gradient of a transpos
 published up-sampler's backward pass ran 50-70x slower than PyTorch's and took about 80% of the
 published toy's step. Computed as four ordinary convolutions of the undilated input
 (`models.unet.subpixel_conv_transpose`), same parameters and numbers, the step is faster than
-PyTorch's. `benchmarks/train_step_ops.py` times each op alone.
+PyTorch's.
 """
 
 from __future__ import annotations
