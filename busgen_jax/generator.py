@@ -177,17 +177,9 @@ def sample_images(
     )
     schedule = schedules.make_schedule(ml_collections.ConfigDict(spec.schedule))
     channels = model.head.in_features - 1
-    # A guidance-distilled student computes the guided prediction itself, from w, in one pass.
-    guidance_input = bool(spec.student and spec.student.get("guidance_input"))
-
-    def model_fn(x, t, classes, devices, masks):
-        if guidance_input:
-            w = jnp.full(x.shape[:1], guidance_weight, jnp.float32)
-            return model(x, t, classes, devices, masks, guidance_weight=w)
-        return model(x, t, classes, devices, masks)
-
+    guidance_input = takes_guidance_weight(spec)
     denoise_fn = guidance.guided_denoise_fn(
-        model_fn,
+        network_fn(model, guidance_input, guidance_weight),
         class_ids,
         device_ids,
         box_mask,
@@ -211,6 +203,26 @@ def sample_images(
         clip_x0=1.0 if how["clip_x0"] else None,
     )
     return jnp.clip(images.mean(axis=-1, keepdims=True), -1.0, 1.0)
+
+
+def takes_guidance_weight(spec: GeneratorSpec) -> bool:
+    """Whether the generator is a guidance-distilled student: a network that computes the guided
+    prediction itself, from the weight w, in one pass."""
+    return bool(spec.student and spec.student.get("guidance_input"))
+
+
+def network_fn(model: nnx.Module, guidance_input: bool, guidance_weight: float = 0.0) -> Callable:
+    """`fn(x, t, class_ids, device_ids, box_mask)`: the network's prediction, as every caller of
+    a generator's network (sampling, membership losses) must make it. A guidance-input student
+    is given `guidance_weight`; at 0 it predicts the conditional model, as any other network."""
+
+    def fn(x, t, class_ids, device_ids, box_mask):
+        if guidance_input:
+            w = jnp.full(x.shape[:1], guidance_weight, jnp.float32)
+            return model(x, t, class_ids, device_ids, box_mask, guidance_weight=w)
+        return model(x, t, class_ids, device_ids, box_mask)
+
+    return fn
 
 
 def make_sample_fn(spec: GeneratorSpec, **sampler_kw: Any):

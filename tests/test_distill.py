@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 
 import jax
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from busgen_jax import adapt, checkpoints, distill, generator, job
+from busgen_jax import adapt, checkpoints, distill, generator, job, synthesize
+from busgen_jax.data import shards
 from busgen_jax.diffusion import distillation, losses, schedules
 from busgen_jax.models import lora, torch_convert
 from tests.generator_fixtures import phantom_dataset, tiny_generator
@@ -119,6 +121,21 @@ def test_student_is_closer_to_the_teacher_than_the_untrained_student(inputs, dis
         student, spec, teacher, teacher_spec, result["export"]
     )
     assert trained_gap < 0.8 * untrained_gap, (trained_gap, untrained_gap)
+
+
+@pytest.mark.slow
+def test_student_synthesizes_an_audited_dataset_in_its_steps(inputs, distilled, tmp_path):
+    """`busgen synthesize` takes a student like any generator: sampled as its spec says, and
+    audited (the membership attack scores the student's own losses)."""
+    result, _ = distilled
+    config = job.load_config("configs/synthesize.py:tiny")
+    config.generator, config.audit.train_paths = str(result["export"]), [str(inputs[1])]
+    manifest = synthesize.run(config, str(tmp_path))
+    records = list(shards.read_records(tmp_path / synthesize.OUTPUT, "train"))
+    assert manifest["num_records"] == len(records) == config.num_images
+    assert {r["provenance"]["steps"] for r in records} == {result["spec"].student["steps"]}
+    audit = json.loads((tmp_path / synthesize.OUTPUT / "audit" / "audit.json").read_text())
+    assert 0.0 <= audit["membership_inference"]["auc"] <= 1.0
 
 
 @pytest.mark.slow

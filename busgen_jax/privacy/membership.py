@@ -20,13 +20,18 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from busgen_jax import generator
 from busgen_jax.diffusion import losses, schedules
 
 
-@functools.partial(nnx.jit, static_argnames=("prediction",))
-def _squared_errors(model, x0, t, noise, class_ids, device_ids, box_mask, schedule, prediction):
+@functools.partial(nnx.jit, static_argnames=("prediction", "guidance_input"))
+def _squared_errors(
+    model, x0, t, noise, class_ids, device_ids, box_mask, schedule, prediction, guidance_input
+):
     alpha_t, sigma_t = schedules.alpha(schedule, t), schedules.sigma(schedule, t)
-    pred = model(losses.q_sample(schedule, x0, t, noise), t, class_ids, device_ids, box_mask)
+    # A distilled student at w = 0: the conditional model, whose loss the attack reads.
+    apply = generator.network_fn(model, guidance_input)
+    pred = apply(losses.q_sample(schedule, x0, t, noise), t, class_ids, device_ids, box_mask)
     target = losses.target(prediction, x0, noise, alpha_t, sigma_t)
     return jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=(1, 2, 3))
 
@@ -71,6 +76,7 @@ def per_image_losses(
                 jnp.asarray(box_mask[take], jnp.float32)[..., None],
                 schedule,
                 spec.prediction,
+                generator.takes_guidance_weight(spec),
             )
             total[start:stop] += np.asarray(errors)[: stop - start]
     return total / num_draws
