@@ -30,10 +30,7 @@ from __future__ import annotations
 import argparse
 import pathlib
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
@@ -44,6 +41,7 @@ from busgen_jax import foundation, generator, predict
 from busgen_jax.data import builtin
 from busgen_jax.diffusion import distillation
 from busgen_jax.evaluation import generative, oracle, sample_failures, statistics
+from busgen_jax.models import torch_convert, unet
 
 H100_FLOPS = 989e12 * 0.45  # dense bf16 peak at 45% utilization
 DOWNSTREAM = ("benign", "malignant")  # negative, positive
@@ -55,23 +53,6 @@ def downstream_auc(features, train_images, train_classes, test_images, test_clas
     probe.fit(features(train_images), np.asarray(train_classes) == DOWNSTREAM[1])
     scores = probe.predict_proba(features(test_images))[:, 1]
     return statistics.roc_auc_ci(np.asarray(test_classes) == DOWNSTREAM[1], scores)
-
-
-def forward_flops(model, spec, batch: int) -> float:
-    """XLA-counted FLOPs of one network pass per image (batch `batch`, conditional)."""
-    size = spec.image_size
-    x = jnp.zeros((batch, size, size, model.head.in_features - 1))
-    ids = jnp.ones((batch,), jnp.int32)
-    kw = {"guidance_weight": jnp.ones((batch,))} if spec.student else {}
-    graphdef, state = nnx.split(model)
-
-    def apply(state, x):
-        net = nnx.merge(graphdef, state)
-        return net(x, jnp.ones((batch,)), ids, ids, jnp.zeros_like(x[..., :1]), **kw)
-
-    cost = jax.jit(apply).lower(state, x).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost["flops"]) / batch
 
 
 def passes_per_image(spec, steps: int) -> int:
@@ -132,19 +113,20 @@ def main() -> None:
     real_auc = downstream_auc(features, task["image"], task["pathology"], test_images, test_classes)
 
     teacher_how = generator.sampling_settings(teacher_spec, {})
-    runs = [("teacher (default)", teacher, teacher_spec, teacher_how)]
+    runs = [("teacher (default)", args.teacher, teacher, teacher_spec, teacher_how)]
     for steps in (int(s) for s in args.teacher_ddim_steps.split(",") if s):
         ddim = {**teacher_how, "sampler": distillation.STUDENT_SAMPLER, "steps": steps,
                 "skip": distillation.STUDENT_SKIP}  # fmt: skip
-        runs.append((f"teacher DDIM {steps}", teacher, teacher_spec, ddim))
+        runs.append((f"teacher DDIM {steps}", args.teacher, teacher, teacher_spec, ddim))
     found = students(pathlib.Path(args.distill_workdir))
     for steps in (int(s) for s in args.steps.split(",")):
         if steps in found:
             model, spec = generator.load_generator(found[steps])
-            runs.append((f"student {steps}", model, spec, generator.sampling_settings(spec, {})))
+            how = generator.sampling_settings(spec, {})
+            runs.append((f"student {steps}", found[steps], model, spec, how))
 
     rows, results = [], {}
-    for name, model, spec, how in runs:
+    for name, directory, model, spec, how in runs:
         images, rate = sample_like(model, spec, a, how["sampler"], how["steps"], how["skip"],
                                    args.batch_size, args.seed)  # fmt: skip
         calls = {k: judge.predict(oracle.pixel_features(images)) for k, judge in judges.items()}
@@ -152,7 +134,8 @@ def main() -> None:
         synthetic, _ = sample_like(model, spec, task, how["sampler"], how["steps"], how["skip"],
                                    args.batch_size, args.seed + 1)  # fmt: skip
         auc = downstream_auc(features, synthetic, task["pathology"], test_images, test_classes)
-        flops = forward_flops(model, spec, args.batch_size) * passes_per_image(spec, how["steps"])
+        network = unet.forward_flops(torch_convert.load_model_config(directory))
+        flops = network * passes_per_image(spec, how["steps"])
         results[name] = r = {
             "failed": float(sample_failures.failed(images, limit).mean()),
             "class": float(np.mean(calls["pathology"] == a["pathology"])),

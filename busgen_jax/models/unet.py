@@ -373,8 +373,10 @@ def forward_flops(config: ml_collections.ConfigDict, batch_size: int = 1) -> flo
     size, shape = config.image_size, jax.ShapeDtypeStruct
     images = shape((batch_size, size, size, config.image_channels), jnp.float32)
     ids = shape((batch_size,), jnp.int32)
+    # A guidance-input student also embeds its guidance weight w.
+    w = {"guidance_weight": jnp.ones((batch_size,))} if config.get("guidance_input") else {}
     lowered = jax.jit(
-        lambda state, x, t, ids, box: nnx.merge(graphdef, state)(x, t, ids, ids, box)
+        lambda state, x, t, ids, box: nnx.merge(graphdef, state)(x, t, ids, ids, box, **w)
     ).lower(
         state,
         images,
