@@ -32,7 +32,8 @@ thousands of steps to reach its quality, more than this CPU budget. The known fa
 deterministic samplers on under-trained networks (noise-like samples, see
 `evaluation.sample_failures`) concerns the teacher's DDIM: the job starts progressive
 distillation at the teacher's DDIM step count measured free of failures
-(BENCHMARKS.md, "Distillation").
+(BENCHMARKS.md, "Distillation: student vs teacher": none of the foundation's guided DDIM
+samples at 4, 8 or 16 steps failed).
 """
 
 from __future__ import annotations
