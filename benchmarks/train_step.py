@@ -28,8 +28,13 @@ What was found (BENCHMARKS.md, "Train step ... against PyTorch"): XLA on CPU has
 for a convolution over a dilated input, which is what the gradient of a transposed conv is; the
 published up-sampler's backward pass ran 50-70x slower than PyTorch's and took about 80% of the
 published toy's step. Computed as four ordinary convolutions of the undilated input
-(`models.unet.subpixel_conv_transpose`), same parameters and numbers, the step is faster than
-PyTorch's.
+(`models.unet.subpixel_conv_transpose`), same parameters and numbers, the published toy's step
+at batch 1 is 1.25x PyTorch's speed. Not yet at parity: the `efficient` preset (0.74x at batch 1,
+0.49x at batch 4; its multi-head attention at 32 px, which PyTorch runs as one fused kernel, is
+the suspect, not yet isolated) and the 32 px demo model (0.70x; its forward pass is at parity, so
+the difference is in the backward pass and the update; the ablations differ by less than the
++-20% spread between fresh processes at 0.1 s per step, and an earlier profile put the time in
+~460 convolution fusions and ~900 small per-parameter update kernels).
 """
 
 from __future__ import annotations
