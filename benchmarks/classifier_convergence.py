@@ -18,7 +18,8 @@ import tempfile
 import time
 
 from benchmarks.common import report
-from busgen_jax import classify, demo, job
+from busgen_jax.jobs import demo, shell
+from busgen_jax.jobs import train_classifier as classify
 
 
 def main() -> None:
@@ -28,7 +29,7 @@ def main() -> None:
     parser.add_argument("--sources", default="real,synthetic")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    config = job.load_config("configs/demo.py:default")
+    config = shell.load_config("configs/demo.py:default")
     paths = demo.Paths(args.demo, config)
     sources = demo.classifier_sources(config, paths)
     rows = []

@@ -29,7 +29,9 @@ import time
 import sklearn.metrics
 
 from benchmarks.common import report
-from busgen_jax import classify, demo, job, predict, synthesize
+from busgen_jax.core import errors
+from busgen_jax.jobs import demo, predict, shell, synthesize
+from busgen_jax.jobs import train_classifier as classify
 
 
 def build_generator(config, paths: demo.Paths) -> None:
@@ -54,7 +56,7 @@ def synthesize_and_score(config, paths: demo.Paths, scale: float, alpha: float) 
     try:
         manifest = synthesize.run(synth, str(out))
         redrawn, refused = manifest["extra"]["failed_samples"]["redrawn"], ""
-    except job.JobError as e:  # rejection could not clear the set: the audit may still be there
+    except errors.JobError as e:  # rejection could not clear the set: the audit may still be there
         redrawn, refused = "-", str(e)
         print(f"synthesis with CPSample scale {scale:g} refused: {e}")
     seconds = time.perf_counter() - tick
@@ -115,7 +117,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.2)
     args = parser.parse_args()
     scratch = args.pretrain_steps > 0
-    config = job.load_config("configs/demo.py:tiny" if scratch else "configs/demo.py:default")
+    config = shell.load_config("configs/demo.py:tiny" if scratch else "configs/demo.py:default")
     config.phantom.num_images = args.phantom_images
     if scratch:
         config.pretrain.train.update(steps=args.pretrain_steps)

@@ -37,10 +37,10 @@ from sklearn.preprocessing import StandardScaler
 
 from benchmarks.common import markdown_table, report
 from benchmarks.foundation_quality import CONDITION_KEYS, reference_sets, sample_like
-from busgen_jax import foundation, generator, predict
 from busgen_jax.data import builtin
-from busgen_jax.diffusion import distillation
+from busgen_jax.diffusion import distillation, foundation, generator
 from busgen_jax.evaluation import generative, oracle, sample_failures, statistics
+from busgen_jax.jobs import predict
 from busgen_jax.models import torch_convert, unet
 
 H100_FLOPS = 989e12 * 0.45  # dense bf16 peak at 45% utilization

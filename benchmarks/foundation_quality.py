@@ -34,9 +34,10 @@ import numpy as np
 from sklearn.decomposition import PCA
 
 from benchmarks.common import git_revision, machine_description, report
-from busgen_jax import foundation, generator, visualize
 from busgen_jax.data import builtin, pipeline
+from busgen_jax.diffusion import foundation, generator
 from busgen_jax.evaluation import generative, oracle, sample_failures
+from busgen_jax.reporting import visualize
 
 # (sampler, steps, time grid): ancestral DDPM, deterministic DDIM, and the DPM-Solvers.
 RUNS = (

@@ -22,9 +22,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from benchmarks.common import report
-from busgen_jax import demo, generator, job, predict
 from busgen_jax.data import pipeline, shards
+from busgen_jax.diffusion import generator
 from busgen_jax.evaluation import generative
+from busgen_jax.jobs import demo, predict, shell
 
 RUNS = (
     ("ddim", "time_uniform"),
@@ -75,7 +76,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     steps_list = [int(s) for s in args.steps.split(",")]
-    paths = demo.Paths(args.demo_workdir, job.load_config(args.config))
+    paths = demo.Paths(args.demo_workdir, shell.load_config(args.config))
     features_dir = paths.classifier("real") / "export"
     for needed in (paths.generator, paths.adapter, features_dir, paths.data):
         if not needed.exists():

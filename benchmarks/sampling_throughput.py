@@ -26,8 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.common import report
-from busgen_jax import generator, pretrain
-from busgen_jax.diffusion import samplers
+from busgen_jax.diffusion import generator, samplers
+from busgen_jax.jobs import pretrain
 from configs import pretrain as pretrain_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

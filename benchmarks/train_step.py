@@ -130,7 +130,7 @@ def jax_worker(
     import jax
     from flax import nnx
 
-    from busgen_jax import pretrain
+    from busgen_jax.jobs import pretrain
     from busgen_jax.parallel import mesh as mesh_lib
 
     _ablate_jax(ablation)

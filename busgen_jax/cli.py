@@ -12,20 +12,26 @@ import sys
 # Subcommand -> (module, one-line summary). Modules are imported only when their job runs, so
 # `busgen --help` stays fast and no job's dependencies load for another.
 JOBS = {
-    "phantom": ("busgen_jax.generate_phantom", "generate a phantom breast-ultrasound dataset"),
-    "import": ("busgen_jax.import_data", "import BUSI / BUS-BRA / UDIAT / CSV / DICOM data"),
-    "pretrain": ("busgen_jax.pretrain", "pretrain the conditional diffusion U-Net"),
-    "adapt": ("busgen_jax.adapt", "few-shot LoRA adaptation of a pretrained model"),
-    "distill": ("busgen_jax.distill", "distil a generator into a few-step student"),
-    "synthesize": ("busgen_jax.synthesize", "write an audited synthetic dataset"),
-    "train-classifier": ("busgen_jax.classify", "train a classifier on real/synthetic data"),
-    "predict": ("busgen_jax.predict", "per-case probabilities of a classifier, as CSV"),
-    "scaling": ("busgen_jax.scaling", "data-scaling experiment: real vs synthetic vs mixed"),
-    "evaluate": ("busgen_jax.evaluate", "clinical statistics and generative-quality metrics"),
-    "reader-study": ("busgen_jax.reader_study_job", "analyse a reader study (MRMC of modalities)"),
-    "audit": ("busgen_jax.audit_job", "audit a synthetic dataset for near-copies of training data"),
-    "report": ("busgen_jax.demo_report", "rebuild the HTML report of a demo workdir"),
-    "demo": ("busgen_jax.demo", "the whole pipeline on the built-in phantom"),
+    "phantom": ("busgen_jax.jobs.phantom", "generate a phantom breast-ultrasound dataset"),
+    "import": ("busgen_jax.jobs.import_data", "import BUSI / BUS-BRA / UDIAT / CSV / DICOM data"),
+    "pretrain": ("busgen_jax.jobs.pretrain", "pretrain the conditional diffusion U-Net"),
+    "adapt": ("busgen_jax.jobs.adapt", "few-shot LoRA adaptation of a pretrained model"),
+    "distill": ("busgen_jax.jobs.distill", "distil a generator into a few-step student"),
+    "synthesize": ("busgen_jax.jobs.synthesize", "write an audited synthetic dataset"),
+    "train-classifier": (
+        "busgen_jax.jobs.train_classifier",
+        "train a classifier on real/synthetic data",
+    ),
+    "predict": ("busgen_jax.jobs.predict", "per-case probabilities of a classifier, as CSV"),
+    "scaling": ("busgen_jax.jobs.scaling", "data-scaling experiment: real vs synthetic vs mixed"),
+    "evaluate": ("busgen_jax.jobs.evaluate", "clinical statistics and generative-quality metrics"),
+    "reader-study": ("busgen_jax.jobs.reader_study", "analyse a reader study (MRMC of modalities)"),
+    "audit": (
+        "busgen_jax.jobs.audit",
+        "audit a synthetic dataset for near-copies of training data",
+    ),
+    "report": ("busgen_jax.jobs.report", "rebuild the HTML report of a demo workdir"),
+    "demo": ("busgen_jax.jobs.demo", "the whole pipeline on the built-in phantom"),
     "serve": ("busgen_jax.serve", "a local web page to draw a lesion box and sample"),
 }
 

@@ -1,6 +1,6 @@
 """Few-shot LoRA adaptation configs: presets `default` (benign vs DCIS, 8 shots) and `tiny`.
 
-  python -m busgen_jax.adapt --config=configs/adapt.py:default --workdir=/tmp/adapt \
+  python -m busgen_jax.jobs.adapt --config=configs/adapt.py:default --workdir=/tmp/adapt \
       --config.generator=PRETRAIN_WORKDIR/export --config.data.paths="('/data/busi',)" \
       --config.shots=4 --config.lora.rank=8
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from busgen_jax import job
 from busgen_jax.data import pipeline
+from busgen_jax.jobs import shell
 from busgen_jax.models import lora
 
 PRESETS = ("default", "tiny")
@@ -23,7 +23,7 @@ PRESETS = ("default", "tiny")
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     """Returns the adaptation config for `preset` (default 'default')."""
-    preset = job.check_preset(preset or "default", PRESETS)
+    preset = shell.check_preset(preset or "default", PRESETS)
     config = ml_collections.ConfigDict()
     config.generator = ""  # exported base generator directory (pretrain's `export/`)
     config.shots = 8  # k labelled training examples per class

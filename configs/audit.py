@@ -19,11 +19,11 @@ pictures of the training neighbours go to DIR/private_audit/ for the operator on
 
 import ml_collections
 
-from busgen_jax import job
+from busgen_jax.jobs import shell
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    job.check_preset(preset, ("default",))
+    shell.check_preset(preset, ("default",))
     config = ml_collections.ConfigDict()
     config.synthetic_paths = ()
     config.synthetic_split = "train"

@@ -9,13 +9,13 @@ $BUSGEN_SALT when `salt` is empty and is never stored. Presets name the layout.
 
 import ml_collections
 
-from busgen_jax import job
+from busgen_jax.jobs import shell
 
 LAYOUTS = ("busi", "busbra", "udiat", "table")
 
 
 def get_config(layout: str = "busi") -> ml_collections.ConfigDict:
-    job.check_preset(layout, LAYOUTS)
+    shell.check_preset(layout, LAYOUTS)
     config = ml_collections.ConfigDict()
     config.layout = layout
     config.source = ""  # dataset folder, or the CSV file for 'table'

@@ -1,7 +1,7 @@
 """Phantom dataset generation.
 
     busgen phantom --config=configs/phantom.py:tiny --workdir=/tmp/phantom
-    python -m busgen_jax.generate_phantom --config=configs/phantom.py:demo --workdir=workdir/demo
+    python -m busgen_jax.jobs.phantom --config=configs/phantom.py:demo --workdir=workdir/demo
     busgen phantom --config=configs/phantom.py:foundation --workdir=workdir/foundation
     busgen phantom --config=configs/phantom.py:benign_dcis --workdir=workdir/benign_dcis
 
@@ -14,11 +14,11 @@ the data of the phantom's recorded benign-vs-DCIS difficulty, see `busgen_jax.da
 
 import ml_collections
 
-from busgen_jax import job
+from busgen_jax.jobs import shell
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    job.check_preset(preset, ("benign_dcis", "default", "demo", "foundation", "tiny"))
+    shell.check_preset(preset, ("benign_dcis", "default", "demo", "foundation", "tiny"))
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.num_images = 4000

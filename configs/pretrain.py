@@ -1,12 +1,12 @@
 """Diffusion pretraining configs: presets tiny, small, phantom_foundation, efficient, busgen_toy
 (published), busgen (published).
 
-  python -m busgen_jax.pretrain --config=configs/pretrain.py:tiny --workdir=/tmp/pretrain \
+  python -m busgen_jax.jobs.pretrain --config=configs/pretrain.py:tiny --workdir=/tmp/pretrain \
       --config.data.paths="('/data/phantom',)" --config.train.steps=20
 
 `tiny` runs in seconds on a CPU (tests); `small` is a 64 px demo (minutes on 2 cores);
 `phantom_foundation` is the shipped phantom foundation model (`make foundation` reproduces it:
-the corpus, this preset, then `busgen_jax.foundation` writes it into the package);
+the corpus, this preset, then `busgen_jax.diffusion.foundation` writes it into the package);
 `efficient` trains the 128 px `efficient` U-Net (39% of the published forward FLOPs: attention
 only at 32 and 16 px, 4 heads, grayscale) on the 128 px phantom with the published recipe;
 `busgen_toy` and `busgen` are the published architecture and training defaults at 128 and 160 px
@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import ml_collections
 
-from busgen_jax import job
 from busgen_jax.data import builtin, phantom, pipeline, schema
+from busgen_jax.jobs import shell
 from busgen_jax.models import presets
 
 PRESETS = ("tiny", "small", "phantom_foundation", "efficient", "busgen_toy", "busgen")
@@ -135,7 +135,7 @@ def _phantom_foundation(config: ml_collections.ConfigDict) -> None:
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     """Returns the pretraining config for `preset` (default 'tiny')."""
-    preset = job.check_preset(preset or "tiny", PRESETS)
+    preset = shell.check_preset(preset or "tiny", PRESETS)
     # The foundation's U-Net is the small preset's family, resized in _phantom_foundation.
     config = _base("small" if preset == "phantom_foundation" else preset)
     config.data.paths = (builtin.phantom_path("demo"),)

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import ml_collections
 
-from busgen_jax import job
+from busgen_jax.jobs import shell
 
 PRESETS = ("tiny", "default")
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     """Returns the scaling config for `preset` (default 'default')."""
-    preset = job.check_preset(preset or "default", PRESETS)
+    preset = shell.check_preset(preset or "default", PRESETS)
     config = ml_collections.ConfigDict()
-    config.classifier = job.load_config(f"configs/classifier.py:{preset}")
+    config.classifier = shell.load_config(f"configs/classifier.py:{preset}")
     config.real_path = ""
     config.synthetic_path = ""
     config.sizes = (50, 100, 200, 400)

@@ -11,11 +11,12 @@ Presets: `default` (the shipped phantom foundation model, sampled as its generat
 
 import ml_collections
 
-from busgen_jax import foundation, job
+from busgen_jax.diffusion import foundation
+from busgen_jax.jobs import shell
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    job.check_preset(preset, ("default", "tiny"))
+    shell.check_preset(preset, ("default", "tiny"))
     config = ml_collections.ConfigDict()
     # Exported generator (pretrain's `export/`) and optional adapter (adapt's `adapter/`).
     config.generator = str(foundation.SHIPPED)

@@ -16,13 +16,14 @@ corpus.
 
 import ml_collections
 
-from busgen_jax import foundation, job
 from busgen_jax.data import builtin
+from busgen_jax.diffusion import foundation
+from busgen_jax.jobs import shell
 from busgen_jax.models import presets
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    job.check_preset(preset, ("default", "fast", "tiny", "published"))
+    shell.check_preset(preset, ("default", "fast", "tiny", "published"))
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.name = "synthetic"

@@ -143,7 +143,7 @@ def check_hosts(tpu: TpuSlice, hosts: int | None) -> None:
 
 
 def resolve_job(job: str) -> str:
-    """The module of a job given by its `busgen` subcommand (`pretrain`) or module (`classify`)."""
+    """The module of a job given by its `busgen` subcommand (`pretrain`) or module (`train_classifier`)."""
     if not job:
         raise LaunchError(f"--job is required (one of: {', '.join(JOBS)})")
     modules = {name: module for name, (module, _) in JOBS.items()}

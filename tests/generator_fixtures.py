@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from busgen_jax import generator
 from busgen_jax.data import phantom, shards
+from busgen_jax.diffusion import generator
 from busgen_jax.models import presets
 from busgen_jax.models.unet import UNet
 

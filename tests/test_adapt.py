@@ -10,9 +10,12 @@ from generator_fixtures import phantom_dataset
 from jax.experimental.compilation_cache import compilation_cache
 from test_lora import _make_test_model
 
-from busgen_jax import adapt, checkpoints, generator, job
+from busgen_jax.core import errors
 from busgen_jax.data import phantom, shards
+from busgen_jax.diffusion import generator
+from busgen_jax.jobs import adapt, shell
 from busgen_jax.models import presets
+from busgen_jax.training import checkpoints
 
 DEVICES = phantom.PHANTOM_DEVICES[:2]  # the base knows two of the phantom's four scanners
 
@@ -56,7 +59,7 @@ def inputs(tmp_path_factory):
 
 
 def _config(inputs, **overrides):
-    config = job.load_config("configs/adapt.py:tiny")
+    config = shell.load_config("configs/adapt.py:tiny")
     config.generator = inputs["generator"]
     config.data.paths = [inputs["data"]]
     config.update(overrides)
@@ -157,17 +160,17 @@ def test_resume_after_a_stop_gives_the_uninterrupted_adapter(
 
 def test_bad_inputs_fail_with_one_clear_line(inputs, adapted, tmp_path):
     with pytest.raises(
-        job.JobError, match=r"class .benign. has \d+ train records, fewer than shots=50"
+        errors.JobError, match=r"class .benign. has \d+ train records, fewer than shots=50"
     ):
         adapt.run(_config(inputs, shots=50), str(tmp_path / "a"))
-    with pytest.raises(job.JobError, match="config.generator"):
+    with pytest.raises(errors.JobError, match="config.generator"):
         adapt.run(_config(inputs, generator=str(tmp_path / "nowhere")), str(tmp_path / "b"))
-    with pytest.raises(job.JobError, match="config.lora.rank"):
+    with pytest.raises(errors.JobError, match="config.lora.rank"):
         config = _config(inputs)
         config.lora.rank = 0
         adapt.run(config, str(tmp_path / "c"))
     # A restart with another draw must not train on a k-shot set it did not draw.
-    with pytest.raises(job.JobError, match="another config"):
+    with pytest.raises(errors.JobError, match="another config"):
         adapt.write_fewshot_dataset(_config(inputs, seed=1), adapted["workdir"] / adapt.FEWSHOT)
     with pytest.raises(ValueError, match="weights differ"):
         other = _export_base(tmp_path / "other", seed=1)

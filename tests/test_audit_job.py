@@ -6,14 +6,16 @@ import json
 import pytest
 from generator_fixtures import phantom_dataset, tiny_generator
 
-from busgen_jax import audit_job, job
-from busgen_jax import generator as generator_lib
+from busgen_jax.core import errors
 from busgen_jax.data import pipeline
+from busgen_jax.diffusion import generator as generator_lib
+from busgen_jax.jobs import audit as audit_job
+from busgen_jax.jobs import shell
 from busgen_jax.privacy import membership
 
 
 def _config(synthetic, train):
-    config = job.load_config("configs/audit.py:default")
+    config = shell.load_config("configs/audit.py:default")
     config.synthetic_paths = (str(synthetic),)
     config.train_paths = (str(train),)
     config.image_size = 32
@@ -82,7 +84,7 @@ def test_an_adapter_without_its_generator_is_one_clear_error(tmp_path):
     data = phantom_dataset(tmp_path / "data", num=16)
     config = _config(data, data)
     config.adapter = str(tmp_path / "adapter")
-    with pytest.raises(job.JobError, match="config.generator"):
+    with pytest.raises(errors.JobError, match="config.generator"):
         audit_job.run(config, str(tmp_path / "out"))
 
 

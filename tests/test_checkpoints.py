@@ -15,8 +15,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from busgen_jax import checkpoints
 from busgen_jax.parallel import mesh as mesh_lib
+from busgen_jax.training import checkpoints
 
 # Orbax leaves the reads of a failed restore as un-awaited coroutines; their cleanup warnings
 # are expected when a corrupt checkpoint is read.
@@ -173,7 +173,7 @@ def test_a_non_finite_checkpoint_is_not_restored(tmp_path):
 _FILE_SIZE_LIMIT = """
 import resource, signal, sys
 import grain, jax.numpy as jnp, numpy as np
-from busgen_jax import checkpoints
+from busgen_jax.training import checkpoints
 manager = checkpoints.make_manager(sys.argv[1])
 data_iter = iter(grain.MapDataset.range(8).to_iter_dataset())
 state = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(256, 256)), jnp.float32)}
@@ -198,5 +198,5 @@ def test_a_failed_background_save_raises_naming_the_path_and_os_error(tmp_path):
     )  # fmt: skip
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("busgen_jax.checkpoints.CheckpointError: "), out.stderr[-3000:]
+    assert last.startswith("busgen_jax.training.checkpoints.CheckpointError: "), out.stderr[-3000:]
     assert str(tmp_path / "ckpt") in last and "File too large" in last and "step 2" in last

@@ -14,9 +14,12 @@ import pytest
 from generator_fixtures import tiny_generator
 from sklearn.metrics import roc_auc_score
 
-from busgen_jax import classify, generator, job, predict, train_state
 from busgen_jax.data import schema, shards
+from busgen_jax.diffusion import generator
+from busgen_jax.jobs import predict, shell
+from busgen_jax.jobs import train_classifier as classify
 from busgen_jax.parallel import mesh as mesh_lib
+from busgen_jax.training import train_state
 
 
 def bright_dark_records(num: int, seed: int = 0, size: int = 32) -> list[dict]:
@@ -41,7 +44,7 @@ def bright_dark_records(num: int, seed: int = 0, size: int = 32) -> list[dict]:
 
 
 def _tiny_config(data_dir, **train):
-    config = job.load_config("configs/classifier.py:tiny")
+    config = shell.load_config("configs/classifier.py:tiny")
     config.data.paths = (str(data_dir),)
     config.train.update(train)
     return config

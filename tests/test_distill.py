@@ -12,17 +12,18 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from busgen_jax import adapt, checkpoints, distill, generator, job, synthesize
 from busgen_jax.data import shards
-from busgen_jax.diffusion import distillation, losses, schedules
+from busgen_jax.diffusion import distillation, generator, losses, schedules
+from busgen_jax.jobs import adapt, distill, shell, synthesize
 from busgen_jax.models import lora, torch_convert
+from busgen_jax.training import checkpoints
 from tests.generator_fixtures import phantom_dataset, tiny_generator
 
 BATCH = 8
 
 
 def _config(teacher: pathlib.Path, data: pathlib.Path):
-    config = job.load_config("configs/distill.py:tiny")
+    config = shell.load_config("configs/distill.py:tiny")
     config.teacher = str(teacher)
     config.data.paths = (str(data),)
     return config
@@ -128,7 +129,7 @@ def test_student_synthesizes_an_audited_dataset_in_its_steps(inputs, distilled, 
     """`busgen synthesize` takes a student like any generator: sampled as its spec says, and
     audited (the membership attack scores the student's own losses)."""
     result, _ = distilled
-    config = job.load_config("configs/synthesize.py:tiny")
+    config = shell.load_config("configs/synthesize.py:tiny")
     config.generator, config.audit.train_paths = str(result["export"]), [str(inputs[1])]
     manifest = synthesize.run(config, str(tmp_path))
     records = list(shards.read_records(tmp_path / synthesize.OUTPUT, "train"))
@@ -143,7 +144,7 @@ def test_adapted_teacher_distils_into_a_student_of_the_task(inputs, tmp_path):
     """An adaptation job's adapter, merged into the teacher, is what the student learns: the
     task's vocabulary (its new class included) and the adapted teacher's samples."""
     teacher_dir, data = inputs
-    config = job.load_config("configs/adapt.py:tiny")
+    config = shell.load_config("configs/adapt.py:tiny")
     config.generator, config.data.paths = str(teacher_dir), [str(data)]
     adapter = adapt.run(config, str(tmp_path / "adapt"))
     adapter_dir = tmp_path / "adapt" / adapt.ADAPTER

@@ -11,9 +11,11 @@ from PIL import Image
 from scipy import special
 from sklearn import metrics
 
-from busgen_jax import demo_report, evaluate, job
+from busgen_jax.core import errors
 from busgen_jax.data import schema, shards
 from busgen_jax.evaluation import mrmc, reader_io, reader_study, roe_metz, statistics
+from busgen_jax.jobs import evaluate, shell
+from busgen_jax.jobs import report as demo_report
 
 N_TEST, N_VAL = 150, 120
 
@@ -63,7 +65,7 @@ def setup(tmp_path_factory):
         for c, p, s in zip(test_ids, test_path, latent, strict=True)
     ]  # fmt: skip
     shards.write_dataset(records, tmp / "data", name="mini")
-    config = job.load_config("configs/evaluate.py:phantom")
+    config = shell.load_config("configs/evaluate.py:phantom")
     config.predictions = tuple(f"{n}={paths[n][0]}" for n in ("strong", "weak"))
     config.validation = tuple(f"{n}={paths[n][1]}" for n in ("strong", "weak"))
     config.bootstrap.n_boot = 200
@@ -222,7 +224,7 @@ def test_cli_reports_bad_input_in_one_line(setup, tmp_path, capsys):
 def test_bad_config_is_named(setup, tmp_path, change, message):
     config = setup["config"].copy_and_resolve_references()
     config.update(change)
-    with pytest.raises(job.JobError, match=re.escape(message)):
+    with pytest.raises(errors.JobError, match=re.escape(message)):
         evaluate.run(config, str(tmp_path))
 
 
@@ -235,7 +237,7 @@ def test_model_missing_cases_is_named(setup, tmp_path):
         "partial": evaluate.read_predictions(partial),
     }
     truth = evaluate.truth_from_labels(preds)
-    with pytest.raises(job.JobError, match="predictions of 'partial' lack 5 evaluated case"):
+    with pytest.raises(errors.JobError, match="predictions of 'partial' lack 5 evaluated case"):
         evaluate.evaluate_predictions(preds, truth, n_boot=10)
 
 
@@ -248,7 +250,7 @@ def test_disagreeing_labels_are_named(setup, tmp_path):
         "strong": evaluate.read_predictions(setup["paths"]["strong"][0]),
         "other": evaluate.read_predictions(other),
     }
-    with pytest.raises(job.JobError, match="label 1 in 'other' disagrees with 'strong'"):
+    with pytest.raises(errors.JobError, match="label 1 in 'other' disagrees with 'strong'"):
         evaluate.truth_from_labels(preds)
 
 
@@ -266,7 +268,7 @@ def test_numeric_reads_and_a_model_listed_as_a_reader(setup, tmp_path):
     config.reader_study.update(simulate=False, csv=str(reads), rating_scale="numeric",
                                threshold="20")  # fmt: skip
     config.bootstrap.n_boot = 10
-    with pytest.raises(job.JobError, match=r"model\(s\) \['strong'\] are also listed among"):
+    with pytest.raises(errors.JobError, match=r"model\(s\) \['strong'\] are also listed among"):
         evaluate.run(config, str(tmp_path))
     reads.write_text("\n".join(r for r in rows if not r.startswith("strong")) + "\n")
     results = evaluate.run(config, str(tmp_path))

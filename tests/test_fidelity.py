@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from busgen_jax import fidelity
-from busgen_jax.evaluation import generative
+from busgen_jax.evaluation import fidelity, generative
 from busgen_jax.models import segmenter
 
 SIZE = 32

@@ -7,13 +7,13 @@ import ml_collections
 import pytest
 from generator_fixtures import tiny_generator
 
-from busgen_jax import foundation, generator
 from busgen_jax.data import builtin, shards
+from busgen_jax.diffusion import foundation, generator
 
 
 @pytest.fixture
 def shipped_copy(tmp_path):
-    """A tiny generator shipped the way `python -m busgen_jax.foundation` ships one."""
+    """A tiny generator shipped the way `python -m busgen_jax.diffusion.foundation` ships one."""
     export = tiny_generator(tmp_path / "export")
     facts = {"training": {"steps": 3}, "quality": {"fd_ratio": 1.5}}
     return foundation.ship(export, facts, tmp_path / "shipped")

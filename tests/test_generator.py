@@ -4,7 +4,7 @@ import jax
 import numpy as np
 from generator_fixtures import tiny_generator
 
-from busgen_jax import generator
+from busgen_jax.diffusion import generator
 
 
 def test_traced_step_count_matches_fixed_sampler_with_one_compilation(tmp_path):

@@ -13,7 +13,6 @@ import pytest
 from fake_trees import PHI, SALT
 from PIL import Image
 
-from busgen_jax import import_data
 from busgen_jax.data import schema, shards
 from busgen_jax.data.importers import (
     DatasetImportError,
@@ -27,6 +26,7 @@ from busgen_jax.data.importers import (
     read_udiat,
 )
 from busgen_jax.data.importers.splits import split_counts
+from busgen_jax.jobs import import_data
 
 
 def _hmac(value: str, namespace: str, salt: str = SALT) -> str:

@@ -126,7 +126,7 @@ def test_tpu_vm_multihost_source_launch(capsys, tmp_path):
     assert _python_argv(script) == [
         "python3",
         "-m",
-        "busgen_jax.pretrain",
+        "busgen_jax.jobs.pretrain",
         "--config=configs/pretrain.py:base",
         "--workdir=/gcs/bkt/busgen/runs/pretrain/base run",
         TRICKY[0],
@@ -158,7 +158,7 @@ def test_tpu_vm_single_host_image_launch(capsys):
             "--zone=us-central2-b",
             "--project=my-proj",
             "--accelerator-type=v4-8",
-            "--job=classify",
+            "--job=train_classifier",
             "--workdir=gs://b/runs/classify/c1",
             f"--image={image}",
             "--run-name=clf-1",
@@ -186,7 +186,7 @@ def test_tpu_vm_single_host_image_launch(capsys):
     assert _python_argv(script) == [
         "python3",
         "-m",
-        "busgen_jax.classify",
+        "busgen_jax.jobs.train_classifier",
         "--workdir=/gcs/b/runs/classify/c1",
     ]
     assert fetch[4:6] == ["scp", "b1:busgen_logs/clf-1.log"] and fetch[-1] == "--worker=0"
@@ -310,7 +310,7 @@ def test_xm_dry_run_tpu_vm_backend():
     expected = [
         "python3",
         "-m",
-        "busgen_jax.adapt",
+        "busgen_jax.jobs.adapt",
         "--config=configs/adapt.py:few_shot",
         "--workdir=/gcs/b/busgen/runs/adapt/a1",
         *map(tpu_vm.mounted, TRICKY),
@@ -329,7 +329,7 @@ def test_xm_dry_run_tpu_vm_backend():
     assert "--accelerator-type=v4-32" in launcher
     assert launcher[launcher.index("--") + 1 :] == TRICKY
     steps = [shlex.split(s) for s in _field(result.stdout, "step")]
-    [run] = [s for s in steps if s[4] == "ssh" and "busgen_jax.adapt" in _remote_command(s)]
+    [run] = [s for s in steps if s[4] == "ssh" and "busgen_jax.jobs.adapt" in _remote_command(s)]
     assert "--worker=all" in run and _python_argv(_remote_command(run)) == expected
 
 
@@ -345,12 +345,15 @@ def test_xm_dry_run_vertex_backend():
     assert _field(result.stdout, "executor") == [
         "xm_local.Vertex(requirements=xm.JobRequirements(tpu_v3=8))"
     ]
-    assert "xm.ModuleName('busgen_jax.classify')" in _field(result.stdout, "executable")[0]
+    assert (
+        "xm.ModuleName('busgen_jax.jobs.train_classifier')"
+        in _field(result.stdout, "executable")[0]
+    )
     [worker] = _field(result.stdout, "worker 0")
     assert shlex.split(worker)[-4:] == [
         "python3",
         "-m",
-        "busgen_jax.classify",
+        "busgen_jax.jobs.train_classifier",
         "--workdir=/gcs/b/busgen/runs/classify/c1",  # where Vertex AI mounts the bucket
     ]
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from busgen_jax import generator
+from busgen_jax.diffusion import generator
 from busgen_jax.models import lora, presets
 from busgen_jax.models.unet import UNet
 

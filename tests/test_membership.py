@@ -8,8 +8,7 @@ import pytest
 import sklearn.metrics
 from generator_fixtures import tiny_generator
 
-from busgen_jax import generator
-from busgen_jax.diffusion import schedules
+from busgen_jax.diffusion import generator, schedules
 from busgen_jax.privacy import membership
 
 

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 import pytest
 from generator_fixtures import phantom_dataset
 
-from busgen_jax import workdir as workdir_lib
+from busgen_jax.jobs import workdir as workdir_lib
 
 STEPS = 3
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -38,7 +38,7 @@ def _free_port() -> int:
 
 def _command(data_dir, workdir, *, steps=STEPS, every=STEPS, extra=()) -> list[str]:
     return [
-        sys.executable, "-m", "busgen_jax.pretrain", "--config=configs/pretrain.py:tiny",
+        sys.executable, "-m", "busgen_jax.jobs.pretrain", "--config=configs/pretrain.py:tiny",
         f"--workdir={workdir}", f"--config.data.paths=('{data_dir}',)",
         f"--config.train.steps={steps}", f"--config.checkpoint.every_steps={every}",
         f"--config.sample.every_steps={steps}", *extra,
@@ -131,7 +131,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert (tmp_path / "two" / "checkpoints" / str(STEPS)).is_dir()
 
 
-# `python -m busgen_jax.pretrain` whose file moves (only quarantine moves files) take seconds.
+# `python -m busgen_jax.jobs.pretrain` whose file moves (only quarantine moves files) take seconds.
 _SLOW_MOVES = """
 import runpy, shutil, sys, time
 move = shutil.move
@@ -139,8 +139,8 @@ def slow_move(*args, **kwargs):
     time.sleep(5)
     return move(*args, **kwargs)
 shutil.move = slow_move
-sys.argv[0] = "busgen_jax.pretrain"
-runpy.run_module("busgen_jax.pretrain", run_name="__main__", alter_sys=True)
+sys.argv[0] = "busgen_jax.jobs.pretrain"
+runpy.run_module("busgen_jax.jobs.pretrain", run_name="__main__", alter_sys=True)
 """
 
 
@@ -182,7 +182,7 @@ def test_a_step_that_one_process_finds_bad_is_skipped_by_both(tmp_path):
 
 _HOLDER = """
 import sys, time
-from busgen_jax import workdir
+from busgen_jax.jobs import workdir
 with workdir.lock(sys.argv[1], "holder"):
     print("locked", flush=True)
     time.sleep(3600)

@@ -6,15 +6,17 @@ import jax
 import numpy as np
 import pytest
 
-from busgen_jax import demo_gates, foundation, generate_phantom, generator, job, predict
 from busgen_jax.data import builtin, pipeline
-from busgen_jax.evaluation import oracle, sample_failures
+from busgen_jax.diffusion import foundation, generator
+from busgen_jax.evaluation import demo_gates, oracle, sample_failures
+from busgen_jax.jobs import phantom as generate_phantom
+from busgen_jax.jobs import predict, shell
 
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     """A small benign/DCIS phantom at the oracle's 32 px, not the oracle's own data."""
-    config = job.load_config("configs/phantom.py:benign_dcis")
+    config = shell.load_config("configs/phantom.py:benign_dcis")
     config.update(num_images=240, seed=123, name="oracle_test")
     workdir = tmp_path_factory.mktemp("phantom")
     generate_phantom.run(config, str(workdir))

@@ -23,8 +23,10 @@ import pytest
 from PIL import Image
 from records import make_records
 
-from busgen_jax import pretrain, train_state, visualize
 from busgen_jax.data import shards
+from busgen_jax.jobs import pretrain
+from busgen_jax.reporting import visualize
+from busgen_jax.training import train_state
 from configs import pretrain as pretrain_config
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -159,7 +161,7 @@ def test_tiny_run_learns_and_writes_samples_and_export(reference_run):
 
 def _command(workdir: pathlib.Path, data_dir: pathlib.Path) -> list[str]:
     return [
-        sys.executable, "-m", "busgen_jax.pretrain", "--config=configs/pretrain.py:tiny",
+        sys.executable, "-m", "busgen_jax.jobs.pretrain", "--config=configs/pretrain.py:tiny",
         f"--workdir={workdir}", f"--config.data.paths=('{data_dir}',)",
         f"--config.train.steps={STEPS}", f"--config.checkpoint.every_steps={EVERY}",
     ]  # fmt: skip

@@ -8,8 +8,10 @@ import re
 import numpy as np
 import pytest
 
-from busgen_jax import job, reader_study_job
+from busgen_jax.core import errors
 from busgen_jax.evaluation import mrmc, roe_metz
+from busgen_jax.jobs import reader_study as reader_study_job
+from busgen_jax.jobs import shell
 
 
 @pytest.fixture()
@@ -32,7 +34,7 @@ def files(tmp_path):
 
 def test_job_reports_readers_and_the_modality_comparison(files):
     tmp_path, study = files
-    config = job.load_config("configs/reader_study.py:default")
+    config = shell.load_config("configs/reader_study.py:default")
     config.reads, config.truth = str(tmp_path / "reads.csv"), str(tmp_path / "truth.csv")
     results = reader_study_job.run(config, str(tmp_path / "out"))
     assert results["n_readers"] == 4 and results["modalities"] == ["unaided", "aided"]
@@ -51,7 +53,7 @@ def test_job_reports_readers_and_the_modality_comparison(files):
 def test_bad_truth_names_the_line(files):
     tmp_path, _ = files
     (tmp_path / "truth.csv").write_text("case_id,truth\nc00,yes\n")
-    with pytest.raises(job.JobError, match=r"truth.csv line 2: truth must be 0 or 1"):
+    with pytest.raises(errors.JobError, match=r"truth.csv line 2: truth must be 0 or 1"):
         reader_study_job.read_truth(str(tmp_path / "truth.csv"))
 
 
@@ -68,7 +70,7 @@ def test_three_modalities_from_an_imrmc_file_with_numeric_scores(tmp_path):
         for i, m in enumerate("ABC") for j in range(3) for k in range(50)
     ]  # fmt: skip
     (tmp_path / "study.imrmc").write_text("\n".join(lines) + "\n")
-    config = job.load_config("configs/reader_study.py:default")
+    config = shell.load_config("configs/reader_study.py:default")
     config.update(reads=str(tmp_path / "study.imrmc"), format="imrmc", rating_scale="numeric",
                   threshold="", foms=("auc", "pauc"), fixed_reader_test="f")  # fmt: skip
     results = reader_study_job.run(config, str(tmp_path / "out"))
@@ -95,8 +97,8 @@ def test_three_modalities_from_an_imrmc_file_with_numeric_scores(tmp_path):
 )
 def test_bad_config_is_one_error(files, change, message):
     tmp_path, _ = files
-    config = job.load_config("configs/reader_study.py:default")
+    config = shell.load_config("configs/reader_study.py:default")
     config.reads, config.truth = str(tmp_path / "reads.csv"), str(tmp_path / "truth.csv")
     config.update(change)
-    with pytest.raises(job.JobError, match=re.escape(message)):
+    with pytest.raises(errors.JobError, match=re.escape(message)):
         reader_study_job.run(config, str(tmp_path / "out"))

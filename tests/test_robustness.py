@@ -21,7 +21,9 @@ import ml_collections
 import pytest
 from generator_fixtures import phantom_dataset, tiny_generator
 
-from busgen_jax import generator, import_data, job, pretrain, synthesize, workdir
+from busgen_jax.core import errors
+from busgen_jax.diffusion import generator
+from busgen_jax.jobs import import_data, pretrain, shell, synthesize, workdir
 from busgen_jax.models import lora
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -75,7 +77,7 @@ def test_a_second_job_on_a_busy_workdir_is_refused_naming_the_first(tmp_path):
 
 _HOLDER = """
 import sys, time
-from busgen_jax import workdir
+from busgen_jax.jobs import workdir
 with workdir.lock(sys.argv[1], "holder"):
     print("locked", flush=True)
     time.sleep(3600)
@@ -211,7 +213,7 @@ def _fake_job(tmp_path, behaviour):
         behaviour(config, pathlib.Path(workdir))
 
     run.__module__ = "busgen_jax.fake"
-    return job.command(run, "configs/phantom.py:tiny", "A fake job.")
+    return shell.command(run, "configs/phantom.py:tiny", "A fake job.")
 
 
 def _main(main, tmp_path, *overrides, capsys) -> tuple[int, str]:
@@ -225,7 +227,7 @@ def _main(main, tmp_path, *overrides, capsys) -> tuple[int, str]:
 def test_a_run_that_failed_before_writing_does_not_pin_its_config(tmp_path, capsys):
     def fail(config, path):
         if config.seed == 0:
-            raise job.JobError("config.seed: the first try had a typo")
+            raise errors.JobError("config.seed: the first try had a typo")
 
     main = _fake_job(tmp_path, fail)
     assert _main(main, tmp_path, capsys=capsys) == (
@@ -236,7 +238,7 @@ def test_a_run_that_failed_before_writing_does_not_pin_its_config(tmp_path, caps
 
     def write_then_fail(config, path):
         (path / "half.bin").write_bytes(b"x")
-        raise job.JobError("stopped")
+        raise errors.JobError("stopped")
 
     other = tmp_path / "other"
     main = _fake_job(other, write_then_fail)

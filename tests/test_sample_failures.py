@@ -5,9 +5,10 @@ import pytest
 from generator_fixtures import phantom_dataset, tiny_generator
 from scipy import ndimage
 
-from busgen_jax import generator, job, synthesize
 from busgen_jax.data import pipeline, schema, shards
+from busgen_jax.diffusion import generator
 from busgen_jax.evaluation import sample_failures
+from busgen_jax.jobs import shell, synthesize
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,7 @@ def test_synthesis_redraws_noise_and_writes_none(data, tmp_path, monkeypatch):
         return sample_fn
 
     monkeypatch.setattr(generator, "make_sample_fn", fake_make_sample_fn)
-    config = job.load_config("configs/synthesize.py:tiny")
+    config = shell.load_config("configs/synthesize.py:tiny")
     config.update(
         generator=str(tiny_generator(tmp_path / "generator")),
         num_images=8,

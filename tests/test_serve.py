@@ -18,9 +18,13 @@ import pytest
 from generator_fixtures import tiny_generator
 from PIL import Image
 
-from busgen_jax import cli, foundation, generator, job, serve, visualize
+from busgen_jax import cli, serve
+from busgen_jax.core import errors
 from busgen_jax.data import box_priors, phantom
+from busgen_jax.diffusion import foundation, generator
+from busgen_jax.jobs import shell
 from busgen_jax.models import lora
+from busgen_jax.reporting import visualize
 from busgen_jax.serve import jobs, server, studio
 
 DEVICE = "Phantom-L12-5"
@@ -41,7 +45,7 @@ TIMEOUT_S = 240
 def served(tmp_path_factory):
     """A server on a free loopback port over a tiny random generator (config `tiny`)."""
     root = tmp_path_factory.mktemp("serve")
-    config = job.load_config("configs/serve.py:tiny")
+    config = shell.load_config("configs/serve.py:tiny")
     config.generator = str(tiny_generator(root / "generator"))
     app = serve.build_app(config, str(root / "workdir"))
     httpd = server.make_server(app, "127.0.0.1", 0)
@@ -353,7 +357,7 @@ def test_adapter_brings_its_task_vocabulary(tmp_path):
         "base_generator": str(base_dir),
     }
     lora.save_adapter(tmp_path / "adapter", lora.adapted_model(base, info), info)
-    config = job.load_config("configs/serve.py:tiny")
+    config = shell.load_config("configs/serve.py:tiny")
     config.generator, config.adapter = str(base_dir), str(tmp_path / "adapter")
     app = serve.build_app(config, str(tmp_path / "workdir"))
     try:
@@ -367,12 +371,12 @@ def test_adapter_brings_its_task_vocabulary(tmp_path):
         app.close()
     # On another base generator the adapter is refused in one line.
     config.generator = str(tiny_generator(tmp_path / "other", seed=1))
-    with pytest.raises(job.JobError, match="weights differ"):
+    with pytest.raises(errors.JobError, match="weights differ"):
         serve.build_app(config, str(tmp_path / "workdir"))
 
 
 def test_default_serves_the_shipped_foundation_with_its_corpus_boxes(tmp_path, monkeypatch):
-    config = job.load_config("configs/serve.py:default")
+    config = shell.load_config("configs/serve.py:default")
     assert config.generator == str(foundation.SHIPPED)
     # The foundation corpus labels DCIS malignant: the prior offers the classes the model knows.
     prior = serve.load_box_prior(config)

@@ -99,7 +99,7 @@ _EIGHT_DEVICE_SCRIPT = """
 import json, os
 import jax, numpy as np
 from configs import pretrain as pretrain_config
-from busgen_jax import pretrain
+from busgen_jax.jobs import pretrain
 from busgen_jax.parallel import mesh as mesh_lib, partition
 
 config = pretrain_config.get_config("tiny")

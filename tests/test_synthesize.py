@@ -14,9 +14,13 @@ import numpy as np
 import pytest
 from generator_fixtures import phantom_dataset, tiny_generator
 
-from busgen_jax import demo_report, job, synthesis_plan, synthesize, visualize
-from busgen_jax import report as html_report
+from busgen_jax.core import errors
 from busgen_jax.data import pipeline, schema, shards
+from busgen_jax.jobs import report as demo_report
+from busgen_jax.jobs import shell, synthesize
+from busgen_jax.reporting import html as html_report
+from busgen_jax.reporting import visualize
+from busgen_jax.synthesis import plan as synthesis_plan
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +33,7 @@ def inputs(tmp_path_factory):
 
 
 def _config(inputs, **overrides):
-    config = job.load_config("configs/synthesize.py:tiny")
+    config = shell.load_config("configs/synthesize.py:tiny")
     config.generator = inputs["generator"]
     config.audit.train_paths = [inputs["data"]]
     config.update(overrides)
@@ -114,7 +118,7 @@ def test_planted_copies_are_rejected_and_resampled(inputs, tmp_path, monkeypatch
 
 
 def test_unknown_class_is_a_clear_error(inputs, tmp_path):
-    with pytest.raises(job.JobError, match=r"classes \['lymphoma'\] not known"):
+    with pytest.raises(errors.JobError, match=r"classes \['lymphoma'\] not known"):
         synthesize.run(_config(inputs, classes={"lymphoma": 1.0}), str(tmp_path))
 
 
@@ -123,7 +127,7 @@ def test_killed_job_resumes_to_the_same_bytes(inputs, tmp_path):
     args = [
         sys.executable,
         "-m",
-        "busgen_jax.synthesize",
+        "busgen_jax.jobs.synthesize",
         "--config=configs/synthesize.py:tiny",
         f"--config.generator={inputs['generator']}",
         f"--config.audit.train_paths=('{inputs['data']}',)",

@@ -5,9 +5,9 @@ import json
 import fake_trees
 import pytest
 
-from busgen_jax import import_data
 from busgen_jax.data import shards
 from busgen_jax.data.importers import DatasetImportError, import_dataset
+from busgen_jax.jobs import import_data
 from busgen_jax.privacy import identifiers
 
 SALT = "test-salt"

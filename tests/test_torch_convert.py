@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from busgen_jax import generator
 from busgen_jax.data import box_priors
+from busgen_jax.diffusion import generator
 from busgen_jax.models import UNet, count_params, model_config, presets, torch_convert
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -164,7 +164,7 @@ def test_params_export_round_trip_and_command(torch_reference, tmp_path, monkeyp
     expected = torch_convert.convert_state_dict(state_dict, config)
     assert _same_state(nnx.state(model, nnx.Param), expected)
 
-    from busgen_jax import generator
+    from busgen_jax.diffusion import generator
 
     model, spec = generator.load_generator(tmp_path / "export")  # a complete generator
     assert spec.class_names == ("benign", "malignant") and spec.prediction == "eps"
@@ -381,11 +381,11 @@ def test_each_published_setting_matters(torch_reference, published_export, setti
 def test_synthesize_published_preset_is_the_published_sampling():
     """configs/synthesize.py:published sets every setting, so it samples as published whatever
     generator it is given; the default preset leaves how the network is called to the spec."""
-    from busgen_jax import job
+    from busgen_jax.jobs import shell
 
     project_spec = generator.GeneratorSpec({}, "eps", ("benign",), ("a",), 32)
     for preset, expected in (("published", "published"), ("default", "project")):
-        config = job.load_config(f"configs/synthesize.py:{preset}")
+        config = shell.load_config(f"configs/synthesize.py:{preset}")
         fields = {k: config[k] for k in presets.SAMPLING_FIELDS}
         assert generator.sampling_settings(project_spec, fields)["preset"] == expected
     assert fields["drop_box_mask"] is None and fields["box_raster"] is None

@@ -12,8 +12,8 @@ import pytest
 from clu import metric_writers
 from flax import nnx, struct
 
-from busgen_jax import checkpoints, train_loop
 from busgen_jax.parallel import mesh as mesh_lib
+from busgen_jax.training import checkpoints, train_loop
 
 
 @struct.dataclass

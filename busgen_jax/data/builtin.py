@@ -69,9 +69,9 @@ def cache_root() -> pathlib.Path:
 
 
 def phantom_config(preset: str) -> ml_collections.ConfigDict:
-    from busgen_jax import job
+    from busgen_jax.jobs import shell
 
-    return job.load_config(f"configs/phantom.py:{preset}")
+    return shell.load_config(f"configs/phantom.py:{preset}")
 
 
 def _simulator_source() -> bytes:
@@ -82,7 +82,7 @@ def _simulator_source() -> bytes:
 
 def phantom_dataset(preset: str = "demo", **overrides) -> pathlib.Path:
     """The dataset directory of phantom `preset` (with config `overrides`), generated if absent."""
-    from busgen_jax import generate_phantom
+    from busgen_jax.jobs import phantom as generate_phantom
 
     config = phantom_config(preset)
     config.update(overrides)

@@ -46,8 +46,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from busgen_jax import train_state
 from busgen_jax.diffusion import guidance, losses, samplers, schedules
+from busgen_jax.training import train_state
 
 KINDS = ("guidance", "progressive")
 STUDENT_SAMPLER = "dpm_solver_pp_1s"  # DDIM on the nesting time-uniform grid (module docstring)

@@ -28,7 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from busgen_jax import foundation
+from busgen_jax.diffusion import foundation
 from busgen_jax.evaluation import generative, sample_failures
 
 SHIPPED = foundation.ASSETS / "phantom_oracle"
@@ -105,7 +105,7 @@ def measure(
 
     `frechet` is None when a class has too few images for sets of 2 or more.
     """
-    from busgen_jax import predict  # the classifier stack only when it is used
+    from busgen_jax.jobs import predict  # the classifier stack only when it is used
 
     model, config = predict.load_classifier(oracle_dir)
     negative, positive = tuple(config.task.negative), tuple(config.task.positive)
@@ -171,8 +171,8 @@ def write(result: Mapping[str, Any], path: str | pathlib.Path) -> pathlib.Path:
 def record_test_auc(export_dir: str | pathlib.Path, data_paths: Sequence[str]) -> dict[str, Any]:
     """The class oracle's AUC (DeLong 95% CI) on its phantom's test split, for the card: the
     split is scored once, after training, and chooses nothing."""
-    from busgen_jax import predict
     from busgen_jax.evaluation import statistics
+    from busgen_jax.jobs import predict
 
     model, config = predict.load_classifier(export_dir)
     rows = predict.predict_split(model, config, list(data_paths), "test")
@@ -211,15 +211,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     """`make oracle`'s last step: score the trained oracle on its test split once, and ship."""
     import argparse
 
-    from busgen_jax import job
     from busgen_jax.data import builtin
+    from busgen_jax.jobs import shell
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--workdir", required=True, help="the oracle's classifier workdir")
     parser.add_argument("--train_seconds", type=float, default=0.0)
     parser.add_argument("--destination", default=str(SHIPPED))
     args = parser.parse_args(argv)
-    config = job.load_config("configs/classifier.py:oracle")
+    config = shell.load_config("configs/classifier.py:oracle")
     data = [builtin.resolve_path(p) for p in config.data.paths]
     val = json.loads((pathlib.Path(args.workdir) / "eval_val.json").read_text())
     test = record_test_auc(pathlib.Path(args.workdir) / "export", data)

@@ -287,7 +287,7 @@ def load_model_config(directory: str | pathlib.Path) -> ml_collections.ConfigDic
 
 def main(argv: list[str] | None = None) -> None:
     """The conversion command; a bad checkpoint, key or preset is one `error:` line."""
-    from busgen_jax import job  # the command's error reporting, not needed by the library
+    from busgen_jax.jobs import shell  # the command's error reporting, not needed by the library
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", required=True, help="published or training .pt file")
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as error:
             raise ValueError(f"{args.checkpoint} as preset {args.preset}: {error}") from error
     except (ValueError, OSError, ImportError) as error:
-        job._fail(error)
+        shell._fail(error)
     save_params(state, args.out, config=config)
     write_published_spec(config, args.out)
     count = sum(np.size(x) for x in jax.tree.leaves(state))
@@ -316,7 +316,7 @@ def write_published_spec(config: ml_collections.ConfigDict, directory: str | pat
     """The sampling spec of the published model (its linear schedule, epsilon prediction,
     vocabularies and the 'published' sampling preset), so converted weights are a complete
     generator for `busgen synthesize`."""
-    from busgen_jax import generator  # generator imports this module
+    from busgen_jax.diffusion import generator  # generator imports this module
 
     spec = generator.GeneratorSpec(
         schedule={"schedule": "linear", "num_timesteps": config.num_timesteps,

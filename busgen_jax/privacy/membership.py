@@ -20,8 +20,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from busgen_jax import generator
-from busgen_jax.diffusion import losses, schedules
+from busgen_jax.diffusion import generator, losses, schedules
 
 
 @functools.partial(nnx.jit, static_argnames=("prediction", "guidance_input"))

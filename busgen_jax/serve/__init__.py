@@ -14,8 +14,10 @@ import pathlib
 import ml_collections
 from absl import logging
 
-from busgen_jax import foundation, job
+from busgen_jax.core import errors
 from busgen_jax.data import box_priors, builtin, phantom, shards
+from busgen_jax.diffusion import foundation
+from busgen_jax.jobs import shell
 from busgen_jax.serve import server, studio
 
 IMAGES = "images"
@@ -42,13 +44,13 @@ def load_box_prior(config: ml_collections.ConfigDict) -> box_priors.BoxPrior:
     try:
         return box_priors.fit_box_prior(records, bandwidth=config.box_bandwidth)
     except ValueError as e:
-        raise job.JobError(f"box prior: {e}") from e
+        raise errors.JobError(f"box prior: {e}") from e
 
 
 def build_app(config: ml_collections.ConfigDict, workdir: str) -> server.App:
     """Loads the generator and box prior and starts the worker (it compiles the default first)."""
     if not config.generator:
-        raise job.JobError(
+        raise errors.JobError(
             "no generator to serve: pass --config.generator=EXPORT_DIR (pretrain's export/)"
         )
     if pathlib.Path(config.generator) == foundation.SHIPPED:
@@ -64,7 +66,7 @@ def build_app(config: ml_collections.ConfigDict, workdir: str) -> server.App:
             limits=studio.Limits(**config.limits.to_dict()),
         )
     except ValueError as e:  # bad defaults, an adapter of another generator
-        raise job.JobError(f"{e}") from e
+        raise errors.JobError(f"{e}") from e
     save_dir = pathlib.Path(workdir) / IMAGES if config.save_images else None
     return server.App(
         studio_, max_queued=config.max_queued, keep=config.keep_jobs, save_dir=save_dir
@@ -80,7 +82,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         httpd = server.make_server(app, config.host, config.port)
     except OSError as e:
         app.close()
-        raise job.JobError(f"cannot serve on {config.host}:{config.port}: {e.strerror}") from e
+        raise errors.JobError(f"cannot serve on {config.host}:{config.port}: {e.strerror}") from e
     print(f"busgen serve: open {server.url(httpd)} (Ctrl-C stops)", flush=True)
     try:
         httpd.serve_forever()
@@ -92,4 +94,4 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> None:
         app.close(timeout=STOP_TIMEOUT_S)
 
 
-main = job.command(run, "configs/serve.py:default", __doc__)
+main = shell.command(run, "configs/serve.py:default", __doc__)

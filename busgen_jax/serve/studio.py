@@ -25,10 +25,10 @@ import numpy as np
 from flax import nnx
 from PIL import Image, PngImagePlugin
 
-from busgen_jax import generator, visualize
 from busgen_jax.data import box_priors
-from busgen_jax.diffusion import samplers
+from busgen_jax.diffusion import generator, samplers
 from busgen_jax.models import lora
+from busgen_jax.reporting import visualize
 
 MAX_SEED = 2**32 - 1
 FIELDS = ("class", "device", "box", "sampler", "steps", "guidance", "seed", "num_images")

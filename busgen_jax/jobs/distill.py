@@ -26,12 +26,14 @@ import ml_collections
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from busgen_jax import checkpoints, foundation, generator, job, pretrain, train_loop, train_state
+from busgen_jax.core import errors
 from busgen_jax.data import pipeline
-from busgen_jax.diffusion import distillation, schedules
+from busgen_jax.diffusion import distillation, foundation, generator, schedules
+from busgen_jax.jobs import pretrain, shell
 from busgen_jax.models import lora, torch_convert, unet
 from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.parallel import partition
+from busgen_jax.training import checkpoints, train_loop, train_state
 
 
 def plan_rounds(config: ml_collections.ConfigDict) -> list[tuple[str, int, int]]:
@@ -58,7 +60,7 @@ def plan_rounds(config: ml_collections.ConfigDict) -> list[tuple[str, int, int]]
     for field, ok, requirement in checks:
         if not ok:
             section, name = field.split(".")
-            raise job.JobError(f"config.{field} = {config[section][name]!r} {requirement}")
+            raise errors.JobError(f"config.{field} = {config[section][name]!r} {requirement}")
     kinds = ["guidance"] + ["progressive"] * halvings
     steps = [d.start_steps >> k for k in [0, *range(1, halvings + 1)]]
     return list(zip(kinds, steps, d.round_steps, strict=True))
@@ -71,21 +73,21 @@ def load_teacher(config: ml_collections.ConfigDict):
         teacher, spec = generator.load_generator(directory, adapter=config.adapter or None)
         model_config = torch_convert.load_model_config(directory)
     except FileNotFoundError as e:
-        raise job.JobError(f"config.teacher: {e}") from e
+        raise errors.JobError(f"config.teacher: {e}") from e
     if config.adapter:
         lora.merge_lora(teacher)  # a plain U-Net again, with the task's vocabulary
     if spec.prediction == "eps":
         # x0 = (x_t - sigma eps) / alpha amplifies a student's eps error 1/alpha-fold (30x at
         # the sampling start here) where few-step sampling needs x0 most (Salimans & Ho 2022,
         # sec. 4): the papers distil v- or x-predicting teachers.
-        raise job.JobError(f"config.teacher = {directory!r} predicts eps; distillation needs a "
+        raise errors.JobError(f"config.teacher = {directory!r} predicts eps; distillation needs a "
                            "v- or x0-predicting teacher")  # fmt: skip
     if spec.student:
-        raise job.JobError(f"config.teacher = {directory!r} is itself a distilled student; "
+        raise errors.JobError(f"config.teacher = {directory!r} is itself a distilled student; "
                            "distil its teacher with more rounds instead")  # fmt: skip
     settings = generator.sampling_settings(spec, {})
     if settings["time_input"] != "interpolate":
-        raise job.JobError(f"config.teacher = {directory!r} samples with time_input="
+        raise errors.JobError(f"config.teacher = {directory!r} samples with time_input="
                            f"{settings['time_input']!r}; distillation needs 'interpolate'")  # fmt: skip
     model_config = model_config.copy_and_resolve_references()
     with model_config.unlocked():
@@ -218,14 +220,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     try:
         result = distill(config, pathlib.Path(workdir).absolute())
     except ValueError as e:  # checkpoint and non-finite errors are JobErrors already
-        raise job.JobError(str(e)) from e
+        raise errors.JobError(str(e)) from e
     student = result["spec"].student
     steps = "1 step" if student["steps"] == 1 else f"{student['steps']} steps"
     print(f"student: {result['export']} ({steps}, one pass each; teacher {student['teacher']})")
     return result
 
 
-main = job.command(run, "configs/distill.py:default", __doc__)
+main = shell.command(run, "configs/distill.py:default", __doc__)
 
 if __name__ == "__main__":
-    job.run_main(main)
+    shell.run_main(main)

@@ -33,11 +33,14 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from busgen_jax import checkpoints, job, pretrain, train_loop, train_state, visualize
-from busgen_jax import generator as generator_lib
+from busgen_jax.core import errors
 from busgen_jax.data import pipeline, shards
+from busgen_jax.diffusion import generator as generator_lib
+from busgen_jax.jobs import pretrain, shell
 from busgen_jax.models import lora, torch_convert
 from busgen_jax.parallel import partition
+from busgen_jax.reporting import visualize
+from busgen_jax.training import checkpoints, train_loop, train_state
 
 FEWSHOT = "fewshot_data"
 ADAPTER = "adapter"
@@ -66,11 +69,11 @@ def validate_config(config: ml_collections.ConfigDict) -> lora.LoRAConfig:
             value = config
             for part in field.split("."):
                 value = value[part]
-            raise job.JobError(f"config.{field} = {value!r} {requirement}")
+            raise errors.JobError(f"config.{field} = {value!r} {requirement}")
     try:
         return lora.LoRAConfig.from_mapping(config.lora)
     except ValueError as e:
-        raise job.JobError(str(e)) from e
+        raise errors.JobError(str(e)) from e
 
 
 def _split_pathologies(paths: Sequence[str], split: str) -> list[tuple[str, int, str]]:
@@ -91,7 +94,7 @@ def select_shots(
     for k, name in enumerate(class_names):
         positions = np.flatnonzero(pathologies == name)
         if len(positions) < shots:
-            raise job.JobError(
+            raise errors.JobError(
                 f"{where}: class '{name}' has {len(positions)} train records, fewer than "
                 f"shots={shots}"
             )
@@ -127,7 +130,7 @@ def heldout_records(config, class_names: Sequence[str], shot_records: list[dict]
     for k, name in enumerate(class_names):
         records = by_class[name]
         if not records:
-            raise job.JobError(f"{list(config.data.paths)}: no '{config.heldout_split}' records "
+            raise errors.JobError(f"{list(config.data.paths)}: no '{config.heldout_split}' records "
                                f"of class '{name}' from patients outside the k-shot set")  # fmt: skip
         order = np.random.default_rng([config.seed, k, 1]).permutation(len(records))
         limit = config.heldout_per_class or len(records)
@@ -147,7 +150,7 @@ def write_fewshot_dataset(config: ml_collections.ConfigDict, out_dir: pathlib.Pa
     multihost_utils.sync_global_devices("fewshot_data")  # other processes read what 0 wrote
     existing = [r["case_id"] for r in shards.read_records(out_dir, "train")]
     if existing != [r["case_id"] for r in shot_records]:
-        raise job.JobError(f"{out_dir}: holds a k-shot set drawn with another config "
+        raise errors.JobError(f"{out_dir}: holds a k-shot set drawn with another config "
                            "(data, classes, shots or seed); use a new workdir")  # fmt: skip
     return shot_records
 
@@ -252,9 +255,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         base, spec = generator_lib.load_generator(config.generator)
         model_config = torch_convert.load_model_config(config.generator)
     except FileNotFoundError as e:
-        raise job.JobError(f"config.generator: {e}") from e
+        raise errors.JobError(f"config.generator: {e}") from e
     if config.data.image_size not in (0, spec.image_size):
-        raise job.JobError(f"config.data.image_size = {config.data.image_size} differs from "
+        raise errors.JobError(f"config.data.image_size = {config.data.image_size} differs from "
                            f"the generator's image size {spec.image_size}")  # fmt: skip
     shot_records = write_fewshot_dataset(config, workdir / FEWSHOT)
     data_config = config.data.copy_and_resolve_references()
@@ -266,7 +269,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             data_config.class_names, spec.class_names, lora_config.new_row_from
         )
     except ValueError as e:
-        raise job.JobError(str(e)) from e
+        raise errors.JobError(str(e)) from e
     info = {
         "lora": dataclasses.asdict(lora_config),
         "base_generator": str(pathlib.Path(config.generator).absolute()),
@@ -288,7 +291,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     try:
         result = train(config, view, model, workdir)
     except (ValueError, checkpoints.CheckpointError, FloatingPointError) as e:
-        raise job.JobError(str(e)) from e
+        raise errors.JobError(str(e)) from e
     info = export_adapter(result["state"], info, workdir / ADAPTER)
     logging.info("adapter %s: %d params, %d bytes (full model: %d params, %d bytes, %.2f%%)",
                  workdir / ADAPTER, info["adapter_params"], info["adapter_bytes"],
@@ -302,7 +305,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return {**result, "info": info, "grid": grid}
 
 
-main = job.command(run, "configs/adapt.py:default", __doc__)
+main = shell.command(run, "configs/adapt.py:default", __doc__)
 
 if __name__ == "__main__":
-    job.run_main(main)
+    shell.run_main(main)

@@ -1,10 +1,10 @@
 """What every job command shares: `--config path.py:preset`, `--workdir`, overrides, clean errors.
 
-A job module defines `run(config, workdir)` and ends with `main = job.command(run, default)`.
+A job module defines `run(config, workdir)` and ends with `main = shell.command(run, default)`.
 `busgen <job> --config=configs/x.py:preset --workdir=DIR --config.some.field=value` and
 `python -m busgen_jax.<job> ...` both end up here. Before `run` starts, the workdir is checked to
 be a writable directory, locked for this job (one writer at a time; process 0 of a multi-host
-job) and its config compared with the one it was started with (`busgen_jax.workdir`).
+job) and its config compared with the one it was started with (`busgen_jax.jobs.workdir`).
 """
 
 from __future__ import annotations
@@ -24,25 +24,18 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from busgen_jax import workdir as workdir_lib
+from busgen_jax.core import errors
 from busgen_jax.data import builtin, schema, shards
+from busgen_jax.jobs import workdir as workdir_lib
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Set to "1" by the launchers on multi-host slices.
 DISTRIBUTED_ENV = "BUSGEN_DISTRIBUTED"
 
 
-class JobError(RuntimeError):
-    """An error the user can fix (bad input, missing checkpoint); printed as one line.
-
-    Libraries subclass it for their own user-facing errors (checkpoints.CheckpointError), so
-    that every job reports them in one line without wrapping them.
-    """
-
-
 # Errors a job raises about its inputs (each names the file or field): one line, no traceback.
 USER_ERRORS = (
-    JobError,
+    errors.JobError,
     FileNotFoundError,
     shards.DatasetError,
     schema.SchemaError,
@@ -81,7 +74,7 @@ def load_config(spec: str) -> ml_collections.ConfigDict:
     """Loads `path.py:preset` (as `--config` would) for use from Python, e.g. the demo."""
     path, _, preset = resolve_config_path(spec).partition(":")
     if not os.path.isfile(path):
-        raise JobError(f"config file {path} does not exist")
+        raise errors.JobError(f"config file {path} does not exist")
     module_spec = importlib.util.spec_from_file_location(f"_config_{pathlib.Path(path).stem}", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
@@ -116,7 +109,7 @@ def check_local_paths(config: ml_collections.ConfigDict, workdir: str) -> None:
     named 'gs:' (pathlib) whose checkpoints vanish with the machine."""
     for field, value in [("--workdir", workdir), *_strings(config, "config")]:
         if _URL.match(value):
-            raise JobError(
+            raise errors.JobError(
                 f"{field}={value!r}: jobs read and write local paths (ArrayRecord cannot open "
                 "URLs); mount the bucket, e.g. with gcsfuse at /gcs/BUCKET as the launchers "
                 "in launch/ do, and pass the mounted path"
@@ -160,23 +153,23 @@ def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config
                 )
                 return
             if not workdir_flag.value:
-                raise JobError("--workdir is required")
+                raise errors.JobError("--workdir is required")
             config_path = config_flags.get_config_filename(flag_values["config"]).split(":")[0]
             if not os.path.isfile(config_path):
-                raise JobError(f"config file {config_path} does not exist")
+                raise errors.JobError(f"config file {config_path} does not exist")
             config = config_flag.value
             config.keys()  # a config that failed to load raises here, not deep inside the job
             check_local_paths(config, workdir_flag.value)
         except (KeyError, AttributeError) as e:
             _fail(_unknown_field(argv) or e)
-        except (flags.Error, JobError, ValueError, OSError) as e:
+        except (flags.Error, errors.JobError, ValueError, OSError) as e:
             _fail(e)
         _log_to_stderr()
         maybe_initialize_distributed()
         try:
             # Built-in phantom paths (`phantom:PRESET`) become cached datasets, once, here.
             config = builtin.resolve_config(config)
-        except (JobError, ValueError, OSError) as e:
+        except (errors.JobError, ValueError, OSError) as e:
             _fail(e)
         _run_in_workdir(run, config, workdir_flag.value, allow_flag.value)
 

@@ -44,8 +44,9 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 from scipy import ndimage, signal
 
-from busgen_jax.data import phantom_lesions, schema
-from busgen_jax.data.phantom_tissue import DEVICE_BY_NAME, DEVICES, Device, breast_tissue
+from busgen_jax.data import schema
+from busgen_jax.data.phantom import lesions as phantom_lesions
+from busgen_jax.data.phantom.tissue import DEVICE_BY_NAME, DEVICES, Device, breast_tissue
 
 PHANTOM_DEVICES: tuple[str, ...] = tuple(device.name for device in DEVICES)
 DEFAULT_CLASS_PROBS = {"normal": 0.2, "benign": 0.4, "malignant": 0.25, "dcis": 0.15}

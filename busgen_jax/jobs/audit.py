@@ -20,16 +20,17 @@ import pathlib
 import ml_collections
 import numpy as np
 
-from busgen_jax import generator as generator_lib
-from busgen_jax import job
+from busgen_jax.core import errors
 from busgen_jax.data import pipeline, shards
+from busgen_jax.diffusion import generator as generator_lib
+from busgen_jax.jobs import shell
 from busgen_jax.privacy import audit, membership
 from busgen_jax.privacy import report as privacy_report
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not config.synthetic_paths or not config.train_paths:
-        raise job.JobError("config.synthetic_paths and config.train_paths are both required")
+        raise errors.JobError("config.synthetic_paths and config.train_paths are both required")
     # The generator loads first: a wrong path fails before the similarity search costs its time.
     generator = _load_generator(config)
     size = config.image_size
@@ -38,7 +39,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         train = pipeline.load_split(config.train_paths, "train", size)
         heldout = pipeline.load_split(config.train_paths, config.heldout_split, size)["image"]
     except shards.DatasetError as e:
-        raise job.JobError(str(e)) from e
+        raise errors.JobError(str(e)) from e
     inference = _membership(config, *generator) if generator else None
     heldout_sims, _ = audit.search(heldout, train["image"])
     overrides = {"ncc": config.threshold, "windowed": config.windowed_threshold}
@@ -96,14 +97,14 @@ def _load_generator(config: ml_collections.ConfigDict) -> tuple | None:
     """(model, spec) of the configured generator with its adapter merged; None if none is set."""
     if not config.generator:
         if config.adapter:
-            raise job.JobError("config.adapter is set but config.generator (its base) is empty")
+            raise errors.JobError("config.adapter is set but config.generator (its base) is empty")
         return None
     if config.membership_draws < 1:
-        raise job.JobError(f"config.membership_draws = {config.membership_draws} must be >= 1")
+        raise errors.JobError(f"config.membership_draws = {config.membership_draws} must be >= 1")
     try:
         return generator_lib.load_generator(config.generator, config.adapter or None)
     except ValueError as e:  # an adapter of another generator, a broken export
-        raise job.JobError(str(e)) from e
+        raise errors.JobError(str(e)) from e
 
 
 def _membership(config: ml_collections.ConfigDict, model, spec) -> dict:
@@ -118,13 +119,13 @@ def _membership(config: ml_collections.ConfigDict, model, spec) -> dict:
             for split in ("train", config.heldout_split)
         ]
     except shards.DatasetError as e:
-        raise job.JobError(f"membership inference: {e}") from e
+        raise errors.JobError(f"membership inference: {e}") from e
     return membership.attack(
         model, spec, *splits, num_draws=config.membership_draws, seed=config.membership_seed
     )
 
 
-main = job.command(run, "configs/audit.py:default", __doc__)
+main = shell.command(run, "configs/audit.py:default", __doc__)
 
 if __name__ == "__main__":
-    job.run_main(main)
+    shell.run_main(main)

@@ -27,9 +27,8 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from busgen_jax import foundation
 from busgen_jax.data import box_priors
-from busgen_jax.diffusion import guidance, samplers, schedules
+from busgen_jax.diffusion import foundation, guidance, samplers, schedules
 from busgen_jax.models import presets, torch_convert
 from busgen_jax.models.unet import UNet
 

@@ -1,6 +1,6 @@
 """A job's hold on its workdir: one writer at a time, and one config per run.
 
-Every job (through `job.command`) checks that its workdir is a writable directory, takes an
+Every job (through `shell.command`) checks that its workdir is a writable directory, takes an
 advisory lock on it and compares its config with the one the workdir was started with, before it
 reads or writes anything else there. Both live in `WORKDIR/.busgen/`:
 

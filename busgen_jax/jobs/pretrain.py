@@ -1,12 +1,12 @@
 """Sharded diffusion pretraining of the conditional U-Net on BUS shards.
 
-  python -m busgen_jax.pretrain --config=configs/pretrain.py:tiny --workdir=/tmp/pretrain \
+  python -m busgen_jax.jobs.pretrain --config=configs/pretrain.py:tiny --workdir=/tmp/pretrain \
       --config.data.paths="('/data/phantom',)" --config.train.steps=20
 
 `train_and_evaluate` builds the mesh, creates the sharded state (or restores the newest readable
 checkpoint together with the input iterator), runs the jitted `train_step`, logs metrics and
 sample grids, checkpoints periodically, and exports the final EMA params to `workdir/export`
-(`busgen_jax.generator` format, read by the adaptation and synthesis jobs).
+(`busgen_jax.diffusion.generator` format, read by the adaptation and synthesis jobs).
 """
 
 from __future__ import annotations
@@ -24,11 +24,14 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from busgen_jax import checkpoints, generator, job, train_loop, train_state, visualize
-from busgen_jax.diffusion import guidance, losses, samplers, schedules
+from busgen_jax.core import errors
+from busgen_jax.diffusion import generator, guidance, losses, samplers, schedules
+from busgen_jax.jobs import shell
 from busgen_jax.models import presets, unet
 from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.parallel import partition
+from busgen_jax.reporting import visualize
+from busgen_jax.training import checkpoints, train_loop, train_state
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 BATCH_NDIMS = {"image": 4, "box_mask": 4, "class_id": 1, "device_id": 1}
@@ -233,13 +236,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     try:
         result = train_and_evaluate(config, workdir)
     except (ValueError, checkpoints.CheckpointError, FloatingPointError) as e:
-        raise job.JobError(str(e)) from e
+        raise errors.JobError(str(e)) from e
     print(f"pretrained to step {int(result['state'].step)}; generator: "
           f"{pathlib.Path(workdir) / 'export'}")  # fmt: skip
     return result
 
 
-main = job.command(run, "configs/pretrain.py:tiny", __doc__)
+main = shell.command(run, "configs/pretrain.py:tiny", __doc__)
 
 if __name__ == "__main__":
-    job.run_main(main)
+    shell.run_main(main)

@@ -15,15 +15,16 @@ import pathlib
 
 import ml_collections
 
-from busgen_jax import job
+from busgen_jax.core import errors
 from busgen_jax.data.importers import DatasetImportError, import_dataset
 from busgen_jax.data.schema import SchemaError
+from busgen_jax.jobs import shell
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     salt = config.salt or os.environ.get("BUSGEN_SALT", "")
     if not config.source:
-        raise job.JobError("config.source: the dataset folder (or CSV) to import is required")
+        raise errors.JobError("config.source: the dataset folder (or CSV) to import is required")
     out_dir = pathlib.Path(workdir) / "data" / config.name
     try:
         manifest = import_dataset(
@@ -40,7 +41,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             **_table_options(config),
         )
     except (DatasetImportError, SchemaError) as e:
-        raise job.JobError(str(e)) from e
+        raise errors.JobError(str(e)) from e
     summary = {k: manifest[k] for k in ("name", "num_records", "pathology", "device")}
     print(f"imported dataset: {out_dir}\n{json.dumps(summary, indent=1)}")
     return manifest
@@ -55,7 +56,7 @@ def _table_options(config: ml_collections.ConfigDict) -> dict:
     }
 
 
-main = job.command(run, "configs/import_data.py:busi", __doc__)
+main = shell.command(run, "configs/import_data.py:busi", __doc__)
 
 if __name__ == "__main__":
-    job.run_main(main)
+    shell.run_main(main)

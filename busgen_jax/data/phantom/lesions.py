@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import special
 
-from busgen_jax.data.phantom_tissue import FAT_ECHO, smooth_fields
+from busgen_jax.data.phantom.tissue import FAT_ECHO, smooth_fields
 
 SHAPES = ("oval", "round", "irregular", "non-mass")
 ORIENTATIONS = ("parallel", "not parallel")

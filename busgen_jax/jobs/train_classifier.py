@@ -35,12 +35,14 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from busgen_jax import checkpoints, job, predict, pretrain, train_loop, train_state
+from busgen_jax.core import errors
 from busgen_jax.data import schema
 from busgen_jax.evaluation import statistics
+from busgen_jax.jobs import predict, pretrain, shell
 from busgen_jax.models import classifier, torch_convert
 from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.parallel import partition
+from busgen_jax.training import checkpoints, train_loop, train_state
 
 BATCH_NDIMS = {"image": 4, "label": 1}
 # Keys of the RBG generator: faster random bits on TPU, and initialisation and the step compile
@@ -204,7 +206,7 @@ def model_fn(config: ml_collections.ConfigDict) -> Callable[[], classifier.Class
 
 def with_unet_encoder(state: train_state.TrainState, generator_dir: str, wrt: Any):
     """The state with the encoder (params and EMA) copied from an exported generator's U-Net."""
-    from busgen_jax import generator  # the diffusion stack only for this initialisation
+    from busgen_jax.diffusion import generator  # the diffusion stack only for this initialisation
 
     unet, _ = generator.load_generator(generator_dir)
     model = classifier.copy_unet_weights(state.model(), unet)
@@ -301,7 +303,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     try:
         check_inputs(config)
     except (ValueError, FileNotFoundError) as e:  # DatasetError is a ValueError
-        raise job.JobError(str(e)) from e
+        raise errors.JobError(str(e)) from e
     result = train_and_evaluate(config, workdir)["eval"]
     print(f"{result['split']} AUC {result['auc']:.3f} "
           f"({result['ci_low']:.3f}-{result['ci_high']:.3f}) on {result['num_cases']} cases; "
@@ -309,7 +311,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return result
 
 
-main = job.command(run, "configs/classifier.py:default", __doc__)
+main = shell.command(run, "configs/classifier.py:default", __doc__)
 
 if __name__ == "__main__":
-    job.run_main(main)
+    shell.run_main(main)

@@ -16,8 +16,9 @@ import pathlib
 
 import ml_collections
 
-from busgen_jax import job
+from busgen_jax.core import errors
 from busgen_jax.evaluation import fom, mrmc, reader_io, reader_study, statistics
+from busgen_jax.jobs import shell
 
 
 def read_truth(path: str) -> dict[str, int]:
@@ -26,7 +27,7 @@ def read_truth(path: str) -> dict[str, int]:
     with open(path, newline="") as handle:
         for line, row in enumerate(csv.DictReader(handle), start=2):
             if row.get("truth") not in ("0", "1"):
-                raise job.JobError(
+                raise errors.JobError(
                     f"{path} line {line}: truth must be 0 or 1, got {row.get('truth')!r}"
                 )
             truth[row["case_id"]] = int(row["truth"])
@@ -35,12 +36,12 @@ def read_truth(path: str) -> dict[str, int]:
 
 def _check(config: ml_collections.ConfigDict) -> None:
     if not config.reads:
-        raise job.JobError("config.reads (the reader-study file) is required")
+        raise errors.JobError("config.reads (the reader-study file) is required")
     for name in config.foms:
         if name not in fom.FOMS:
-            raise job.JobError(f"config.foms: {name!r} is not one of {fom.FOMS}")
+            raise errors.JobError(f"config.foms: {name!r} is not one of {fom.FOMS}")
     if config.fixed_reader_test not in mrmc.FIXED_READER_TESTS:
-        raise job.JobError(
+        raise errors.JobError(
             f"config.fixed_reader_test = {config.fixed_reader_test!r} is not one of "
             f"{mrmc.FIXED_READER_TESTS}"
         )
@@ -48,7 +49,7 @@ def _check(config: ml_collections.ConfigDict) -> None:
         statistics.check_alpha(config.alpha)
         reader_io.rating_scale_of(config)
     except ValueError as e:
-        raise job.JobError(f"config: {e}") from e
+        raise errors.JobError(f"config: {e}") from e
 
 
 def _comparisons(study: reader_study.ReaderStudy, config: ml_collections.ConfigDict) -> dict:
@@ -92,7 +93,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
             "modality_comparison": _comparisons(study, config) if len(study.modalities) > 1 else None,
         }  # fmt: skip
     except ValueError as e:
-        raise job.JobError(str(e)) from e
+        raise errors.JobError(str(e)) from e
     out = pathlib.Path(workdir) / "reader_study"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(
@@ -109,7 +110,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return results
 
 
-main = job.command(run, "configs/reader_study.py:default", __doc__)
+main = shell.command(run, "configs/reader_study.py:default", __doc__)
 
 if __name__ == "__main__":
-    job.run_main(main)
+    shell.run_main(main)

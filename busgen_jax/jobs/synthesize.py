@@ -33,15 +33,18 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from busgen_jax import generator as generator_lib
-from busgen_jax import job, synthesis_plan, visualize
+from busgen_jax.core import errors
 from busgen_jax.data import box_priors, pipeline, schema, shards
+from busgen_jax.diffusion import generator as generator_lib
 from busgen_jax.diffusion import schedules
 from busgen_jax.evaluation import sample_failures
+from busgen_jax.jobs import shell
 from busgen_jax.models import presets
 from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.privacy import audit, cpsample, membership
 from busgen_jax.privacy import report as privacy_report
+from busgen_jax.reporting import visualize
+from busgen_jax.synthesis import plan as synthesis_plan
 
 OUTPUT = "synthetic"
 # Kernel width (in box-feature units: centre, log aspect, log area) when a class has too few
@@ -81,7 +84,7 @@ def load_box_prior(config: ml_collections.ConfigDict, class_names) -> box_priors
         return box_priors.fit_box_prior(records, bandwidth=config.box_bandwidth)
     except ValueError as e:
         if config.box_bandwidth is not None:
-            raise job.JobError(f"box prior: {e}") from e
+            raise errors.JobError(f"box prior: {e}") from e
         # A few-shot training set has too few boxes per class for a bandwidth rule.
         logging.warning("box prior: %s; using bandwidth %g", e, FEW_BOXES_BANDWIDTH)
         return box_priors.fit_box_prior(records, bandwidth=FEW_BOXES_BANDWIDTH)
@@ -205,7 +208,7 @@ def generate_shard(ctx: Context, shard: int) -> tuple[list[dict], dict]:
         pending = sorted(still)
         closest = sorted(closest, key=lambda c: -c["score"])[: config.audit.num_closest]
     if pending:
-        raise job.JobError(
+        raise errors.JobError(
             f"shard {shard}: {len(pending)} candidates stayed above the privacy thresholds "
             f"{thresholds} or noise-like ({failed_count} failed draws) after "
             f"{config.audit.max_rounds} rounds; the generator may be memorizing its training "
@@ -360,7 +363,7 @@ def finalize(config, out_dir: pathlib.Path, num_shards: int, ctx: Context) -> di
     while not all(p.exists() for p in sidecars):
         if time.monotonic() > deadline:
             missing = [p.name for p in sidecars if not p.exists()]
-            raise job.JobError(f"{out_dir}: shards of other processes never finished: {missing}")
+            raise errors.JobError(f"{out_dir}: shards of other processes never finished: {missing}")
         time.sleep(2.0)
     done = [json.loads(p.read_text()) for p in sidecars]
     meta = [m for d in done for m in d["records"]]
@@ -380,7 +383,7 @@ def finalize(config, out_dir: pathlib.Path, num_shards: int, ctx: Context) -> di
     accepted = {m: np.concatenate([d["accepted_sims"][m] for d in done]) for m in audit.MEASURES}
     verdict = audit.copying_verdict(accepted, ctx.reference.heldout_sims, alpha=FAIL_ALPHA)
     if verdict["copying"]:
-        raise job.JobError(
+        raise errors.JobError(
             f"{out_dir}: the accepted images test as copying their training images "
             f"({verdict['interpretation']}); no manifest written; see {out_dir / 'audit'}"
         )
@@ -454,26 +457,26 @@ def _membership(ctx: Context) -> dict[str, Any]:
 
 def _context(config: ml_collections.ConfigDict) -> Context:
     if not config.generator:
-        raise job.JobError("config.generator is empty (an exported generator, e.g. RUN/export)")
+        raise errors.JobError("config.generator is empty (an exported generator, e.g. RUN/export)")
     try:
         model, spec = generator_lib.load_generator(config.generator, config.adapter or None)
         # Unknown classes or devices fail here, before the audit reference costs its time.
         plan = make_plan(config, spec)
     except ValueError as e:  # an adapter of another generator, a broken export, a bad mix
-        raise job.JobError(str(e)) from e
+        raise errors.JobError(str(e)) from e
     if not config.audit.train_paths:
-        raise job.JobError("config.audit.train_paths is empty (the data the generator learned)")
+        raise errors.JobError("config.audit.train_paths is empty (the data the generator learned)")
     try:
         sampling = generator_lib.sampling_settings(
             spec, {k: config[k] for k in presets.SAMPLING_FIELDS}
         )
     except ValueError as e:
-        raise job.JobError(f"config: {e}") from e
+        raise errors.JobError(f"config: {e}") from e
     reference = audit_reference(config, spec)
     protect_fn, protection = copy_protection(config.cpsample, spec, reference.train["image"])
     mesh = mesh_lib.make_mesh(dict(config.mesh))
     if config.batch_size % mesh_lib.num_batch_shards(mesh):
-        raise job.JobError(
+        raise errors.JobError(
             f"batch_size {config.batch_size} does not divide over {mesh.shape} devices"
         )
     return Context(
@@ -534,7 +537,7 @@ def copy_protection(cp: ml_collections.ConfigDict, spec, train_images: np.ndarra
     return protect_fn, {**cp.to_dict(), "train_accuracy": info["train_accuracy"]}
 
 
-main = job.command(run, "configs/synthesize.py:default", __doc__)
+main = shell.command(run, "configs/synthesize.py:default", __doc__)
 
 if __name__ == "__main__":
-    job.run_main(main)
+    shell.run_main(main)

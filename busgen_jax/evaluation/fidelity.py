@@ -298,8 +298,8 @@ def fidelity_from_exports(
     """`evaluate_fidelity` from dataset directories and exported classifiers (name -> export
     dir, the real-data classifier first); the segmenter trains on the real 'train' split.
     Writes the results as JSON to `out_path` when given."""
-    from busgen_jax import predict  # the classifier stack only when it is used
     from busgen_jax.data import pipeline
+    from busgen_jax.jobs import predict  # the classifier stack only when it is used
 
     if not classifiers:
         raise ValueError("'classifiers' is empty: name the classifier trained on real data")

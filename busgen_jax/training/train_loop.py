@@ -23,14 +23,15 @@ import numpy as np
 from clu import metric_writers, parameter_overview, periodic_actions
 from flax import nnx
 
-from busgen_jax import checkpoints, job
+from busgen_jax.core import errors
 from busgen_jax.parallel import mesh as mesh_lib
+from busgen_jax.training import checkpoints
 
 # Metrics whose non-finite value means the state is no longer worth keeping.
 FINITE_METRICS = ("loss", "grad_norm")
 
 
-class NonFiniteError(job.JobError, FloatingPointError):
+class NonFiniteError(errors.JobError, FloatingPointError):
     """Training produced a non-finite loss or gradient; the last good checkpoint is kept."""
 
 

@@ -21,7 +21,9 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from busgen_jax import demo_gates, foundation, job
+from busgen_jax.diffusion import foundation
+from busgen_jax.evaluation import demo_gates
+from busgen_jax.jobs import shell
 
 TIMINGS = "timings.json"
 
@@ -47,19 +49,19 @@ class Paths:
 
     @property
     def adapter(self) -> pathlib.Path:
-        from busgen_jax import adapt
+        from busgen_jax.jobs import adapt
 
         return self.adapt / adapt.ADAPTER
 
     @property
     def fewshot(self) -> pathlib.Path:
-        from busgen_jax import adapt
+        from busgen_jax.jobs import adapt
 
         return self.adapt / adapt.FEWSHOT
 
     @property
     def synthetic(self) -> pathlib.Path:
-        from busgen_jax import synthesize
+        from busgen_jax.jobs import synthesize
 
         return self.synthesize / synthesize.OUTPUT
 
@@ -86,7 +88,7 @@ def stage_config(config: ml_collections.ConfigDict, **fields: Any) -> ml_collect
 
 
 def stage_phantom(config, paths: Paths) -> None:
-    from busgen_jax import generate_phantom
+    from busgen_jax.jobs import phantom as generate_phantom
 
     generate_phantom.run(stage_config(config.phantom, seed=config.seed), str(paths.phantom))
 
@@ -95,7 +97,7 @@ def stage_pretrain(config, paths: Paths) -> None:
     if not config.pretrain_from_scratch:
         print(f"   adapting the shipped foundation model {foundation.shipped_dir()}")
         return
-    from busgen_jax import pretrain
+    from busgen_jax.jobs import pretrain
 
     pretrain.run(
         stage_config(config.pretrain, **{"data.paths": (str(paths.data),)}), str(paths.pretrain)
@@ -103,7 +105,7 @@ def stage_pretrain(config, paths: Paths) -> None:
 
 
 def stage_adapt(config, paths: Paths) -> None:
-    from busgen_jax import adapt
+    from busgen_jax.jobs import adapt
 
     adapt_config = stage_config(
         config.adapt, generator=str(paths.generator), **{"data.paths": (str(paths.data),)}
@@ -112,7 +114,7 @@ def stage_adapt(config, paths: Paths) -> None:
 
 
 def stage_synthesize(config, paths: Paths) -> None:
-    from busgen_jax import synthesize
+    from busgen_jax.jobs import synthesize
 
     synth_config = stage_config(
         config.synthesize,
@@ -136,7 +138,8 @@ def classifier_sources(config, paths: Paths) -> dict[str, dict[str, Any]]:
 
 
 def stage_classifiers(config, paths: Paths) -> None:
-    from busgen_jax import classify, predict
+    from busgen_jax.jobs import predict
+    from busgen_jax.jobs import train_classifier as classify
 
     aucs: dict[str, list[float]] = {}
     for source, fields in classifier_sources(config, paths).items():
@@ -161,7 +164,7 @@ def stage_classifiers(config, paths: Paths) -> None:
 
 
 def stage_evaluate(config, paths: Paths) -> None:
-    from busgen_jax import evaluate
+    from busgen_jax.jobs import evaluate
 
     sources = list(config.classifier_sources)
     eval_config = stage_config(
@@ -174,7 +177,7 @@ def stage_evaluate(config, paths: Paths) -> None:
 
 
 def stage_fidelity(config, paths: Paths) -> None:
-    from busgen_jax import fidelity
+    from busgen_jax.evaluation import fidelity
 
     sources = [s for s in ("real", "synthetic") if s in config.classifier_sources]
     fidelity.fidelity_from_exports(
@@ -216,7 +219,7 @@ def stage_oracle(config, paths: Paths) -> None:
 
 
 def stage_scaling(config, paths: Paths) -> None:
-    from busgen_jax import scaling
+    from busgen_jax.jobs import scaling
 
     scaling_config = stage_config(
         config.scaling, real_path=str(paths.data), synthetic_path=str(paths.synthetic)
@@ -225,7 +228,7 @@ def stage_scaling(config, paths: Paths) -> None:
 
 
 def stage_report(config, paths: Paths) -> None:
-    from busgen_jax import demo_report
+    from busgen_jax.jobs import report as demo_report
 
     demo_report.write(paths, config)
 
@@ -271,7 +274,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Path:
     return paths.report
 
 
-main = job.command(run, "configs/demo.py:default", __doc__)
+main = shell.command(run, "configs/demo.py:default", __doc__)
 
 if __name__ == "__main__":
-    job.run_main(main)
+    shell.run_main(main)

@@ -11,8 +11,11 @@ import json
 import pathlib
 from typing import Any
 
-from busgen_jax import demo_gates, job, report, visualize
 from busgen_jax.data import shards
+from busgen_jax.evaluation import demo_gates
+from busgen_jax.jobs import shell
+from busgen_jax.reporting import html as report
+from busgen_jax.reporting import visualize
 
 SIMULATED = (
     "All data here are SIMULATED: phantom images, and readers simulated from the phantom's latent "
@@ -348,14 +351,14 @@ def write(paths, config) -> pathlib.Path:
 
 
 def run(config, workdir: str) -> pathlib.Path:
-    from busgen_jax import demo
+    from busgen_jax.jobs import demo
 
     path = write(demo.Paths(workdir, config), config)
     print(f"report: {path}")
     return path
 
 
-main = job.command(run, "configs/demo.py:default", __doc__)
+main = shell.command(run, "configs/demo.py:default", __doc__)
 
 if __name__ == "__main__":
-    job.run_main(main)
+    shell.run_main(main)

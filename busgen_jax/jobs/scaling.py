@@ -24,8 +24,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from busgen_jax import classify, job  # noqa: E402
+from busgen_jax.core import errors
 from busgen_jax.data import pipeline, shards  # noqa: E402
+from busgen_jax.jobs import shell
+from busgen_jax.jobs import train_classifier as classify  # noqa: E402
 
 SOURCES = ("real", "synthetic", "mixed")
 
@@ -148,7 +150,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         check.data.paths, check.eval.paths = (config.real_path,), (config.real_path,)
         classify.check_inputs(check)
     except (ValueError, FileNotFoundError) as e:
-        raise job.JobError(str(e)) from e
+        raise errors.JobError(str(e)) from e
     workdir = pathlib.Path(workdir)
     points = [run_point(config, s, int(n), workdir) for n in config.sizes for s in config.sources]
     summary = {"points": points, "config": json.loads(config.to_json())}
@@ -158,7 +160,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     return summary
 
 
-main = job.command(run, "configs/scaling.py:default", __doc__)
+main = shell.command(run, "configs/scaling.py:default", __doc__)
 
 if __name__ == "__main__":
-    job.run_main(main)
+    shell.run_main(main)

@@ -34,9 +34,10 @@ import ml_collections
 import numpy as np
 from sklearn import metrics
 
-from busgen_jax import job
+from busgen_jax.core import errors
 from busgen_jax.data import shards
 from busgen_jax.evaluation import mrmc, plots, reader_io, reader_study, roe_metz, statistics
+from busgen_jax.jobs import shell
 
 THRESHOLD_RULES = ("target_specificity", "target_sensitivity", "youden", "fixed")
 SIMULATED_LABEL = (
@@ -51,33 +52,33 @@ def read_predictions(path: str | os.PathLike) -> dict[str, list]:
     not a finite number, or a repeated case_id.
     """
     if not os.path.isfile(path):
-        raise job.JobError(f"{path}: predictions file does not exist")
+        raise errors.JobError(f"{path}: predictions file does not exist")
     with open(path, newline="") as handle:
         reader = csv.DictReader(handle)
         missing = {"case_id", "probability"} - set(reader.fieldnames or ())
         if missing:
-            raise job.JobError(f"{path}: missing column(s) {sorted(missing)}")
+            raise errors.JobError(f"{path}: missing column(s) {sorted(missing)}")
         columns: dict[str, list] = {name: [] for name in reader.fieldnames}
         seen: dict[str, int] = {}
         for row in reader:
             where = f"{path}:{reader.line_num}"
             case = row["case_id"].strip()
             if case in seen:
-                raise job.JobError(f"{where}: case_id {case!r} repeats line {seen[case]}")
+                raise errors.JobError(f"{where}: case_id {case!r} repeats line {seen[case]}")
             seen[case] = reader.line_num
             try:
                 probability = float(row["probability"])
             except ValueError:
                 probability = math.nan
             if not math.isfinite(probability):
-                raise job.JobError(
+                raise errors.JobError(
                     f"{where}: field 'probability' {row['probability']!r} is not a finite number"
                 )
             for name in columns:
                 columns[name].append(row[name].strip() if name != "probability" else probability)
             columns["case_id"][-1] = case
     if not seen:
-        raise job.JobError(f"{path}: no predictions")
+        raise errors.JobError(f"{path}: no predictions")
     return columns
 
 
@@ -91,15 +92,15 @@ def truth_from_labels(tables: Mapping[str, Mapping[str, Sequence]]) -> dict[str,
     origin: dict[str, str] = {}
     for name, columns in tables.items():
         if "label" not in columns:
-            raise job.JobError(f"predictions of {name!r} have no 'label' column (the truth)")
+            raise errors.JobError(f"predictions of {name!r} have no 'label' column (the truth)")
         for case, label in zip(columns["case_id"], columns["label"], strict=True):
             if str(label) not in ("0", "1"):
-                raise job.JobError(
+                raise errors.JobError(
                     f"predictions of {name!r}, case {case!r}: field 'label' is "
                     f"{label!r}, not 0 or 1"
                 )
             if truth.setdefault(case, int(label)) != int(label):
-                raise job.JobError(
+                raise errors.JobError(
                     f"case {case!r}: label {label} in {name!r} disagrees with {origin[case]!r}"
                 )
             origin.setdefault(case, name)
@@ -113,7 +114,7 @@ def aligned_scores(
     by_case = dict(zip(columns["case_id"], columns["probability"], strict=True))
     missing = [case for case in case_ids if case not in by_case]
     if missing:
-        raise job.JobError(
+        raise errors.JobError(
             f"predictions of {name!r} lack {len(missing)} evaluated case(s), e.g. {missing[:3]}"
         )
     return np.array([by_case[case] for case in case_ids], np.float64)
@@ -161,7 +162,7 @@ def _reader_analysis(
     modality = modality or study.modalities[0]
     listed = sorted(set(models) & set(study.reader_ids))
     if listed:
-        raise job.JobError(f"model(s) {listed} are also listed among the reader study's readers")
+        raise errors.JobError(f"model(s) {listed} are also listed among the reader study's readers")
     out: dict[str, Any] = {
         "simulated": study.simulated,
         "label": SIMULATED_LABEL if study.simulated else "reader study",
@@ -236,12 +237,12 @@ def evaluate_predictions(
         `threshold_rule`, else on the test cases (flagged as such).
     """
     if not predictions:
-        raise job.JobError("no predictions to evaluate")
+        raise errors.JobError("no predictions to evaluate")
     first = next(iter(predictions.values()))
     case_ids = list(first["case_id"])
     no_truth = [case for case in case_ids if case not in truth]
     if no_truth:
-        raise job.JobError(f"{len(no_truth)} test case(s) have no truth, e.g. {no_truth[:3]}")
+        raise errors.JobError(f"{len(no_truth)} test case(s) have no truth, e.g. {no_truth[:3]}")
     y = statistics.check_truth([truth[case] for case in case_ids], "truth of the test cases")
     scores = {name: aligned_scores(cols, case_ids, name) for name, cols in predictions.items()}
     results: dict[str, Any] = {
@@ -307,9 +308,9 @@ def evaluate_predictions(
 def _check_study_truth(study: reader_study.ReaderStudy, truth, evaluated: set[str]) -> None:
     for case, label in zip(study.case_ids, study.truth, strict=True):
         if case not in evaluated:
-            raise job.JobError(f"reader-study case {case!r} is not among the evaluated cases")
+            raise errors.JobError(f"reader-study case {case!r} is not among the evaluated cases")
         if truth[case] != label:
-            raise job.JobError(
+            raise errors.JobError(
                 f"reader-study case {case!r}: truth {label} differs from {truth[case]}"
             )
 
@@ -320,7 +321,7 @@ def latent_scores(dataset_dirs: Sequence[str], split: str) -> dict[str, tuple[fl
     for directory in dataset_dirs:
         for record in shards.read_records(directory, split):
             if record.get("malignancy_score") is None:
-                raise job.JobError(
+                raise errors.JobError(
                     f"{directory}: case {record['case_id']!r} has no latent "
                     "malignancy_score; give reader_study.csv instead"
                 )
@@ -336,7 +337,7 @@ def rating_scale(cfg: ml_collections.ConfigDict) -> reader_study.RatingScale:
     try:
         return reader_io.rating_scale_of(cfg)
     except ValueError as e:
-        raise job.JobError(f"config.reader_study: {e}") from e
+        raise errors.JobError(f"config.reader_study: {e}") from e
 
 
 def make_reader_study(
@@ -346,17 +347,17 @@ def make_reader_study(
     cfg = config.reader_study
     if cfg.csv:
         if not os.path.exists(cfg.csv):
-            raise job.JobError(f"reader_study.csv: {cfg.csv} does not exist")
+            raise errors.JobError(f"reader_study.csv: {cfg.csv} does not exist")
         try:
             return reader_io.load(cfg.csv, cfg.format, truth, rating_scale(cfg))
         except ValueError as e:
-            raise job.JobError(str(e)) from e
+            raise errors.JobError(str(e)) from e
     if not cfg.simulate:
         return None
     latent = latent_scores(cfg.data_paths, cfg.split)
     missing = [case for case in case_ids if case not in latent]
     if missing:
-        raise job.JobError(
+        raise errors.JobError(
             f"reader_study.data_paths has no latent score for {len(missing)} "
             f"evaluated case(s), e.g. {missing[:3]}"
         )
@@ -377,9 +378,9 @@ def _named_paths(entries: Sequence[str], field: str) -> dict[str, str]:
     for entry in entries:
         name, sep, path = entry.partition("=")
         if not sep or not name.strip() or not path.strip():
-            raise job.JobError(f"config.{field}: {entry!r} is not 'name=path'")
+            raise errors.JobError(f"config.{field}: {entry!r} is not 'name=path'")
         if name.strip() in named:
-            raise job.JobError(f"config.{field}: model name {name.strip()!r} repeats")
+            raise errors.JobError(f"config.{field}: model name {name.strip()!r} repeats")
         named[name.strip()] = path.strip()
     return named
 
@@ -387,40 +388,42 @@ def _named_paths(entries: Sequence[str], field: str) -> dict[str, str]:
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises JobError with one line naming the first bad field."""
     if not config.predictions:
-        raise job.JobError("config.predictions is empty: name at least one 'model=predictions.csv'")
+        raise errors.JobError(
+            "config.predictions is empty: name at least one 'model=predictions.csv'"
+        )
     if config.threshold.rule not in THRESHOLD_RULES:
-        raise job.JobError(
+        raise errors.JobError(
             f"config.threshold.rule = {config.threshold.rule!r} is not one of {THRESHOLD_RULES}"
         )
     study = config.reader_study
     if study.csv and study.simulate:
-        raise job.JobError("config.reader_study: give either csv or simulate=True, not both")
+        raise errors.JobError("config.reader_study: give either csv or simulate=True, not both")
     if study.simulate and not study.data_paths:
-        raise job.JobError(
+        raise errors.JobError(
             "config.reader_study.data_paths is empty: a simulated study needs the "
             "dataset holding the latent malignancy scores"
         )
     if config.bootstrap.method not in statistics.BOOTSTRAP_METHODS:
-        raise job.JobError(
+        raise errors.JobError(
             f"config.bootstrap.method = {config.bootstrap.method!r} is not one of "
             f"{sorted(statistics.BOOTSTRAP_METHODS)}"
         )
     if study.format not in reader_io.FORMATS:
-        raise job.JobError(
+        raise errors.JobError(
             f"config.reader_study.format = {study.format!r} is not one of {reader_io.FORMATS}"
         )
     if study.mcnemar not in statistics.MCNEMAR_METHODS:
-        raise job.JobError(
+        raise errors.JobError(
             f"config.reader_study.mcnemar = {study.mcnemar!r} is not one of "
             f"{statistics.MCNEMAR_METHODS}"
         )
     if study.simulate and study.n_readers < 2:
-        raise job.JobError(f"config.reader_study.n_readers = {study.n_readers}: at least 2")
+        raise errors.JobError(f"config.reader_study.n_readers = {study.n_readers}: at least 2")
     rating_scale(study)
     try:
         statistics.check_alpha(config.alpha)
     except ValueError as e:
-        raise job.JobError(f"config.alpha: {e}") from e
+        raise errors.JobError(f"config.alpha: {e}") from e
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -430,7 +433,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     val_paths = _named_paths(config.validation, "validation")
     unknown = set(val_paths) - set(test_paths)
     if unknown:
-        raise job.JobError(
+        raise errors.JobError(
             f"config.validation names model(s) {sorted(unknown)} without test predictions"
         )
     tests = {name: read_predictions(path) for name, path in test_paths.items()}
@@ -461,7 +464,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
             mcnemar_method=config.reader_study.mcnemar,
         )
     except ValueError as e:
-        raise job.JobError(str(e)) from e
+        raise errors.JobError(str(e)) from e
     results["config"] = config.to_dict()
     out = pathlib.Path(workdir) / "evaluation"
     out.mkdir(parents=True, exist_ok=True)
@@ -669,7 +672,7 @@ def markdown_report(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-main = job.command(run, "configs/evaluate.py:default", __doc__)
+main = shell.command(run, "configs/evaluate.py:default", __doc__)
 
 if __name__ == "__main__":
-    job.run_main(main)
+    shell.run_main(main)

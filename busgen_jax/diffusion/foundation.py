@@ -2,7 +2,7 @@
 
 BUSGen users start from released weights; here the released weights are a phantom foundation
 generator in `busgen_jax/assets/phantom_foundation/` (an exported generator, see
-`busgen_jax.generator`), with `MODEL_CARD.md` and `SHA256SUMS`. Every job that needs a generator
+`busgen_jax.diffusion.generator`), with `MODEL_CARD.md` and `SHA256SUMS`. Every job that needs a generator
 uses it when its config names none, and `generator.load_generator` checks the checksums of any
 generator directory that carries a `SHA256SUMS`, so a damaged or edited copy fails with a line
 naming the file instead of sampling garbage.
@@ -13,7 +13,7 @@ naming the file instead of sampling garbage.
     busgen pretrain --config=configs/pretrain.py:phantom_foundation \
         --workdir=workdir/foundation/pretrain \
         --config.data.paths="('workdir/foundation/phantom/data/phantom_foundation',)"
-    python -m busgen_jax.foundation --export=workdir/foundation/pretrain/export \
+    python -m busgen_jax.diffusion.foundation --export=workdir/foundation/pretrain/export \
         --card_facts=workdir/foundation/facts.json --sampling_preset=phantom_foundation
 
 The last command copies the export into the package, writes the checksums, and renders the
@@ -29,16 +29,16 @@ import pathlib
 import shutil
 from collections.abc import Sequence
 
-from busgen_jax import job
+from busgen_jax.core import errors
 from busgen_jax.data import shards
 
-ASSETS = pathlib.Path(__file__).parent / "assets"
+ASSETS = pathlib.Path(__file__).parents[1] / "assets"
 SHIPPED = ASSETS / "phantom_foundation"
 CHECKSUMS = "SHA256SUMS"
 CARD = "MODEL_CARD.md"
 
 
-class ChecksumError(job.JobError):
+class ChecksumError(errors.JobError):
     """A generator file differs from its recorded SHA-256 (one `error:` line in every job)."""
 
 
@@ -167,7 +167,7 @@ def training_facts(pretrain_workdir: str, train_seconds: float) -> dict:
     import subprocess
 
     facts = {
-        "reproduce with": "make foundation (see busgen_jax/foundation.py)",
+        "reproduce with": "make foundation (see busgen_jax/diffusion/foundation.py)",
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
     }
     if pretrain_workdir:

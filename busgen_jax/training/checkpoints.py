@@ -35,10 +35,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from busgen_jax import job
+from busgen_jax.core import errors
 
 
-class CheckpointError(job.JobError):
+class CheckpointError(errors.JobError):
     """No checkpoint in a directory that has some could be restored, or a save failed."""
 
 
@@ -266,7 +266,7 @@ def _quarantine(manager: ocp.CheckpointManager, step: int) -> None:
         # Every process reloads only once process 0 has moved the step: one that still listed
         # it would refuse to save that step again (orbax: "already exists") while the others
         # wait for it.
-        multihost_utils.sync_global_devices(f"busgen_jax.checkpoints quarantine {step}")
+        multihost_utils.sync_global_devices(f"busgen_jax.training.checkpoints quarantine {step}")
     manager.reload()
 
 

@@ -13,8 +13,9 @@ import time
 import ml_collections
 from absl import logging
 
-from busgen_jax import job, visualize
 from busgen_jax.data import phantom, shards
+from busgen_jax.jobs import shell
+from busgen_jax.reporting import visualize
 
 
 def generate(config: ml_collections.ConfigDict, out_dir: str | pathlib.Path) -> dict:
@@ -70,7 +71,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return manifest
 
 
-main = job.command(run, "configs/phantom.py:default", __doc__)
+main = shell.command(run, "configs/phantom.py:default", __doc__)
 
 if __name__ == "__main__":
-    job.run_main(main)
+    shell.run_main(main)

@@ -27,8 +27,9 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from busgen_jax import job
+from busgen_jax.core import errors
 from busgen_jax.data import shards
+from busgen_jax.jobs import shell
 from busgen_jax.models import classifier, torch_convert
 
 CONFIG_FILE = "config.json"
@@ -129,19 +130,19 @@ def write_csv(rows: dict[str, Any], path: str | pathlib.Path) -> pathlib.Path:
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Path:
     if not config.export_dir:
-        raise job.JobError("config.export_dir: name an exported classifier (RUN/export)")
+        raise errors.JobError("config.export_dir: name an exported classifier (RUN/export)")
     try:
         model, trained = load_classifier(config.export_dir)
         paths = list(config.paths) or list(trained.eval.paths) or list(trained.data.paths)
         rows = predict_split(model, trained, paths, config.split, config.batch_size)
     except (FileNotFoundError, shards.DatasetError) as e:
-        raise job.JobError(str(e)) from e
+        raise errors.JobError(str(e)) from e
     out = write_csv(rows, pathlib.Path(workdir) / f"predictions_{config.split}.csv")
     print(f"{len(rows['case_id'])} predictions: {out}")
     return out
 
 
-main = job.command(run, "configs/classifier.py:predict", __doc__)
+main = shell.command(run, "configs/classifier.py:predict", __doc__)
 
 if __name__ == "__main__":
-    job.run_main(main)
+    shell.run_main(main)
