@@ -18,8 +18,9 @@ import tempfile
 import time
 
 from benchmarks.common import report
-from busgen_jax.jobs import demo, shell
-from busgen_jax.jobs import train_classifier as classify
+from busgen_jax.classification import train
+from busgen_jax.core import config_files
+from busgen_jax.jobs import demo, layout
 
 
 def main() -> None:
@@ -29,8 +30,8 @@ def main() -> None:
     parser.add_argument("--sources", default="real,synthetic")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    config = shell.load_config("configs/demo.py:default")
-    paths = demo.Paths(args.demo, config)
+    config = config_files.load("configs/demo.py:default")
+    paths = layout.Paths(args.demo, config)
     sources = demo.classifier_sources(config, paths)
     rows = []
     with tempfile.TemporaryDirectory(prefix="convergence_") as scratch:
@@ -43,7 +44,7 @@ def main() -> None:
                        "train.steps": steps, "train.seed": args.seed},
                 )  # fmt: skip
                 start = time.perf_counter()
-                result = classify.train_and_evaluate(
+                result = train.train_and_evaluate(
                     run_config, str(pathlib.Path(scratch) / f"{source}_{steps}")
                 )["eval"]
                 seconds = time.perf_counter() - start

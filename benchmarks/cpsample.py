@@ -29,12 +29,12 @@ import time
 import sklearn.metrics
 
 from benchmarks.common import report
-from busgen_jax.core import errors
-from busgen_jax.jobs import demo, predict, shell, synthesize
-from busgen_jax.jobs import train_classifier as classify
+from busgen_jax.classification import inference
+from busgen_jax.core import config_files, errors
+from busgen_jax.jobs import demo, layout, synthesize, train_classifier
 
 
-def build_generator(config, paths: demo.Paths) -> None:
+def build_generator(config, paths: layout.Paths) -> None:
     for name, stage in demo.STAGES[:3]:  # phantom, pretrain, adapt
         done = paths.root / f".{name}.benchmark-done"
         if not done.exists():
@@ -42,7 +42,7 @@ def build_generator(config, paths: demo.Paths) -> None:
             done.write_text("")
 
 
-def synthesize_and_score(config, paths: demo.Paths, scale: float, alpha: float) -> list:
+def synthesize_and_score(config, paths: layout.Paths, scale: float, alpha: float) -> list:
     out = paths.root / f"synthesize_cpsample_{scale:g}"
     shutil.rmtree(out, ignore_errors=True)
     synth = demo.stage_config(
@@ -61,11 +61,11 @@ def synthesize_and_score(config, paths: demo.Paths, scale: float, alpha: float) 
         print(f"synthesis with CPSample scale {scale:g} refused: {e}")
     seconds = time.perf_counter() - tick
     name = "CPSample" if scale else "plain"
-    audit_path = out / synthesize.OUTPUT / "audit" / "audit.json"
+    audit_path = out / layout.SYNTHETIC / "audit" / "audit.json"
     if not audit_path.exists():
         return [name, scale] + [f"(no audit: {refused})"] * 8
     audit = json.loads(audit_path.read_text())
-    auc = "refused" if refused else classifier_auc(config, paths, out / synthesize.OUTPUT, out.name)
+    auc = "refused" if refused else classifier_auc(config, paths, out / layout.SYNTHETIC, out.name)
     sims = audit["similarity"]
     rates = " / ".join(f"{100 * r['candidates_flagged']:.1f}%" for r in audit["memorization_rates"])
     mia = audit["membership_inference"]
@@ -83,17 +83,17 @@ def synthesize_and_score(config, paths: demo.Paths, scale: float, alpha: float) 
     ]
 
 
-def classifier_auc(config, paths: demo.Paths, data, name: str) -> float:
+def classifier_auc(config, paths: layout.Paths, data, name: str) -> float:
     """Test AUC on the phantom's real test split of the demo classifier trained on `data`."""
     work = paths.root / f"classifier_{name}"
     shutil.rmtree(work, ignore_errors=True)
     fields = {"data.paths": (str(data),), "data.mix_weights": ()}
-    classify.run(
+    train_classifier.run(
         demo.stage_config(config.classifier, **fields, **{"eval.paths": (str(paths.data),)}),
         str(work),
     )
-    model, trained = predict.load_classifier(work / "export")
-    rows = predict.predict_split(model, trained, [str(paths.data)], "test")
+    model, trained = inference.load_classifier(work / "export")
+    rows = inference.predict_split(model, trained, [str(paths.data)], "test")
     return float(sklearn.metrics.roc_auc_score(rows["label"], rows["probability"]))
 
 
@@ -117,7 +117,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.2)
     args = parser.parse_args()
     scratch = args.pretrain_steps > 0
-    config = shell.load_config("configs/demo.py:tiny" if scratch else "configs/demo.py:default")
+    config = config_files.load("configs/demo.py:tiny" if scratch else "configs/demo.py:default")
     config.phantom.num_images = args.phantom_images
     if scratch:
         config.pretrain.train.update(steps=args.pretrain_steps)
@@ -141,7 +141,7 @@ def main() -> None:
     config.classifier.train.steps = args.classifier_steps
     config.classifier.train.warmup_steps = min(config.classifier.train.warmup_steps, 10)
     config.classifier.checkpoint.every_steps = args.classifier_steps
-    paths = demo.Paths(args.workdir, config)
+    paths = layout.Paths(args.workdir, config)
     tick = time.perf_counter()
     build_generator(config, paths)
     print(f"generator ready in {time.perf_counter() - tick:.0f} s")

@@ -37,11 +37,11 @@ from sklearn.preprocessing import StandardScaler
 
 from benchmarks.common import markdown_table, report
 from benchmarks.foundation_quality import CONDITION_KEYS, reference_sets, sample_like
+from busgen_jax.classification import inference
 from busgen_jax.data import builtin
 from busgen_jax.diffusion import distillation, foundation, generator
 from busgen_jax.evaluation import generative, oracle, sample_failures, statistics
-from busgen_jax.jobs import predict
-from busgen_jax.models import torch_convert, unet
+from busgen_jax.models import params_io, unet
 
 H100_FLOPS = 989e12 * 0.45  # dense bf16 peak at 45% utilization
 DOWNSTREAM = ("benign", "malignant")  # negative, positive
@@ -97,7 +97,7 @@ def main() -> None:
     judges, limit, half = ref["oracles"], ref["failure_limit"], len(a["image"])
     real_b = ref["b"]["image"]
     cnn = oracle.shipped_dir()
-    features = lambda images: predict.extract_features(cnn, images[..., None])
+    features = lambda images: inference.extract_features(cnn, images[..., None])
     reference = features(a["image"])
     floor = generative.frechet_distance(reference, features(real_b))
     # The downstream task's conditions: training images of its two classes; its test set: all
@@ -134,7 +134,7 @@ def main() -> None:
         synthetic, _ = sample_like(model, spec, task, how["sampler"], how["steps"], how["skip"],
                                    args.batch_size, args.seed + 1)  # fmt: skip
         auc = downstream_auc(features, synthetic, task["pathology"], test_images, test_classes)
-        network = unet.forward_flops(torch_convert.load_model_config(directory))
+        network = unet.forward_flops(params_io.load_model_config(directory))
         flops = network * passes_per_image(spec, how["steps"])
         results[name] = r = {
             "failed": float(sample_failures.failed(images, limit).mean()),

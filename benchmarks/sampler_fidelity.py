@@ -22,10 +22,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from benchmarks.common import report
+from busgen_jax.classification import inference
+from busgen_jax.core import config_files
 from busgen_jax.data import pipeline, shards
 from busgen_jax.diffusion import generator
 from busgen_jax.evaluation import generative
-from busgen_jax.jobs import demo, predict, shell
+from busgen_jax.jobs import layout
 
 RUNS = (
     ("ddim", "time_uniform"),
@@ -76,17 +78,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     steps_list = [int(s) for s in args.steps.split(",")]
-    paths = demo.Paths(args.demo_workdir, shell.load_config(args.config))
+    paths = layout.Paths(args.demo_workdir, config_files.load(args.config))
     features_dir = paths.classifier("real") / "export"
     for needed in (paths.generator, paths.adapter, features_dir, paths.data):
         if not needed.exists():
             raise SystemExit(f"{needed} is missing: run `make demo` (or the demo command) first")
     model, spec = generator.load_generator(paths.generator, adapter=paths.adapter)
     half_a, half_b = real_halves(paths.data, spec, args.max_images, args.seed)
-    features_b = predict.extract_features(features_dir, half_b["image"])
+    features_b = inference.extract_features(features_dir, half_b["image"])
 
     def scores(images: np.ndarray) -> tuple[float, float]:
-        features = predict.extract_features(features_dir, images)
+        features = inference.extract_features(features_dir, images)
         kid = generative.kernel_distance(features_b, features, seed=args.seed).kid
         return generative.frechet_distance(features_b, features), kid
 

@@ -130,15 +130,18 @@ def jax_worker(
     import jax
     from flax import nnx
 
-    from busgen_jax.jobs import pretrain
+    from busgen_jax.diffusion import train_step
     from busgen_jax.parallel import mesh as mesh_lib
+    from busgen_jax.training import train_state
 
     _ablate_jax(ablation)
     config = _config(model, batch_size, ablation)
     if attention:
         config.model.attention_impl = attention
     mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
-    init_fn, _, shardings = pretrain.abstract_state_and_shardings(config, mesh)
+    init_fn, _, shardings = train_state.abstract_state_and_shardings(
+        config, mesh, train_step.unet_fn(config)
+    )
     state = jax.jit(init_fn, out_shardings=shardings)()
     batch = mesh_lib.host_batch_to_global(_batch(config), mesh)
     rng = jax.random.key(0)
@@ -153,9 +156,9 @@ def jax_worker(
         out["step_s"] = _timed(lambda: jax.block_until_ready(forward(model_, *args)), steps, warmup)
         out["images_per_s"] = batch_size / out["step_s"]
         return out
-    train_step = pretrain.make_train_step(config, mesh, shardings)
+    jitted_step = train_step.make_train_step(config, mesh, shardings)
     tick = time.perf_counter()
-    compiled = train_step.lower(state, batch, rng).compile()
+    compiled = jitted_step.lower(state, batch, rng).compile()
     out["compile_s"] = time.perf_counter() - tick
     memory = compiled.memory_analysis()
     out["xla_buffers_gib"] = (
@@ -163,7 +166,7 @@ def jax_worker(
     ) / 2**30
     if ablation == "none":
         config.model.attention_impl = "plain"  # the chunked loop's body is counted once
-        plain_step = pretrain.make_train_step(config, mesh, shardings)
+        plain_step = train_step.make_train_step(config, mesh, shardings)
         flops = plain_step.lower(state, batch, rng).cost_analysis()["flops"]
         out["gflops_per_image"] = float(flops) / batch_size / 1e9
     if out["xla_buffers_gib"] > limit_gib:

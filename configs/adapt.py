@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from busgen_jax.core import config_files
 from busgen_jax.data import pipeline
-from busgen_jax.jobs import shell
 from busgen_jax.models import lora
 
 PRESETS = ("default", "tiny")
@@ -23,7 +23,7 @@ PRESETS = ("default", "tiny")
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     """Returns the adaptation config for `preset` (default 'default')."""
-    preset = shell.check_preset(preset or "default", PRESETS)
+    preset = config_files.check_preset(preset or "default", PRESETS)
     config = ml_collections.ConfigDict()
     config.generator = ""  # exported base generator directory (pretrain's `export/`)
     config.shots = 8  # k labelled training examples per class

@@ -19,11 +19,11 @@ pictures of the training neighbours go to DIR/private_audit/ for the operator on
 
 import ml_collections
 
-from busgen_jax.jobs import shell
+from busgen_jax.core import config_files
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    shell.check_preset(preset, ("default",))
+    config_files.check_preset(preset, ("default",))
     config = ml_collections.ConfigDict()
     config.synthetic_paths = ()
     config.synthetic_split = "train"

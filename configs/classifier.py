@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from busgen_jax.core import config_files
 from busgen_jax.data import builtin, pipeline
-from busgen_jax.jobs import shell
 
 SIZES = ("tiny", "default", "resnet18", "oracle")
 TASKS = {
@@ -105,7 +105,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     size, _, task = (arg or "default").partition(",")
     if size == "predict":
         return _predict()
-    shell.check_preset(size, SIZES)
+    config_files.check_preset(size, SIZES)
     if task and task not in TASKS:
         raise ValueError(f"unknown classifier task {task!r}; expected one of {tuple(TASKS)}")
     config = _base()

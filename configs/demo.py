@@ -10,8 +10,8 @@ generator and adapter directories are filled in by the demo from the stages' wor
 
 import ml_collections
 
+from busgen_jax.core import config_files
 from busgen_jax.data import builtin, phantom
-from busgen_jax.jobs import shell
 
 PRESETS = ("default", "tiny")
 TASK_NEGATIVE, TASK_POSITIVE = ("benign",), ("dcis",)  # early diagnosis: benign vs DCIS
@@ -31,12 +31,12 @@ def _model(config: ml_collections.ConfigDict, size: int, channels: int) -> None:
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    shell.check_preset(preset, PRESETS)
+    config_files.check_preset(preset, PRESETS)
     tiny = preset == "tiny"
     config = ml_collections.ConfigDict()
     config.seed = 0
 
-    config.phantom = shell.load_config("configs/phantom.py:demo")
+    config.phantom = config_files.load("configs/phantom.py:demo")
     # 3,000 images give the real test split about 70 DCIS and 180 benign cases: AUC intervals
     # narrow enough to compare the classifiers (1,200 gave 20 DCIS).
     config.phantom.update(num_images=160 if tiny else 3000, image_size=32 if tiny else 64)
@@ -45,7 +45,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     # released weights; pretraining a small model from scratch on the demo's data stays one
     # switch away (the tiny preset does it, to test that path in minutes).
     config.pretrain_from_scratch = tiny
-    config.pretrain = shell.load_config("configs/pretrain.py:tiny")
+    config.pretrain = config_files.load("configs/pretrain.py:tiny")
     # Filled in from the demo's own data at run time: empty here, so that the job command does
     # not build the stage configs' built-in default datasets for nothing.
     config.pretrain.data.paths = ()
@@ -66,7 +66,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
         every_steps=6 if tiny else 450, per_class=4, steps=4 if tiny else 20
     )
 
-    config.adapt = shell.load_config(
+    config.adapt = config_files.load(
         "configs/adapt.py:tiny" if tiny else "configs/adapt.py:default"
     )
     config.adapt.data.class_names = TASK_NEGATIVE + TASK_POSITIVE
@@ -78,7 +78,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
         config.adapt.sample.steps = 20
 
     # The default preset samples as the generator's spec says (the foundation's measured choice).
-    config.synthesize = shell.load_config(
+    config.synthesize = config_files.load(
         "configs/synthesize.py:tiny" if tiny else "configs/synthesize.py:default"
     )
     config.synthesize.classes = {name: 1.0 for name in TASK_NEGATIVE + TASK_POSITIVE}
@@ -88,7 +88,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     else:
         config.synthesize.update(num_images=512, batch_size=64, records_per_shard=128)
 
-    config.classifier = shell.load_config(
+    config.classifier = config_files.load(
         "configs/classifier.py:tiny" if tiny else "configs/classifier.py:default"
     )
     config.classifier.task.update(negative=TASK_NEGATIVE, positive=TASK_POSITIVE)
@@ -105,7 +105,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     config.classifier_seeds = (0,) if tiny else (0, 1, 2)
     config.mixed_weights = (0.5, 0.5)
 
-    config.evaluate = shell.load_config("configs/evaluate.py:phantom")
+    config.evaluate = config_files.load("configs/evaluate.py:phantom")
     if tiny:
         config.evaluate.reader_study.n_readers = 4
     config.evaluate.bootstrap.n_boot = 200 if tiny else 1000
@@ -121,7 +121,7 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
             "max_per_class": 8 if tiny else 128,
         }
     )
-    config.scaling = shell.load_config(
+    config.scaling = config_files.load(
         "configs/scaling.py:tiny" if tiny else "configs/scaling.py:default"
     )
     # The scaling classifiers are the demo's classifier (task, size), trained for fewer steps.

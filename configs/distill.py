@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import ml_collections
 
+from busgen_jax.core import config_files
 from busgen_jax.data import builtin, pipeline
-from busgen_jax.jobs import shell
 
 PRESETS = ("default", "tiny")
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     """Returns the distillation config for `preset` (default 'default')."""
-    preset = shell.check_preset(preset or "default", PRESETS)
+    preset = config_files.check_preset(preset or "default", PRESETS)
     config = ml_collections.ConfigDict()
     config.teacher = ""  # exported generator; "" = the shipped phantom foundation
     config.adapter = ""  # optional adaptation-job adapter merged into the teacher

@@ -12,13 +12,13 @@
 
 import ml_collections
 
-from busgen_jax.jobs import shell
+from busgen_jax.core import config_files
 
 PRESETS = ("default", "phantom")
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    shell.check_preset(preset, PRESETS)
+    config_files.check_preset(preset, PRESETS)
     config = ml_collections.ConfigDict()
     # 'name=path' of each model's test predictions (`busgen predict` CSVs), in report order.
     config.predictions = ()

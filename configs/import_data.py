@@ -9,13 +9,13 @@ $BUSGEN_SALT when `salt` is empty and is never stored. Presets name the layout.
 
 import ml_collections
 
-from busgen_jax.jobs import shell
+from busgen_jax.core import config_files
 
 LAYOUTS = ("busi", "busbra", "udiat", "table")
 
 
 def get_config(layout: str = "busi") -> ml_collections.ConfigDict:
-    shell.check_preset(layout, LAYOUTS)
+    config_files.check_preset(layout, LAYOUTS)
     config = ml_collections.ConfigDict()
     config.layout = layout
     config.source = ""  # dataset folder, or the CSV file for 'table'

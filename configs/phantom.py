@@ -14,11 +14,11 @@ the data of the phantom's recorded benign-vs-DCIS difficulty, see `busgen_jax.da
 
 import ml_collections
 
-from busgen_jax.jobs import shell
+from busgen_jax.core import config_files
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    shell.check_preset(preset, ("benign_dcis", "default", "demo", "foundation", "tiny"))
+    config_files.check_preset(preset, ("benign_dcis", "default", "demo", "foundation", "tiny"))
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.num_images = 4000

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from busgen_jax.core import config_files
 from busgen_jax.data import builtin, phantom, pipeline, schema
-from busgen_jax.jobs import shell
 from busgen_jax.models import presets
 
 PRESETS = ("tiny", "small", "phantom_foundation", "efficient", "busgen_toy", "busgen")
@@ -135,7 +135,7 @@ def _phantom_foundation(config: ml_collections.ConfigDict) -> None:
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     """Returns the pretraining config for `preset` (default 'tiny')."""
-    preset = shell.check_preset(preset or "tiny", PRESETS)
+    preset = config_files.check_preset(preset or "tiny", PRESETS)
     # The foundation's U-Net is the small preset's family, resized in _phantom_foundation.
     config = _base("small" if preset == "phantom_foundation" else preset)
     config.data.paths = (builtin.phantom_path("demo"),)

@@ -14,11 +14,11 @@ the reads carry no truth. Numeric ratings: `--config.rating_scale=numeric
 
 import ml_collections
 
-from busgen_jax.jobs import shell
+from busgen_jax.core import config_files
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    shell.check_preset(preset, ("default",))
+    config_files.check_preset(preset, ("default",))
     config = ml_collections.ConfigDict()
     config.reads = ""
     config.truth = ""

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import ml_collections
 
-from busgen_jax.jobs import shell
+from busgen_jax.core import config_files
 
 PRESETS = ("tiny", "default")
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
     """Returns the scaling config for `preset` (default 'default')."""
-    preset = shell.check_preset(preset or "default", PRESETS)
+    preset = config_files.check_preset(preset or "default", PRESETS)
     config = ml_collections.ConfigDict()
-    config.classifier = shell.load_config(f"configs/classifier.py:{preset}")
+    config.classifier = config_files.load(f"configs/classifier.py:{preset}")
     config.real_path = ""
     config.synthetic_path = ""
     config.sizes = (50, 100, 200, 400)

@@ -11,12 +11,12 @@ Presets: `default` (the shipped phantom foundation model, sampled as its generat
 
 import ml_collections
 
+from busgen_jax.core import config_files
 from busgen_jax.diffusion import foundation
-from busgen_jax.jobs import shell
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    shell.check_preset(preset, ("default", "tiny"))
+    config_files.check_preset(preset, ("default", "tiny"))
     config = ml_collections.ConfigDict()
     # Exported generator (pretrain's `export/`) and optional adapter (adapt's `adapter/`).
     config.generator = str(foundation.SHIPPED)

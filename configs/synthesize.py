@@ -16,14 +16,14 @@ corpus.
 
 import ml_collections
 
+from busgen_jax.core import config_files
 from busgen_jax.data import builtin
 from busgen_jax.diffusion import foundation
-from busgen_jax.jobs import shell
 from busgen_jax.models import presets
 
 
 def get_config(preset: str = "default") -> ml_collections.ConfigDict:
-    shell.check_preset(preset, ("default", "fast", "tiny", "published"))
+    config_files.check_preset(preset, ("default", "fast", "tiny", "published"))
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.name = "synthetic"

@@ -10,10 +10,10 @@ from generator_fixtures import phantom_dataset
 from jax.experimental.compilation_cache import compilation_cache
 from test_lora import _make_test_model
 
-from busgen_jax.core import errors
+from busgen_jax.core import config_files, errors
 from busgen_jax.data import phantom, shards
 from busgen_jax.diffusion import generator
-from busgen_jax.jobs import adapt, shell
+from busgen_jax.jobs import adapt, layout
 from busgen_jax.models import presets
 from busgen_jax.training import checkpoints
 
@@ -59,7 +59,7 @@ def inputs(tmp_path_factory):
 
 
 def _config(inputs, **overrides):
-    config = shell.load_config("configs/adapt.py:tiny")
+    config = config_files.load("configs/adapt.py:tiny")
     config.generator = inputs["generator"]
     config.data.paths = [inputs["data"]]
     config.update(overrides)
@@ -73,7 +73,7 @@ def adapted(inputs, tmp_path_factory):
 
 
 def test_fewshot_dataset_has_k_per_class_and_a_disjoint_heldout_split(inputs, adapted):
-    out = adapted["workdir"] / adapt.FEWSHOT
+    out = adapted["workdir"] / layout.FEWSHOT
     manifest = shards.verify_dataset(out)
     assert manifest["splits"]["train"]["pathology"] == {"benign": 4, "dcis": 4}
     assert set(manifest["splits"]["test"]["pathology"]) == {"benign", "dcis"}
@@ -112,7 +112,7 @@ def test_training_changes_only_the_adapters_and_new_rows(inputs, adapted):
 
 
 def test_adapter_is_small_and_loads_on_the_base_like_the_trained_model(inputs, adapted):
-    directory = adapted["workdir"] / adapt.ADAPTER
+    directory = adapted["workdir"] / layout.ADAPTER
     info = adapted["info"]
     assert (directory / "adapter.json").is_file() and (directory / "params").is_dir()
     assert info["adapter_params"] < info["full_params"] / 5
@@ -171,7 +171,7 @@ def test_bad_inputs_fail_with_one_clear_line(inputs, adapted, tmp_path):
         adapt.run(config, str(tmp_path / "c"))
     # A restart with another draw must not train on a k-shot set it did not draw.
     with pytest.raises(errors.JobError, match="another config"):
-        adapt.write_fewshot_dataset(_config(inputs, seed=1), adapted["workdir"] / adapt.FEWSHOT)
+        adapt.write_fewshot_dataset(_config(inputs, seed=1), adapted["workdir"] / layout.FEWSHOT)
     with pytest.raises(ValueError, match="weights differ"):
         other = _export_base(tmp_path / "other", seed=1)
-        generator.load_generator(other, adapter=adapted["workdir"] / adapt.ADAPTER)
+        generator.load_generator(other, adapter=adapted["workdir"] / layout.ADAPTER)

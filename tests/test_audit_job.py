@@ -6,16 +6,15 @@ import json
 import pytest
 from generator_fixtures import phantom_dataset, tiny_generator
 
-from busgen_jax.core import errors
+from busgen_jax.core import config_files, errors
 from busgen_jax.data import pipeline
 from busgen_jax.diffusion import generator as generator_lib
 from busgen_jax.jobs import audit as audit_job
-from busgen_jax.jobs import shell
 from busgen_jax.privacy import membership
 
 
 def _config(synthetic, train):
-    config = shell.load_config("configs/audit.py:default")
+    config = config_files.load("configs/audit.py:default")
     config.synthetic_paths = (str(synthetic),)
     config.train_paths = (str(train),)
     config.image_size = 32

@@ -14,10 +14,11 @@ import pytest
 from generator_fixtures import tiny_generator
 from sklearn.metrics import roc_auc_score
 
+from busgen_jax.classification import inference, train
+from busgen_jax.core import config_files
 from busgen_jax.data import schema, shards
 from busgen_jax.diffusion import generator
-from busgen_jax.jobs import predict, shell
-from busgen_jax.jobs import train_classifier as classify
+from busgen_jax.jobs import predict, train_classifier
 from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.training import train_state
 
@@ -44,7 +45,7 @@ def bright_dark_records(num: int, seed: int = 0, size: int = 32) -> list[dict]:
 
 
 def _tiny_config(data_dir, **train):
-    config = shell.load_config("configs/classifier.py:tiny")
+    config = config_files.load("configs/classifier.py:tiny")
     config.data.paths = (str(data_dir),)
     config.train.update(train)
     return config
@@ -60,7 +61,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(data_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("classifier_run")
-    return workdir, classify.train_and_evaluate(_tiny_config(data_dir), str(workdir))
+    return workdir, train.train_and_evaluate(_tiny_config(data_dir), str(workdir))
 
 
 def _read_csv(path):
@@ -91,14 +92,14 @@ def test_predict_writes_one_row_per_test_case_with_the_models_probabilities(trai
     ]
     assert [r["case_id"] for r in rows] == [r["case_id"] for r in test]
     assert [int(r["label"]) for r in rows] == [int(r["pathology"] == "malignant") for r in test]
-    assert set(predict.CSV_COLUMNS) == set(rows[0])
+    assert set(inference.CSV_COLUMNS) == set(rows[0])
     # The same probabilities straight from the trained EMA model.
     state = result["state"]
     images = np.stack([schema.decode_png(r["image"]) for r in test]) / 127.5 - 1.0
     logits = state.model(state.ema_params)(images[..., None].astype(np.float32))
     expected = jax.nn.sigmoid(logits[:, 0])
     np.testing.assert_allclose([float(r["probability"]) for r in rows], expected, atol=1e-5)
-    features = predict.extract_features(workdir / "export", images)
+    features = inference.extract_features(workdir / "export", images)
     assert features.shape == (len(test), 16)
 
 
@@ -107,7 +108,7 @@ def test_resume_after_a_stop_equals_the_uninterrupted_run(trained, data_dir, tmp
     # A run stopped after its step-20 checkpoint: the step-40 one was never written.
     shutil.copytree(workdir / "checkpoints", tmp_path / "checkpoints")
     shutil.rmtree(tmp_path / "checkpoints" / "40")
-    resumed = classify.train_and_evaluate(_tiny_config(data_dir), str(tmp_path))
+    resumed = train.train_and_evaluate(_tiny_config(data_dir), str(tmp_path))
     assert [step for step, _ in resumed["history"]] == list(range(21, 41))
     for key in ("params", "ema_params", "opt_state"):
         a, b = getattr(resumed["state"], key), getattr(reference["state"], key)
@@ -120,11 +121,11 @@ def test_unet_init_copies_the_generators_encoder_weights(data_dir, tmp_path):
     generator_dir = tiny_generator(tmp_path / "generator")
     config = _tiny_config(data_dir)
     config.model.init_from_unet = str(generator_dir)
-    config = classify.resolve_config(config)
-    classify.validate_config(config)
+    config = train.resolve_config(config)
+    train.validate_config(config)
     mesh = mesh_lib.make_mesh(config.mesh)
-    init, _, shardings, _ = classify.compiled(config, mesh)
-    state = classify.with_unet_encoder(
+    init, _, shardings, _ = train.compiled(config, mesh)
+    state = train.with_unet_encoder(
         init(), str(generator_dir), train_state.trainable_filter("params")
     )
     unet, _ = generator.load_generator(generator_dir)
@@ -158,7 +159,7 @@ def test_bad_config_fails_with_one_line(data_dir, tmp_path, capsys, overrides, m
         argv.append(f"--config.data.paths=('{data_dir}',)")
     argv += overrides
     with pytest.raises(SystemExit) as exit_info:
-        classify.main(argv)
+        train_classifier.main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from busgen_jax.core import config_files
 from busgen_jax.data import shards
 from busgen_jax.diffusion import distillation, generator, losses, schedules
-from busgen_jax.jobs import adapt, distill, shell, synthesize
-from busgen_jax.models import lora, torch_convert
+from busgen_jax.jobs import adapt, distill, layout, synthesize
+from busgen_jax.models import lora, params_io
 from busgen_jax.training import checkpoints
 from tests.generator_fixtures import phantom_dataset, tiny_generator
 
@@ -23,7 +24,7 @@ BATCH = 8
 
 
 def _config(teacher: pathlib.Path, data: pathlib.Path):
-    config = shell.load_config("configs/distill.py:tiny")
+    config = config_files.load("configs/distill.py:tiny")
     config.teacher = str(teacher)
     config.data.paths = (str(data),)
     return config
@@ -106,7 +107,7 @@ def _gaps_to_teacher(student, spec, teacher, teacher_spec, export):
     reference = _sample(teacher, teacher_spec, sampler=distillation.STUDENT_SAMPLER, steps=start,
                         skip=distillation.STUDENT_SKIP)  # fmt: skip
     untrained = distill.build_student(
-        torch_convert.load_model_config(export), nnx.state(teacher, nnx.Param), 0
+        params_io.load_model_config(export), nnx.state(teacher, nnx.Param), 0
     )
     trained_gap = np.sqrt(np.mean(np.square(_sample(student, spec) - reference)))
     untrained_gap = np.sqrt(np.mean(np.square(_sample(untrained, spec) - reference)))
@@ -129,13 +130,13 @@ def test_student_synthesizes_an_audited_dataset_in_its_steps(inputs, distilled, 
     """`busgen synthesize` takes a student like any generator: sampled as its spec says, and
     audited (the membership attack scores the student's own losses)."""
     result, _ = distilled
-    config = shell.load_config("configs/synthesize.py:tiny")
+    config = config_files.load("configs/synthesize.py:tiny")
     config.generator, config.audit.train_paths = str(result["export"]), [str(inputs[1])]
     manifest = synthesize.run(config, str(tmp_path))
-    records = list(shards.read_records(tmp_path / synthesize.OUTPUT, "train"))
+    records = list(shards.read_records(tmp_path / layout.SYNTHETIC, "train"))
     assert manifest["num_records"] == len(records) == config.num_images
     assert {r["provenance"]["steps"] for r in records} == {result["spec"].student["steps"]}
-    audit = json.loads((tmp_path / synthesize.OUTPUT / "audit" / "audit.json").read_text())
+    audit = json.loads((tmp_path / layout.SYNTHETIC / "audit" / "audit.json").read_text())
     assert 0.0 <= audit["membership_inference"]["auc"] <= 1.0
 
 
@@ -144,10 +145,10 @@ def test_adapted_teacher_distils_into_a_student_of_the_task(inputs, tmp_path):
     """An adaptation job's adapter, merged into the teacher, is what the student learns: the
     task's vocabulary (its new class included) and the adapted teacher's samples."""
     teacher_dir, data = inputs
-    config = shell.load_config("configs/adapt.py:tiny")
+    config = config_files.load("configs/adapt.py:tiny")
     config.generator, config.data.paths = str(teacher_dir), [str(data)]
     adapter = adapt.run(config, str(tmp_path / "adapt"))
-    adapter_dir = tmp_path / "adapt" / adapt.ADAPTER
+    adapter_dir = tmp_path / "adapt" / layout.ADAPTER
     teacher, teacher_spec = generator.load_generator(teacher_dir, adapter=adapter_dir)
     lora.merge_lora(teacher)
     config = _config(teacher_dir, data)

@@ -11,10 +11,10 @@ from PIL import Image
 from scipy import special
 from sklearn import metrics
 
-from busgen_jax.core import errors
+from busgen_jax.core import config_files, errors
 from busgen_jax.data import schema, shards
 from busgen_jax.evaluation import mrmc, reader_io, reader_study, roe_metz, statistics
-from busgen_jax.jobs import evaluate, shell
+from busgen_jax.jobs import evaluate
 from busgen_jax.jobs import report as demo_report
 
 N_TEST, N_VAL = 150, 120
@@ -65,7 +65,7 @@ def setup(tmp_path_factory):
         for c, p, s in zip(test_ids, test_path, latent, strict=True)
     ]  # fmt: skip
     shards.write_dataset(records, tmp / "data", name="mini")
-    config = shell.load_config("configs/evaluate.py:phantom")
+    config = config_files.load("configs/evaluate.py:phantom")
     config.predictions = tuple(f"{n}={paths[n][0]}" for n in ("strong", "weak"))
     config.validation = tuple(f"{n}={paths[n][1]}" for n in ("strong", "weak"))
     config.bootstrap.n_boot = 200

@@ -6,17 +6,18 @@ import jax
 import numpy as np
 import pytest
 
+from busgen_jax.classification import inference
+from busgen_jax.core import config_files
 from busgen_jax.data import builtin, pipeline
 from busgen_jax.diffusion import foundation, generator
 from busgen_jax.evaluation import demo_gates, oracle, sample_failures
 from busgen_jax.jobs import phantom as generate_phantom
-from busgen_jax.jobs import predict, shell
 
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
     """A small benign/DCIS phantom at the oracle's 32 px, not the oracle's own data."""
-    config = shell.load_config("configs/phantom.py:benign_dcis")
+    config = config_files.load("configs/phantom.py:benign_dcis")
     config.update(num_images=240, seed=123, name="oracle_test")
     workdir = tmp_path_factory.mktemp("phantom")
     generate_phantom.run(config, str(workdir))
@@ -122,11 +123,11 @@ def test_shipped_foundation_samples_are_their_device_and_class(phantom):
     train = pipeline.load_split([builtin.resolve_path("phantom:benign_dcis")], "train", 32)
     limit = sample_failures.failure_limit(train["image"])
     device_oracle = oracle.fit_pixel_oracle(train["image"], train["device"])
-    class_oracle, _ = predict.load_classifier(oracle.shipped_dir())
+    class_oracle, _ = inference.load_classifier(oracle.shipped_dir())
     dcis_rate = {}
     for pathology, batch in images.items():
         assert not sample_failures.failed(batch, limit).any()
         called = device_oracle.predict(oracle.pixel_features(batch))
         assert np.mean(called == np.asarray(devices)) >= 0.85
-        dcis_rate[pathology] = np.mean(predict.probabilities(class_oracle, batch) >= 0.5)
+        dcis_rate[pathology] = np.mean(inference.probabilities(class_oracle, batch) >= 0.5)
     assert dcis_rate["malignant"] > dcis_rate["benign"] + 0.2, dcis_rate

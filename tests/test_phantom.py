@@ -13,11 +13,11 @@ from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from busgen_jax.core import config_files
 from busgen_jax.data import phantom, schema
 from busgen_jax.data.phantom import lesions as phantom_lesions
 from busgen_jax.data.phantom import tissue as phantom_tissue
 from busgen_jax.data.phantom.tissue import DEVICE_BY_NAME
-from busgen_jax.jobs import shell
 
 
 @pytest.fixture(scope="module")
@@ -367,9 +367,9 @@ def test_artifacts_change_only_what_they_should(monkeypatch, artifact):
 
 
 def test_foundation_preset_labels_dcis_malignant():
-    config = shell.load_config("configs/phantom.py:foundation")
+    config = config_files.load("configs/phantom.py:foundation")
     assert config.num_images >= 20000 and config.image_size == 64 and not config.devices
-    assert config.seed != shell.load_config("configs/demo.py:default").seed
+    assert config.seed != config_files.load("configs/demo.py:default").seed
     records = list(
         phantom.phantom_records(
             48, config.seed, 32, split_fractions=config.split_fractions, label_map=config.label_map

@@ -24,6 +24,7 @@ from PIL import Image
 from records import make_records
 
 from busgen_jax.data import shards
+from busgen_jax.diffusion import train_step
 from busgen_jax.jobs import pretrain
 from busgen_jax.reporting import visualize
 from busgen_jax.training import train_state
@@ -111,7 +112,7 @@ def _batch(size: int = 64) -> dict[str, jax.Array]:
 def test_batch_condition_dropout_drops_all_together():
     dropped = []
     for seed in range(200):
-        out = train_state.drop_conditions(_batch(), jax.random.key(seed), 0.3, "batch", True)
+        out = train_step.drop_conditions(_batch(), jax.random.key(seed), 0.3, "batch", True)
         null = np.asarray(out["class_id"]) == 0
         assert null.all() or not null.any()
         assert (np.asarray(out["device_id"]) == 0).all() == null.all()
@@ -122,7 +123,7 @@ def test_batch_condition_dropout_drops_all_together():
 
 
 def test_example_condition_dropout_keeps_mask_when_asked():
-    out = train_state.drop_conditions(_batch(4000), jax.random.key(0), 0.25, "example", False)
+    out = train_step.drop_conditions(_batch(4000), jax.random.key(0), 0.25, "example", False)
     null = np.asarray(out["class_id"]) == 0
     np.testing.assert_array_equal(null, np.asarray(out["device_id"]) == 0)
     assert abs(null.mean() - 0.25) < 0.03  # binomial sd 0.007

@@ -8,10 +8,9 @@ import re
 import numpy as np
 import pytest
 
-from busgen_jax.core import errors
+from busgen_jax.core import config_files, errors
 from busgen_jax.evaluation import mrmc, roe_metz
 from busgen_jax.jobs import reader_study as reader_study_job
-from busgen_jax.jobs import shell
 
 
 @pytest.fixture()
@@ -34,7 +33,7 @@ def files(tmp_path):
 
 def test_job_reports_readers_and_the_modality_comparison(files):
     tmp_path, study = files
-    config = shell.load_config("configs/reader_study.py:default")
+    config = config_files.load("configs/reader_study.py:default")
     config.reads, config.truth = str(tmp_path / "reads.csv"), str(tmp_path / "truth.csv")
     results = reader_study_job.run(config, str(tmp_path / "out"))
     assert results["n_readers"] == 4 and results["modalities"] == ["unaided", "aided"]
@@ -70,7 +69,7 @@ def test_three_modalities_from_an_imrmc_file_with_numeric_scores(tmp_path):
         for i, m in enumerate("ABC") for j in range(3) for k in range(50)
     ]  # fmt: skip
     (tmp_path / "study.imrmc").write_text("\n".join(lines) + "\n")
-    config = shell.load_config("configs/reader_study.py:default")
+    config = config_files.load("configs/reader_study.py:default")
     config.update(reads=str(tmp_path / "study.imrmc"), format="imrmc", rating_scale="numeric",
                   threshold="", foms=("auc", "pauc"), fixed_reader_test="f")  # fmt: skip
     results = reader_study_job.run(config, str(tmp_path / "out"))
@@ -97,7 +96,7 @@ def test_three_modalities_from_an_imrmc_file_with_numeric_scores(tmp_path):
 )
 def test_bad_config_is_one_error(files, change, message):
     tmp_path, _ = files
-    config = shell.load_config("configs/reader_study.py:default")
+    config = config_files.load("configs/reader_study.py:default")
     config.reads, config.truth = str(tmp_path / "reads.csv"), str(tmp_path / "truth.csv")
     config.update(change)
     with pytest.raises(errors.JobError, match=re.escape(message)):

@@ -23,7 +23,7 @@ from generator_fixtures import phantom_dataset, tiny_generator
 
 from busgen_jax.core import errors
 from busgen_jax.diffusion import generator
-from busgen_jax.jobs import import_data, pretrain, shell, synthesize, workdir
+from busgen_jax.jobs import import_data, layout, pretrain, shell, synthesize, workdir
 from busgen_jax.models import lora
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -343,7 +343,7 @@ def _synthesize(tmp_path, capsys, *overrides) -> str:
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1
     # A failed synthesis leaves no (empty) output folder behind.
-    assert not (tmp_path / synthesize.OUTPUT).exists()
+    assert not (tmp_path / layout.SYNTHETIC).exists()
     return err[0]
 
 
@@ -408,6 +408,6 @@ def test_a_full_disk_during_synthesis_is_one_line_and_leaves_no_output(tmp_path,
         file_size_kib=6,
     )  # fmt: skip
     line = _last_line(out)
-    assert line.startswith(f"error: {run / synthesize.OUTPUT}/"), line
+    assert line.startswith(f"error: {run / layout.SYNTHETIC}/"), line
     assert "File too large" in line, line
-    assert not (run / synthesize.OUTPUT).exists()
+    assert not (run / layout.SYNTHETIC).exists()

@@ -5,10 +5,11 @@ import pytest
 from generator_fixtures import phantom_dataset, tiny_generator
 from scipy import ndimage
 
+from busgen_jax.core import config_files
 from busgen_jax.data import pipeline, schema, shards
 from busgen_jax.diffusion import generator
 from busgen_jax.evaluation import sample_failures
-from busgen_jax.jobs import shell, synthesize
+from busgen_jax.jobs import layout, synthesize
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ def test_synthesis_redraws_noise_and_writes_none(data, tmp_path, monkeypatch):
         return sample_fn
 
     monkeypatch.setattr(generator, "make_sample_fn", fake_make_sample_fn)
-    config = shell.load_config("configs/synthesize.py:tiny")
+    config = config_files.load("configs/synthesize.py:tiny")
     config.update(
         generator=str(tiny_generator(tmp_path / "generator")),
         num_images=8,
@@ -75,12 +76,12 @@ def test_synthesis_redraws_noise_and_writes_none(data, tmp_path, monkeypatch):
     assert manifest["extra"]["failed_samples"]["redrawn"] == 4
     written = [
         schema.decode_png(r["image"]).astype(np.float32) / 127.5 - 1.0
-        for r in shards.read_records(tmp_path / "run" / synthesize.OUTPUT, "train")
+        for r in shards.read_records(tmp_path / "run" / layout.SYNTHETIC, "train")
     ]
     limit = manifest["extra"]["failed_samples"]["limit"]
     assert not sample_failures.failed(np.stack(written), limit).any()
     redrawn = [
         r["provenance"]["attempt"]
-        for r in shards.read_records(tmp_path / "run" / synthesize.OUTPUT, "train")
+        for r in shards.read_records(tmp_path / "run" / layout.SYNTHETIC, "train")
     ]
     assert redrawn == [1, 0, 1, 0, 1, 0, 1, 0]

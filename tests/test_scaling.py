@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 from test_classify_job import bright_dark_records
 
+from busgen_jax.core import config_files
 from busgen_jax.data import shards
-from busgen_jax.jobs import scaling, shell
+from busgen_jax.jobs import scaling
 
 
 def test_stratified_order_is_seeded_and_keeps_class_shares_in_every_prefix():
@@ -52,7 +53,7 @@ def test_subsets_are_nested_and_hold_only_task_classes(datasets, tmp_path):
 
 @pytest.mark.slow  # six tiny training runs: about a minute on 2 busy cores
 def test_scaling_job_writes_one_point_per_size_and_source_and_a_plot(datasets, tmp_path):
-    config = shell.load_config("configs/scaling.py:tiny")
+    config = config_files.load("configs/scaling.py:tiny")
     config.real_path, config.synthetic_path = datasets
     summary = scaling.run(config, str(tmp_path))
     saved = json.loads((tmp_path / "scaling.json").read_text())

@@ -19,10 +19,9 @@ from generator_fixtures import tiny_generator
 from PIL import Image
 
 from busgen_jax import cli, serve
-from busgen_jax.core import errors
+from busgen_jax.core import config_files, errors
 from busgen_jax.data import box_priors, phantom
 from busgen_jax.diffusion import foundation, generator
-from busgen_jax.jobs import shell
 from busgen_jax.models import lora
 from busgen_jax.reporting import visualize
 from busgen_jax.serve import jobs, server, studio
@@ -45,7 +44,7 @@ TIMEOUT_S = 240
 def served(tmp_path_factory):
     """A server on a free loopback port over a tiny random generator (config `tiny`)."""
     root = tmp_path_factory.mktemp("serve")
-    config = shell.load_config("configs/serve.py:tiny")
+    config = config_files.load("configs/serve.py:tiny")
     config.generator = str(tiny_generator(root / "generator"))
     app = serve.build_app(config, str(root / "workdir"))
     httpd = server.make_server(app, "127.0.0.1", 0)
@@ -357,7 +356,7 @@ def test_adapter_brings_its_task_vocabulary(tmp_path):
         "base_generator": str(base_dir),
     }
     lora.save_adapter(tmp_path / "adapter", lora.adapted_model(base, info), info)
-    config = shell.load_config("configs/serve.py:tiny")
+    config = config_files.load("configs/serve.py:tiny")
     config.generator, config.adapter = str(base_dir), str(tmp_path / "adapter")
     app = serve.build_app(config, str(tmp_path / "workdir"))
     try:
@@ -376,7 +375,7 @@ def test_adapter_brings_its_task_vocabulary(tmp_path):
 
 
 def test_default_serves_the_shipped_foundation_with_its_corpus_boxes(tmp_path, monkeypatch):
-    config = shell.load_config("configs/serve.py:default")
+    config = config_files.load("configs/serve.py:default")
     assert config.generator == str(foundation.SHIPPED)
     # The foundation corpus labels DCIS malignant: the prior offers the classes the model knows.
     prior = serve.load_box_prior(config)

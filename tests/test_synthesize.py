@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from generator_fixtures import phantom_dataset, tiny_generator
 
-from busgen_jax.core import errors
+from busgen_jax.core import config_files, errors
 from busgen_jax.data import pipeline, schema, shards
+from busgen_jax.jobs import layout, synthesize
 from busgen_jax.jobs import report as demo_report
-from busgen_jax.jobs import shell, synthesize
 from busgen_jax.reporting import html as html_report
 from busgen_jax.reporting import visualize
 from busgen_jax.synthesis import plan as synthesis_plan
@@ -33,7 +33,7 @@ def inputs(tmp_path_factory):
 
 
 def _config(inputs, **overrides):
-    config = shell.load_config("configs/synthesize.py:tiny")
+    config = config_files.load("configs/synthesize.py:tiny")
     config.generator = inputs["generator"]
     config.audit.train_paths = [inputs["data"]]
     config.update(overrides)
@@ -72,7 +72,7 @@ def test_assignments_are_a_seeded_shuffle_of_the_plan():
 def test_synthesis_writes_exactly_the_planned_audited_dataset(inputs, tmp_path):
     config = _config(inputs, classes={"benign": 1.0, "dcis": 1.0})
     manifest = synthesize.run(config, str(tmp_path))
-    out = tmp_path / synthesize.OUTPUT
+    out = tmp_path / layout.SYNTHETIC
     assert manifest["num_records"] == config.num_images
     assert manifest["pathology"] == {"benign": 12, "dcis": 12}
     records = list(shards.read_records(out, "train"))
@@ -111,9 +111,9 @@ def test_planted_copies_are_rejected_and_resampled(inputs, tmp_path, monkeypatch
     config = _config(inputs, num_images=8)
     _copy_on_first_try(monkeypatch)
     synthesize.run(config, str(tmp_path))
-    records = list(shards.read_records(tmp_path / synthesize.OUTPUT, "train"))
+    records = list(shards.read_records(tmp_path / layout.SYNTHETIC, "train"))
     assert len(records) == 8 and all(r["provenance"]["attempt"] == 1 for r in records)
-    report = json.loads((tmp_path / synthesize.OUTPUT / "audit" / "audit.json").read_text())
+    report = json.loads((tmp_path / layout.SYNTHETIC / "audit" / "audit.json").read_text())
     assert report["rejected_count"] == 8
 
 
@@ -137,7 +137,7 @@ def test_killed_job_resumes_to_the_same_bytes(inputs, tmp_path):
     subprocess.run([*args, f"--workdir={tmp_path / 'whole'}"], check=True, env=env)
 
     killed = tmp_path / "killed"
-    out = killed / synthesize.OUTPUT
+    out = killed / layout.SYNTHETIC
     process = subprocess.Popen([*args, f"--workdir={killed}"], env=env)
     deadline = time.monotonic() + 300
     while not list(out.glob(".*.done.json")) and time.monotonic() < deadline:
@@ -148,7 +148,7 @@ def test_killed_job_resumes_to_the_same_bytes(inputs, tmp_path):
     assert 1 <= done_before < 6 and not (out / shards.MANIFEST).exists()
     subprocess.run([*args, f"--workdir={killed}"], check=True, env=env)
 
-    whole = list(shards.read_records(tmp_path / "whole" / synthesize.OUTPUT, "train"))
+    whole = list(shards.read_records(tmp_path / "whole" / layout.SYNTHETIC, "train"))
     resumed = list(shards.read_records(out, "train"))
     assert [r["case_id"] for r in resumed] == [r["case_id"] for r in whole]
     assert len({r["case_id"] for r in resumed}) == 24
@@ -175,7 +175,7 @@ def test_nothing_written_holds_training_pixels(inputs, tmp_path, monkeypatch):
     config = _config(inputs, num_images=8)
     config.audit.private_pictures = True
     _copy_on_first_try(monkeypatch)
-    out = tmp_path / synthesize.OUTPUT
+    out = tmp_path / layout.SYNTHETIC
     out.mkdir()
     (out / ".synthetic-train-00000-of-00001.array_record.tmp-0123").write_bytes(b"killed run")
     synthesize.run(config, str(tmp_path))
@@ -220,7 +220,7 @@ def test_copy_protected_sampling_changes_the_samples_and_is_recorded(inputs, tmp
     synthesize.run(plain, str(tmp_path / "plain"))
     synthesize.run(protected, str(tmp_path / "protected"))
     read = {
-        name: list(shards.read_records(tmp_path / name / synthesize.OUTPUT, "train"))
+        name: list(shards.read_records(tmp_path / name / layout.SYNTHETIC, "train"))
         for name in ("plain", "protected")
     }
     cp = read["protected"][0]["provenance"]["cpsample"]

@@ -15,7 +15,7 @@ from flax import nnx
 
 from busgen_jax.data import box_priors
 from busgen_jax.diffusion import generator
-from busgen_jax.models import UNet, count_params, model_config, presets, torch_convert
+from busgen_jax.models import UNet, count_params, model_config, params_io, presets, torch_convert
 
 DATA = pathlib.Path(__file__).parent / "data"
 _forward = nnx.jit(lambda model, *args: model(*args))
@@ -158,9 +158,9 @@ def test_params_export_round_trip_and_command(torch_reference, tmp_path, monkeyp
     monkeypatch.setattr(torch_convert, "model_config", lambda name: _small_config())
     torch_convert.main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--preset", "busgen_toy",
                         "--out", str(tmp_path / "export")])  # fmt: skip
-    restored_config = torch_convert.load_model_config(tmp_path / "export")
+    restored_config = params_io.load_model_config(tmp_path / "export")
     assert restored_config.channel_mults == list(config.channel_mults)
-    model = torch_convert.load_params(_abstract(restored_config), tmp_path / "export")
+    model = params_io.load_params(_abstract(restored_config), tmp_path / "export")
     expected = torch_convert.convert_state_dict(state_dict, config)
     assert _same_state(nnx.state(model, nnx.Param), expected)
 
@@ -170,11 +170,11 @@ def test_params_export_round_trip_and_command(torch_reference, tmp_path, monkeyp
     assert spec.class_names == ("benign", "malignant") and spec.prediction == "eps"
     assert _same_state(nnx.state(model, nnx.Param), expected)
 
-    torch_convert.save_params(expected, tmp_path / "again")
-    again = torch_convert.load_params(_abstract(config), tmp_path / "again")
+    params_io.save_params(expected, tmp_path / "again")
+    again = params_io.load_params(_abstract(config), tmp_path / "again")
     assert _same_state(nnx.state(again, nnx.Param), expected)
     with pytest.raises(FileNotFoundError, match="missing"):
-        torch_convert.load_params(_abstract(config), tmp_path / "missing")
+        params_io.load_params(_abstract(config), tmp_path / "missing")
 
 
 _SCHEDULER_MODULE = textwrap.dedent(
@@ -381,11 +381,11 @@ def test_each_published_setting_matters(torch_reference, published_export, setti
 def test_synthesize_published_preset_is_the_published_sampling():
     """configs/synthesize.py:published sets every setting, so it samples as published whatever
     generator it is given; the default preset leaves how the network is called to the spec."""
-    from busgen_jax.jobs import shell
+    from busgen_jax.core import config_files
 
     project_spec = generator.GeneratorSpec({}, "eps", ("benign",), ("a",), 32)
     for preset, expected in (("published", "published"), ("default", "project")):
-        config = shell.load_config(f"configs/synthesize.py:{preset}")
+        config = config_files.load(f"configs/synthesize.py:{preset}")
         fields = {k: config[k] for k in presets.SAMPLING_FIELDS}
         assert generator.sampling_settings(project_spec, fields)["preset"] == expected
     assert fields["drop_box_mask"] is None and fields["box_raster"] is None

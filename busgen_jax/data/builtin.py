@@ -69,20 +69,21 @@ def cache_root() -> pathlib.Path:
 
 
 def phantom_config(preset: str) -> ml_collections.ConfigDict:
-    from busgen_jax.jobs import shell
+    from busgen_jax.core import config_files
 
-    return shell.load_config(f"configs/phantom.py:{preset}")
+    return config_files.load(f"configs/phantom.py:{preset}")
 
 
 def _simulator_source() -> bytes:
     """The simulator's code: a changed simulator makes new cache entries, not stale reuse."""
-    here = pathlib.Path(__file__).parent
-    return b"".join(p.read_bytes() for p in sorted(here.glob("phantom*.py")))
+    here = pathlib.Path(__file__).parent / "phantom"
+    return b"".join(p.read_bytes() for p in sorted(here.glob("*.py")))
 
 
 def phantom_dataset(preset: str = "demo", **overrides) -> pathlib.Path:
     """The dataset directory of phantom `preset` (with config `overrides`), generated if absent."""
-    from busgen_jax.jobs import phantom as generate_phantom
+    from busgen_jax.data.phantom import writer
+    from busgen_jax.reporting import visualize
 
     config = phantom_config(preset)
     config.update(overrides)
@@ -95,7 +96,9 @@ def phantom_dataset(preset: str = "demo", **overrides) -> pathlib.Path:
         return dataset
     staging = entry.with_name(f".{entry.name}.{uuid.uuid4().hex[:8]}")
     try:
-        generate_phantom.run(config, str(staging))
+        out_dir = staging / "data" / config.name
+        writer.write_dataset(config, out_dir)
+        visualize.dataset_grid(out_dir, out_dir.parent / f"{config.name}_grid.png")
         try:
             staging.rename(entry)
         except OSError:

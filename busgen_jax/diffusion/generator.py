@@ -1,7 +1,7 @@
 """A trained generator on disk, and sampling from it.
 
 An exported generator is a directory with
-  params/               orbax checkpoint of the U-Net params (`torch_convert.save_params`)
+  params/               orbax checkpoint of the U-Net params (`params_io.save_params`)
   model_config.json     the U-Net config
   generator.json        what sampling needs besides the network: the noise schedule, the
                         prediction target, the class and device vocabularies, image size, and
@@ -29,7 +29,7 @@ from flax import nnx
 
 from busgen_jax.data import box_priors
 from busgen_jax.diffusion import foundation, guidance, samplers, schedules
-from busgen_jax.models import presets, torch_convert
+from busgen_jax.models import params_io, presets
 from busgen_jax.models.unet import UNet
 
 SPEC_FILE = "generator.json"
@@ -73,7 +73,7 @@ def export_generator(
     """Writes `model`'s params, its config and `spec` to `directory`."""
     directory = pathlib.Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
-    torch_convert.save_params(nnx.state(model, nnx.Param), directory, config=model_config)
+    params_io.save_params(nnx.state(model, nnx.Param), directory, config=model_config)
     (directory / SPEC_FILE).write_text(spec.to_json())
     return directory
 
@@ -92,10 +92,10 @@ def load_generator(
     if (directory / foundation.CHECKSUMS).is_file():  # shipped generators carry checksums
         foundation.verify_checksums(directory)
     spec = GeneratorSpec.from_json(spec_path.read_text())
-    model_config = torch_convert.load_model_config(directory)
+    model_config = params_io.load_model_config(directory)
     model = nnx.eval_shape(lambda: UNet(model_config, rngs=nnx.Rngs(0)))
     model = _materialize(model)
-    torch_convert.load_params(model, directory)
+    params_io.load_params(model, directory)
     if adapter is not None:
         from busgen_jax.models import lora  # the adapter machinery is only needed here
 

@@ -2,7 +2,7 @@
 
 * Generative quality: FD, KID, precision/recall and density/coverage of the synthetic images
   against the real test images, in the feature space of a classifier trained on real data (the
-  pooled penultimate features, `predict.extract_features`), beside a real-vs-real baseline.
+  pooled penultimate features, `inference.extract_features`), beside a real-vs-real baseline.
   Features of a classifier trained on the domain say more about BUS images than ImageNet
   Inception features, but depend on that classifier: compare numbers within one feature space.
 * Device shortcut: how well a classifier's features predict the scanner (cross-validated
@@ -298,13 +298,13 @@ def fidelity_from_exports(
     """`evaluate_fidelity` from dataset directories and exported classifiers (name -> export
     dir, the real-data classifier first); the segmenter trains on the real 'train' split.
     Writes the results as JSON to `out_path` when given."""
+    from busgen_jax.classification import inference  # the classifier stack only when it is used
     from busgen_jax.data import pipeline
-    from busgen_jax.jobs import predict  # the classifier stack only when it is used
 
     if not classifiers:
         raise ValueError("'classifiers' is empty: name the classifier trained on real data")
     first = next(iter(classifiers.values()))
-    model, config = predict.load_classifier(first)
+    model, config = inference.load_classifier(first)
     size = config.data.image_size
     real = pipeline.load_split(real_paths, real_split, size)
     synthetic = pipeline.load_split(synthetic_paths, synthetic_split, size)
@@ -316,8 +316,8 @@ def fidelity_from_exports(
     results = evaluate_fidelity(
         real,
         synthetic,
-        features={name: _features_fn(predict, path) for name, path in classifiers.items()},
-        probabilities=lambda images: predict.probabilities(model, images),
+        features={name: _features_fn(inference, path) for name, path in classifiers.items()},
+        probabilities=lambda images: inference.probabilities(model, images),
         negative=config.task.negative,
         positive=config.task.positive,
         seg_model=seg_model,
@@ -332,5 +332,6 @@ def fidelity_from_exports(
     return results
 
 
-def _features_fn(predict: Any, export_dir: str):
-    return lambda images: predict.extract_features(export_dir, images)
+def _features_fn(inference: Any, export_dir: str):
+    """Features of one classifier; the module is passed in because it is imported lazily."""
+    return lambda images: inference.extract_features(export_dir, images)

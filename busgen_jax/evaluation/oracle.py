@@ -105,16 +105,16 @@ def measure(
 
     `frechet` is None when a class has too few images for sets of 2 or more.
     """
-    from busgen_jax.jobs import predict  # the classifier stack only when it is used
+    from busgen_jax.classification import inference  # the classifier stack only when it is used
 
-    model, config = predict.load_classifier(oracle_dir)
+    model, config = inference.load_classifier(oracle_dir)
     negative, positive = tuple(config.task.negative), tuple(config.task.positive)
     device_oracle = fit_pixel_oracle(real_train["image"], real_train["device"])
 
     def judged(split: Mapping[str, Any]) -> dict[str, Any]:
         pathology = np.asarray(split["pathology"])
         keep = np.isin(pathology, [*negative, *positive])
-        probabilities = predict.probabilities(model, np.asarray(split["image"])[keep])
+        probabilities = inference.probabilities(model, np.asarray(split["image"])[keep])
         called = np.where(probabilities >= 0.5, positive[0], negative[0])
         devices = device_oracle.predict(pixel_features(split["image"]))
         return {
@@ -140,7 +140,7 @@ def measure(
 
         def features(split, name, index):
             images = np.asarray(split["image"])[in_task[name]][index]
-            return predict.extract_features(oracle_dir, images)
+            return inference.extract_features(oracle_dir, images)
 
         reference = features(real_test, "real", real_a)
         fd = generative.frechet_distance(reference, features(synthetic, "synthetic", fake))
@@ -171,11 +171,11 @@ def write(result: Mapping[str, Any], path: str | pathlib.Path) -> pathlib.Path:
 def record_test_auc(export_dir: str | pathlib.Path, data_paths: Sequence[str]) -> dict[str, Any]:
     """The class oracle's AUC (DeLong 95% CI) on its phantom's test split, for the card: the
     split is scored once, after training, and chooses nothing."""
+    from busgen_jax.classification import inference
     from busgen_jax.evaluation import statistics
-    from busgen_jax.jobs import predict
 
-    model, config = predict.load_classifier(export_dir)
-    rows = predict.predict_split(model, config, list(data_paths), "test")
+    model, config = inference.load_classifier(export_dir)
+    rows = inference.predict_split(model, config, list(data_paths), "test")
     result = statistics.roc_auc_ci(rows["label"], rows["probability"])
     return {"auc": result.auc, "ci_low": result.ci_low, "ci_high": result.ci_high,
             "n": len(rows["label"]), "n_positive": int(np.sum(rows["label"]))}  # fmt: skip
@@ -211,15 +211,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     """`make oracle`'s last step: score the trained oracle on its test split once, and ship."""
     import argparse
 
+    from busgen_jax.core import config_files
     from busgen_jax.data import builtin
-    from busgen_jax.jobs import shell
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--workdir", required=True, help="the oracle's classifier workdir")
     parser.add_argument("--train_seconds", type=float, default=0.0)
     parser.add_argument("--destination", default=str(SHIPPED))
     args = parser.parse_args(argv)
-    config = shell.load_config("configs/classifier.py:oracle")
+    config = config_files.load("configs/classifier.py:oracle")
     data = [builtin.resolve_path(p) for p in config.data.paths]
     val = json.loads((pathlib.Path(args.workdir) / "eval_val.json").read_text())
     test = record_test_auc(pathlib.Path(args.workdir) / "export", data)

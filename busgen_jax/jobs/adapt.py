@@ -36,14 +36,13 @@ from jax.experimental import multihost_utils
 from busgen_jax.core import errors
 from busgen_jax.data import pipeline, shards
 from busgen_jax.diffusion import generator as generator_lib
-from busgen_jax.jobs import pretrain, shell
-from busgen_jax.models import lora, torch_convert
+from busgen_jax.diffusion import preview, train_step
+from busgen_jax.jobs import layout, shell
+from busgen_jax.models import lora, params_io
 from busgen_jax.parallel import partition
 from busgen_jax.reporting import visualize
 from busgen_jax.training import checkpoints, train_loop, train_state
 
-FEWSHOT = "fewshot_data"
-ADAPTER = "adapter"
 TRAINED = ("step", "params", "ema_params", "opt_state")  # what checkpoints hold
 
 
@@ -208,7 +207,7 @@ def train(config, view, model: nnx.Module, workdir: pathlib.Path) -> dict[str, A
     if restored:
         state = state.replace(**restored[0])
     state, history = train_loop.run(
-        state, pretrain.make_train_step(view, mesh, shardings), data_iter, config=config,
+        state, train_step.make_train_step(view, mesh, shardings), data_iter, config=config,
         mesh=mesh, manager=manager, writer=train_loop.make_writer(workdir),
         rng=jax.random.key(config.train.seed), saved=_trained,
     )  # fmt: skip
@@ -233,7 +232,7 @@ def export_adapter(state, info: dict[str, Any], directory: pathlib.Path) -> dict
 def sample_grid(config, view, adapter_dir: pathlib.Path, path: pathlib.Path) -> pathlib.Path:
     """Samples `sample.per_class` images per task class from the saved adapter, as a grid."""
     model, spec = generator_lib.load_generator(config.generator, adapter=adapter_dir)
-    cond = pretrain.grid_conditions(view)
+    cond = preview.grid_conditions(view)
     sample_fn = generator_lib.make_sample_fn(spec, sampler=config.sample.sampler,
                                              steps=config.sample.steps,
                                              guidance_weight=config.sample.guidance_weight)  # fmt: skip
@@ -253,16 +252,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir = pathlib.Path(workdir).absolute()
     try:
         base, spec = generator_lib.load_generator(config.generator)
-        model_config = torch_convert.load_model_config(config.generator)
+        model_config = params_io.load_model_config(config.generator)
     except FileNotFoundError as e:
         raise errors.JobError(f"config.generator: {e}") from e
     if config.data.image_size not in (0, spec.image_size):
         raise errors.JobError(f"config.data.image_size = {config.data.image_size} differs from "
                            f"the generator's image size {spec.image_size}")  # fmt: skip
-    shot_records = write_fewshot_dataset(config, workdir / FEWSHOT)
+    shot_records = write_fewshot_dataset(config, workdir / layout.FEWSHOT)
     data_config = config.data.copy_and_resolve_references()
     data_config.unlock()
-    data_config.update(image_size=spec.image_size, paths=[str(workdir / FEWSHOT)],
+    data_config.update(image_size=spec.image_size, paths=[str(workdir / layout.FEWSHOT)],
                        device_names=task_devices(config, spec.device_names, shot_records))  # fmt: skip
     try:
         class_starts = lora.start_rows(
@@ -292,16 +291,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         result = train(config, view, model, workdir)
     except (ValueError, checkpoints.CheckpointError, FloatingPointError) as e:
         raise errors.JobError(str(e)) from e
-    info = export_adapter(result["state"], info, workdir / ADAPTER)
+    info = export_adapter(result["state"], info, workdir / layout.ADAPTER)
     logging.info("adapter %s: %d params, %d bytes (full model: %d params, %d bytes, %.2f%%)",
-                 workdir / ADAPTER, info["adapter_params"], info["adapter_bytes"],
+                 workdir / layout.ADAPTER, info["adapter_params"], info["adapter_bytes"],
                  info["full_params"], info["full_bytes"],
                  100 * info["adapter_bytes"] / info["full_bytes"])  # fmt: skip
     grid = None
     if config.sample.per_class:
-        grid = sample_grid(config, view, workdir / ADAPTER, workdir / "samples" / "adapted.png")
-    print(f"adapter: {workdir / ADAPTER} ({info['adapter_params']:,} params, "
-          f"{info['adapter_bytes']:,} bytes); k-shot data: {workdir / FEWSHOT}; grid: {grid}")  # fmt: skip
+        grid = sample_grid(
+            config, view, workdir / layout.ADAPTER, workdir / "samples" / "adapted.png"
+        )
+    print(f"adapter: {workdir / layout.ADAPTER} ({info['adapter_params']:,} params, "
+          f"{info['adapter_bytes']:,} bytes); k-shot data: {workdir / layout.FEWSHOT}; grid: {grid}")  # fmt: skip
     return {**result, "info": info, "grid": grid}
 
 

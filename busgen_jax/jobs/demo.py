@@ -23,55 +23,7 @@ from absl import logging
 
 from busgen_jax.diffusion import foundation
 from busgen_jax.evaluation import demo_gates
-from busgen_jax.jobs import shell
-
-TIMINGS = "timings.json"
-
-
-class Paths:
-    """Where each stage of a demo workdir puts its outputs."""
-
-    def __init__(self, workdir: str | pathlib.Path, config: ml_collections.ConfigDict):
-        self.root = pathlib.Path(workdir).absolute()
-        self.phantom = self.root / "phantom"
-        self.data = self.phantom / "data" / config.phantom.name
-        self.pretrain = self.root / "pretrain"
-        self.generator = (
-            self.pretrain / "export" if config.pretrain_from_scratch else foundation.SHIPPED
-        )
-        self.adapt = self.root / "adapt"
-        self.synthesize = self.root / "synthesize"
-        self.classifiers = self.root / "classifiers"
-        self.evaluation = self.root / "evaluation"
-        self.fidelity = self.root / "fidelity"
-        self.scaling = self.root / "scaling"
-        self.report = self.root / "report.html"
-
-    @property
-    def adapter(self) -> pathlib.Path:
-        from busgen_jax.jobs import adapt
-
-        return self.adapt / adapt.ADAPTER
-
-    @property
-    def fewshot(self) -> pathlib.Path:
-        from busgen_jax.jobs import adapt
-
-        return self.adapt / adapt.FEWSHOT
-
-    @property
-    def synthetic(self) -> pathlib.Path:
-        from busgen_jax.jobs import synthesize
-
-        return self.synthesize / synthesize.OUTPUT
-
-    def classifier(self, source: str, seed: int = 0) -> pathlib.Path:
-        """Seed 0's classifier is the one evaluated in full (readers, fidelity); the others
-        give the spread over seeds."""
-        return self.classifiers / (source if seed == 0 else f"{source}_seed{seed}")
-
-    def predictions(self, source: str, split: str) -> pathlib.Path:
-        return self.classifiers / source / f"predictions_{split}.csv"
+from busgen_jax.jobs import layout, shell
 
 
 def stage_config(config: ml_collections.ConfigDict, **fields: Any) -> ml_collections.ConfigDict:
@@ -87,13 +39,13 @@ def stage_config(config: ml_collections.ConfigDict, **fields: Any) -> ml_collect
     return config
 
 
-def stage_phantom(config, paths: Paths) -> None:
+def stage_phantom(config, paths: layout.Paths) -> None:
     from busgen_jax.jobs import phantom as generate_phantom
 
     generate_phantom.run(stage_config(config.phantom, seed=config.seed), str(paths.phantom))
 
 
-def stage_pretrain(config, paths: Paths) -> None:
+def stage_pretrain(config, paths: layout.Paths) -> None:
     if not config.pretrain_from_scratch:
         print(f"   adapting the shipped foundation model {foundation.shipped_dir()}")
         return
@@ -104,7 +56,7 @@ def stage_pretrain(config, paths: Paths) -> None:
     )
 
 
-def stage_adapt(config, paths: Paths) -> None:
+def stage_adapt(config, paths: layout.Paths) -> None:
     from busgen_jax.jobs import adapt
 
     adapt_config = stage_config(
@@ -113,7 +65,7 @@ def stage_adapt(config, paths: Paths) -> None:
     adapt.run(adapt_config, str(paths.adapt))
 
 
-def stage_synthesize(config, paths: Paths) -> None:
+def stage_synthesize(config, paths: layout.Paths) -> None:
     from busgen_jax.jobs import synthesize
 
     synth_config = stage_config(
@@ -125,7 +77,7 @@ def stage_synthesize(config, paths: Paths) -> None:
     synthesize.run(synth_config, str(paths.synthesize))
 
 
-def classifier_sources(config, paths: Paths) -> dict[str, dict[str, Any]]:
+def classifier_sources(config, paths: layout.Paths) -> dict[str, dict[str, Any]]:
     """Training data of each demo classifier; all are evaluated on the real test split."""
     real, synthetic = str(paths.data), str(paths.synthetic)
     sources = {
@@ -137,16 +89,16 @@ def classifier_sources(config, paths: Paths) -> dict[str, dict[str, Any]]:
     return {name: sources[name] for name in config.classifier_sources}
 
 
-def stage_classifiers(config, paths: Paths) -> None:
-    from busgen_jax.jobs import predict
-    from busgen_jax.jobs import train_classifier as classify
+def stage_classifiers(config, paths: layout.Paths) -> None:
+    from busgen_jax.classification import inference
+    from busgen_jax.jobs import train_classifier
 
     aucs: dict[str, list[float]] = {}
     for source, fields in classifier_sources(config, paths).items():
         for seed in config.classifier_seeds:
             print(f"   classifier trained on {source} data, seed {seed}")
             workdir = paths.classifier(source, seed)
-            result = classify.run(
+            result = train_classifier.run(
                 stage_config(
                     config.classifier,
                     **fields,
@@ -155,15 +107,15 @@ def stage_classifiers(config, paths: Paths) -> None:
                 str(workdir),
             )
             aucs.setdefault(source, []).append(result["auc"])
-        model, trained = predict.load_classifier(paths.classifier(source) / "export")
+        model, trained = inference.load_classifier(paths.classifier(source) / "export")
         for split in ("val", "test"):
-            rows = predict.predict_split(model, trained, [str(paths.data)], split)
-            predict.write_csv(rows, paths.predictions(source, split))
+            rows = inference.predict_split(model, trained, [str(paths.data)], split)
+            inference.write_csv(rows, paths.predictions(source, split))
     summary = {source: demo_gates.seed_summary(values) for source, values in aucs.items()}
     (paths.classifiers / "seeds.json").write_text(json.dumps(summary, indent=1))
 
 
-def stage_evaluate(config, paths: Paths) -> None:
+def stage_evaluate(config, paths: layout.Paths) -> None:
     from busgen_jax.jobs import evaluate
 
     sources = list(config.classifier_sources)
@@ -176,7 +128,7 @@ def stage_evaluate(config, paths: Paths) -> None:
     evaluate.run(eval_config, str(paths.root))
 
 
-def stage_fidelity(config, paths: Paths) -> None:
+def stage_fidelity(config, paths: layout.Paths) -> None:
     from busgen_jax.evaluation import fidelity
 
     sources = [s for s in ("real", "synthetic") if s in config.classifier_sources]
@@ -191,7 +143,7 @@ def stage_fidelity(config, paths: Paths) -> None:
     stage_oracle(config, paths)
 
 
-def stage_oracle(config, paths: Paths) -> None:
+def stage_oracle(config, paths: layout.Paths) -> None:
     """The quality gates' measurements: the phantom oracle's verdict on the synthetic set, and
     a recount of noise-like images in the written dataset."""
     from busgen_jax.data import pipeline, shards
@@ -218,7 +170,7 @@ def stage_oracle(config, paths: Paths) -> None:
     (paths.fidelity / "failed_in_dataset.json").write_text(json.dumps({"failed": count}))
 
 
-def stage_scaling(config, paths: Paths) -> None:
+def stage_scaling(config, paths: layout.Paths) -> None:
     from busgen_jax.jobs import scaling
 
     scaling_config = stage_config(
@@ -227,13 +179,13 @@ def stage_scaling(config, paths: Paths) -> None:
     scaling.run(scaling_config, str(paths.scaling))
 
 
-def stage_report(config, paths: Paths) -> None:
+def stage_report(config, paths: layout.Paths) -> None:
     from busgen_jax.jobs import report as demo_report
 
     demo_report.write(paths, config)
 
 
-STAGES: tuple[tuple[str, Callable[[ml_collections.ConfigDict, Paths], None]], ...] = (
+STAGES: tuple[tuple[str, Callable[[ml_collections.ConfigDict, layout.Paths], None]], ...] = (
     ("phantom", stage_phantom),
     ("pretrain", stage_pretrain),
     ("adapt", stage_adapt),
@@ -247,9 +199,9 @@ STAGES: tuple[tuple[str, Callable[[ml_collections.ConfigDict, Paths], None]], ..
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Path:
-    paths = Paths(workdir, config)
+    paths = layout.Paths(workdir, config)
     paths.root.mkdir(parents=True, exist_ok=True)
-    timings_path = paths.root / TIMINGS
+    timings_path = paths.root / layout.TIMINGS
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     start = time.perf_counter()
     for index, (name, stage) in enumerate(STAGES, 1):

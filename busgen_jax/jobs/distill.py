@@ -28,9 +28,9 @@ from jax.experimental import multihost_utils
 
 from busgen_jax.core import errors
 from busgen_jax.data import pipeline
-from busgen_jax.diffusion import distillation, foundation, generator, schedules
-from busgen_jax.jobs import pretrain, shell
-from busgen_jax.models import lora, torch_convert, unet
+from busgen_jax.diffusion import distillation, foundation, generator, schedules, train_step
+from busgen_jax.jobs import shell
+from busgen_jax.models import lora, params_io, unet
 from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.parallel import partition
 from busgen_jax.training import checkpoints, train_loop, train_state
@@ -71,7 +71,7 @@ def load_teacher(config: ml_collections.ConfigDict):
     directory = config.teacher or str(foundation.SHIPPED)
     try:
         teacher, spec = generator.load_generator(directory, adapter=config.adapter or None)
-        model_config = torch_convert.load_model_config(directory)
+        model_config = params_io.load_model_config(directory)
     except FileNotFoundError as e:
         raise errors.JobError(f"config.teacher: {e}") from e
     if config.adapter:
@@ -127,7 +127,7 @@ def train_round(view, cfg: distillation.RoundConfig, schedule, student_fn, teach
     """Trains one round's student to `view.train.steps`, resuming from its checkpoints; returns
     (state, history) as `train_loop.run` does."""
     mesh = train_loop.make_mesh(view)
-    init_fn, abstract, shardings = pretrain.abstract_state_and_shardings(view, mesh, student_fn)
+    init_fn, abstract, shardings = train_state.abstract_state_and_shardings(view, mesh, student_fn)
     teacher_state = nnx.state(teacher)
     rules = [tuple(rule) for rule in view.partition.rules]
     teacher_shardings = partition.state_shardings(
@@ -139,7 +139,9 @@ def train_round(view, cfg: distillation.RoundConfig, schedule, student_fn, teach
         manager, checkpoints.abstract_like(abstract, shardings), data_iter
     )
     state = restored[0] if restored else jax.jit(init_fn, out_shardings=shardings)()
-    batch_shardings = {k: mesh_lib.batch_sharding(mesh, n) for k, n in pretrain.BATCH_NDIMS.items()}
+    batch_shardings = {
+        k: mesh_lib.batch_sharding(mesh, n) for k, n in train_step.BATCH_NDIMS.items()
+    }
     step = jax.jit(
         lambda s, b, r, t: distillation.distill_step(s, b, r, t, cfg=cfg, schedule=schedule),
         in_shardings=(shardings, batch_shardings, mesh_lib.replicated(mesh), teacher_shardings),

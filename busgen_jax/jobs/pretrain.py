@@ -11,30 +11,22 @@ sample grids, checkpoints periodically, and exports the final EMA params to `wor
 
 from __future__ import annotations
 
-import functools
 import pathlib
 import shutil
-from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from busgen_jax.core import errors
-from busgen_jax.diffusion import generator, guidance, losses, samplers, schedules
+from busgen_jax.diffusion import generator, losses, preview, samplers, train_step
 from busgen_jax.jobs import shell
 from busgen_jax.models import presets, unet
-from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.parallel import partition
 from busgen_jax.reporting import visualize
 from busgen_jax.training import checkpoints, train_loop, train_state
-
-COMPUTE_DTYPES = ("float32", "bfloat16")
-BATCH_NDIMS = {"image": 4, "box_mask": 4, "class_id": 1, "device_id": 1}
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -63,10 +55,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("train.warmup_steps", 0 <= train.warmup_steps <= train.steps, "must be in [0, steps]"),
         ("train.ema_decay", 0.0 <= train.ema_decay < 1.0, "must be in [0, 1)"),
         ("train.cond_drop_prob", 0.0 <= train.cond_drop_prob <= 1.0, "must be in [0, 1]"),
-        ("train.cond_drop_mode", train.cond_drop_mode in train_state.COND_DROP_MODES,
-         f"must be one of {train_state.COND_DROP_MODES}"),
-        ("train.compute_dtype", train.compute_dtype in COMPUTE_DTYPES,
-         f"must be one of {COMPUTE_DTYPES}"),
+        ("train.cond_drop_mode", train.cond_drop_mode in train_step.COND_DROP_MODES,
+         f"must be one of {train_step.COND_DROP_MODES}"),
+        ("train.compute_dtype", train.compute_dtype in train_step.COMPUTE_DTYPES,
+         f"must be one of {train_step.COMPUTE_DTYPES}"),
         ("checkpoint.every_steps", config.checkpoint.every_steps >= 1, "must be >= 1"),
         ("checkpoint.max_to_keep", config.checkpoint.max_to_keep >= 1, "must be >= 1"),
         ("sample.sampler", config.sample.sampler in samplers.SAMPLERS,
@@ -78,96 +70,6 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             raise ValueError(f"config.{field} = {config[section][name]!r} {requirement}")
     partition.validate_rules(config.partition.rules)
     train_state.trainable_filter(config.train.trainable)
-
-
-def abstract_state_and_shardings(
-    config: ml_collections.ConfigDict,
-    mesh: jax.sharding.Mesh,
-    model_fn: Callable[[], nnx.Module] | None = None,
-) -> tuple[Any, Any, Any]:
-    """The state's init function, its abstract shapes and its shardings (nothing allocated).
-
-    `model_fn` builds the model (default: the U-Net of `config.model`); other jobs pass theirs.
-    """
-    tx = train_state.make_optimizer(config.train)
-    if model_fn is None:
-        model_fn = lambda: unet.UNet(config.model, rngs=nnx.Rngs(config.train.seed))
-    wrt = train_state.trainable_filter(config.train.trainable)
-    init_fn = functools.partial(train_state.init_train_state, model_fn, tx, wrt)
-    abstract = jax.eval_shape(init_fn)
-    rules = [tuple(rule) for rule in config.partition.rules]
-    shardings = partition.state_shardings(abstract, rules, mesh, min_size=config.partition.min_size)
-    return init_fn, abstract, shardings
-
-
-def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, shardings: Any):
-    """`train_step` jitted with explicit shardings; the state argument is donated."""
-    step = functools.partial(
-        train_state.train_step,
-        cfg=train_state.step_config(config),
-        schedule=schedules.make_schedule(config.diffusion),
-    )
-    batch_shardings = {k: mesh_lib.batch_sharding(mesh, n) for k, n in BATCH_NDIMS.items()}
-    return jax.jit(
-        step,
-        in_shardings=(shardings, batch_shardings, mesh_lib.replicated(mesh)),
-        out_shardings=(shardings, mesh_lib.replicated(mesh)),
-        donate_argnums=0,
-    )
-
-
-def grid_conditions(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
-    """`per_class` samples per class, null device, a central lesion box except for 'normal'."""
-    size, per_class = config.model.image_size, config.sample.per_class
-    class_ids = np.repeat(np.arange(1, len(config.data.class_names) + 1), per_class)
-    box = np.zeros((size, size, 1), np.float32)
-    box[size // 3 : 2 * size // 3, size // 3 : 2 * size // 3] = 1.0
-    has_box = np.array([name != "normal" for name in config.data.class_names])[class_ids - 1]
-    return {
-        "class_id": class_ids.astype(np.int32),
-        "device_id": np.zeros_like(class_ids, np.int32),
-        "box_mask": box[None] * has_box[:, None, None, None],
-    }
-
-
-def make_sample_fn(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-    """Jitted (state, rng) -> guided samples [classes * per_class, H, W, C] from the EMA params."""
-    cond = grid_conditions(config)
-    schedule = schedules.make_schedule(config.diffusion)
-    shape = (len(cond["class_id"]), config.model.image_size, config.model.image_size,
-             config.model.image_channels)  # fmt: skip
-
-    def sample(state: train_state.TrainState, rng: jax.Array) -> jax.Array:
-        model = state.model(state.ema_params)
-        denoise = guidance.guided_denoise_fn(
-            lambda x, t, c, d, m: model(x, t, c, d, m),
-            jnp.asarray(cond["class_id"]),
-            jnp.asarray(cond["device_id"]),
-            jnp.asarray(cond["box_mask"]),
-            guidance_weight=config.sample.guidance_weight,
-            drop_box_mask=config.train.drop_box_mask,
-        )
-        return samplers.sample(
-            denoise, shape, rng, schedule, sampler=config.sample.sampler,
-            steps=config.sample.steps, prediction=config.diffusion.prediction, clip_x0=1.0,
-        )  # fmt: skip
-
-    # Replicated output: every process can read the whole grid.
-    return jax.jit(sample, out_shardings=mesh_lib.replicated(mesh))
-
-
-def save_sample_grid(images: np.ndarray, config, path: pathlib.Path) -> pathlib.Path:
-    """The `grid_conditions` samples as a PNG with one labelled row per class."""
-    tiles = visualize.to_uint8(images.mean(axis=-1))
-    per_class = config.sample.per_class
-    cells = {
-        (name, "samples"): list(tiles[k * per_class : (k + 1) * per_class])
-        for k, name in enumerate(config.data.class_names)
-    }
-    return visualize.labelled_grid(
-        cells, row_labels=list(config.data.class_names), col_labels=["samples"],
-        per_cell=per_class, path=path, title=f"EMA samples, {path.stem}",
-    )  # fmt: skip
 
 
 def export_generator(state: train_state.TrainState, config, directory: pathlib.Path) -> None:
@@ -205,13 +107,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     validate_config(config)
     workdir = pathlib.Path(workdir)
     mesh = train_loop.make_mesh(config)
-    init_fn, abstract, shardings = abstract_state_and_shardings(config, mesh)
+    init_fn, abstract, shardings = train_state.abstract_state_and_shardings(
+        config, mesh, train_step.unet_fn(config)
+    )
     data_iter = iter(pipeline.make_dataset(config.data, split="train", seed=config.train.seed))
     manager = train_loop.make_manager(workdir, config)
     target = checkpoints.abstract_like(abstract, shardings)
     restored = checkpoints.restore_latest(manager, target, data_iter)
     state = restored[0] if restored else jax.jit(init_fn, out_shardings=shardings)()
-    sample_fn = make_sample_fn(config, mesh)
+    sample_fn = preview.make_sample_fn(config, mesh)
     writer = train_loop.make_writer(workdir)
 
     def sample_grid(step, state):
@@ -221,10 +125,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write_images(step, {"samples": visualize.tile_grid(
             images, config.sample.per_class)[None, ..., None]})  # fmt: skip
         if jax.process_index() == 0:
-            save_sample_grid(images, config, workdir / "samples" / f"step_{step:07d}.png")
+            preview.save_sample_grid(images, config, workdir / "samples" / f"step_{step:07d}.png")
 
     state, history = train_loop.run(
-        state, make_train_step(config, mesh, shardings), data_iter, config=config,
+        state, train_step.make_train_step(config, mesh, shardings), data_iter, config=config,
         mesh=mesh, manager=manager, writer=writer, rng=jax.random.key(config.train.seed),
         after_step=sample_grid,
     )  # fmt: skip

@@ -13,7 +13,7 @@ from typing import Any
 
 from busgen_jax.data import shards
 from busgen_jax.evaluation import demo_gates
-from busgen_jax.jobs import shell
+from busgen_jax.jobs import layout, shell
 from busgen_jax.reporting import html as report
 from busgen_jax.reporting import visualize
 
@@ -351,9 +351,7 @@ def write(paths, config) -> pathlib.Path:
 
 
 def run(config, workdir: str) -> pathlib.Path:
-    from busgen_jax.jobs import demo
-
-    path = write(demo.Paths(workdir, config), config)
+    path = write(layout.Paths(workdir, config), config)
     print(f"report: {path}")
     return path
 

@@ -24,10 +24,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
+from busgen_jax.classification import train
 from busgen_jax.core import errors
 from busgen_jax.data import pipeline, shards  # noqa: E402
 from busgen_jax.jobs import shell
-from busgen_jax.jobs import train_classifier as classify  # noqa: E402
 
 SOURCES = ("real", "synthetic", "mixed")
 
@@ -69,7 +69,7 @@ def write_subset(
 
 def run_config(config, source: str, paths: dict[str, str]) -> ml_collections.ConfigDict:
     """The classifier config of one run: its training data, the real test split."""
-    run = classify.resolve_config(config.classifier)
+    run = train.resolve_config(config.classifier)
     run.data.paths = (paths["real"], paths["synthetic"]) if source == "mixed" else (paths[source],)
     run.data.mix_weights = (0.5, 0.5) if source == "mixed" else ()
     run.eval.paths = (config.real_path,)
@@ -82,7 +82,7 @@ def run_point(config, source: str, n: int, workdir: pathlib.Path) -> dict[str, A
     run_dir = workdir / "runs" / f"{source}_{n}"
     done = run_dir / "eval_test.json"
     if not done.exists():
-        task = classify.resolve_config(config.classifier)
+        task = train.resolve_config(config.classifier)
         names, field = task.data.class_names, task.data.label_field
         paths = {
             name: str(
@@ -93,7 +93,7 @@ def run_point(config, source: str, n: int, workdir: pathlib.Path) -> dict[str, A
             for name, path in (("real", config.real_path), ("synthetic", config.synthetic_path))
             if name == source or source == "mixed"
         }
-        classify.train_and_evaluate(run_config(config, source, paths), str(run_dir))
+        train.train_and_evaluate(run_config(config, source, paths), str(run_dir))
     result = json.loads(done.read_text())
     return {"n": n, "source": source, **{k: result[k] for k in
             ("auc", "ci_low", "ci_high", "num_cases", "n_positive", "n_negative")}}  # fmt: skip
@@ -146,9 +146,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     try:
         validate_config(config)
-        check = classify.resolve_config(config.classifier)
+        check = train.resolve_config(config.classifier)
         check.data.paths, check.eval.paths = (config.real_path,), (config.real_path,)
-        classify.check_inputs(check)
+        train.check_inputs(check)
     except (ValueError, FileNotFoundError) as e:
         raise errors.JobError(str(e)) from e
     workdir = pathlib.Path(workdir)

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import importlib.util
 import logging as std_logging
 import os
-import pathlib
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -24,11 +22,10 @@ import ml_collections
 from absl import flags, logging
 from ml_collections import config_flags
 
-from busgen_jax.core import errors
+from busgen_jax.core import config_files, errors
 from busgen_jax.data import builtin, schema, shards
 from busgen_jax.jobs import workdir as workdir_lib
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Set to "1" by the launchers on multi-host slices.
 DISTRIBUTED_ENV = "BUSGEN_DISTRIBUTED"
 
@@ -55,37 +52,11 @@ def is_user_error(error: BaseException) -> bool:
     )
 
 
-def resolve_config_path(spec: str) -> str:
-    """Lets `configs/x.py:preset` work from any directory when the repo checkout is installed."""
-    path, _, preset = spec.partition(":")
-    if not os.path.exists(path) and (REPO_ROOT / path).exists():
-        path = str(REPO_ROOT / path)
-    return f"{path}:{preset}" if preset else path
-
-
-def check_preset(preset: str, presets: Sequence[str]) -> str:
-    """`preset` if it is one of `presets`; else a ValueError naming them (for `get_config`)."""
-    if preset not in presets:
-        raise ValueError(f"unknown preset {preset!r} (choose one of {', '.join(presets)})")
-    return preset
-
-
-def load_config(spec: str) -> ml_collections.ConfigDict:
-    """Loads `path.py:preset` (as `--config` would) for use from Python, e.g. the demo."""
-    path, _, preset = resolve_config_path(spec).partition(":")
-    if not os.path.isfile(path):
-        raise errors.JobError(f"config file {path} does not exist")
-    module_spec = importlib.util.spec_from_file_location(f"_config_{pathlib.Path(path).stem}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(preset) if preset else module.get_config()
-
-
 def _resolve_config_argument(argv: Sequence[str]) -> list[str]:
     resolved = []
     for arg in argv:
         if arg.startswith("--config="):
-            arg = "--config=" + resolve_config_path(arg.split("=", 1)[1])
+            arg = "--config=" + config_files.resolve_path(arg.split("=", 1)[1])
         resolved.append(arg)
     return resolved
 
@@ -124,7 +95,7 @@ def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config
         flag_values = flags.FlagValues()
         config_flag = config_flags.DEFINE_config_file(
             "config",
-            default=resolve_config_path(default_config),
+            default=config_files.resolve_path(default_config),
             help_string="Config file and preset, e.g. configs/pretrain.py:tiny. Any field can be "
             "overridden with --config.<field>=<value>.",
             flag_values=flag_values,
@@ -233,7 +204,7 @@ def _unknown_field(argv: Sequence[str]) -> str | None:
     ml_collections' message (a quoted KeyError repr)."""
     spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     try:
-        config = load_config(spec) if spec else None
+        config = config_files.load(spec) if spec else None
     except Exception:  # noqa: BLE001 - the original error is reported instead
         return None
     for arg in argv:

@@ -38,7 +38,7 @@ from busgen_jax.data import box_priors, pipeline, schema, shards
 from busgen_jax.diffusion import generator as generator_lib
 from busgen_jax.diffusion import schedules
 from busgen_jax.evaluation import sample_failures
-from busgen_jax.jobs import shell
+from busgen_jax.jobs import layout, shell
 from busgen_jax.models import presets
 from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.privacy import audit, cpsample, membership
@@ -46,7 +46,6 @@ from busgen_jax.privacy import report as privacy_report
 from busgen_jax.reporting import visualize
 from busgen_jax.synthesis import plan as synthesis_plan
 
-OUTPUT = "synthetic"
 # Kernel width (in box-feature units: centre, log aspect, log area) when a class has too few
 # boxes for Scott's rule; wide enough to move boxes, narrow enough to keep them plausible.
 FEW_BOXES_BANDWIDTH = 0.05
@@ -295,7 +294,7 @@ def _sample(
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Writes `workdir/synthetic/`: shards, manifest, audit report; returns the manifest."""
-    out_dir = pathlib.Path(workdir) / OUTPUT
+    out_dir = pathlib.Path(workdir) / layout.SYNTHETIC
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / shards.MANIFEST).exists():
         logging.info("%s is complete already", out_dir)

@@ -41,7 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from busgen_jax.models import torch_convert
+from busgen_jax.models import params_io
 
 ADAPTER_FILE = "adapter.json"
 ROW_INITS = ("mean", "null")
@@ -381,7 +381,7 @@ def load_adapter(
             f"{directory}: adapter was trained on the base generator {info.get('base_generator')}"
             ", whose weights differ from the base it is being loaded on"
         )
-    model = torch_convert.load_params(adapted_model(base, info), directory, kind=nnx.LoRAParam)
+    model = params_io.load_params(adapted_model(base, info), directory, kind=nnx.LoRAParam)
     spec = dataclasses.replace(
         spec,
         class_names=tuple(info["class_names"]),

@@ -33,9 +33,9 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
+from busgen_jax.models.params_io import save_params
 from busgen_jax.models.presets import model_config, sampling_preset
 from busgen_jax.models.unet import UNet
 
@@ -245,46 +245,6 @@ def load_torch_checkpoint(
     return {name: t.detach().float().numpy() for name, t in unets[0][1].items()}
 
 
-def save_params(state: nnx.State | Mapping, directory: str | pathlib.Path, *, config=None) -> None:
-    """Writes params (an nnx.State or its pure dict) and optionally the model config."""
-    directory = pathlib.Path(directory).absolute()
-    pure = nnx.to_pure_dict(state) if isinstance(state, nnx.State) else state
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(directory / "params", pure)
-    if config is not None:
-        (directory / "model_config.json").write_text(config.to_json(indent=2))
-
-
-def load_params(
-    model: nnx.Module, directory: str | pathlib.Path, kind: type = nnx.Param
-) -> nnx.Module:
-    """Restores the `kind` variables saved under `directory/params` into `model` (in place;
-    also returned): params by `save_params`, or LoRA adapters with `kind=nnx.LoRAParam`."""
-    directory = pathlib.Path(directory).absolute()
-    if not (directory / "params").is_dir():
-        raise FileNotFoundError(f"{directory}: no 'params' checkpoint directory")
-    state = nnx.state(model, kind)
-    # Restore onto this process's devices as the model's arrays are laid out, whatever the
-    # sharding of the run that saved them (e.g. 8-way FSDP pretraining, 1-device adaptation).
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-        nnx.to_pure_dict(state),
-    )
-    with ocp.StandardCheckpointer() as checkpointer:
-        restored = checkpointer.restore(directory / "params", target)
-    nnx.replace_by_pure_dict(state, restored)
-    nnx.update(model, state)
-    return model
-
-
-def load_model_config(directory: str | pathlib.Path) -> ml_collections.ConfigDict:
-    """Reads the model config written next to the params by `save_params`."""
-    path = pathlib.Path(directory) / "model_config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no model config saved with these params")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
-
-
 def main(argv: list[str] | None = None) -> None:
     """The conversion command; a bad checkpoint, key or preset is one `error:` line."""
     from busgen_jax.jobs import shell  # the command's error reporting, not needed by the library
@@ -316,7 +276,7 @@ def write_published_spec(config: ml_collections.ConfigDict, directory: str | pat
     """The sampling spec of the published model (its linear schedule, epsilon prediction,
     vocabularies and the 'published' sampling preset), so converted weights are a complete
     generator for `busgen synthesize`."""
-    from busgen_jax.diffusion import generator  # generator imports this module
+    from busgen_jax.diffusion import generator  # the converter alone needs the diffusion stack
 
     spec = generator.GeneratorSpec(
         schedule={"schedule": "linear", "num_timesteps": config.num_timesteps,

@@ -1,4 +1,4 @@
-"""The train state as one pytree, its optimizer, and the pure diffusion train step.
+"""The train state as one pytree, its optimizer, and its sharded initialisation.
 
 `TrainState` holds the trainable params, the frozen rest of the model's variables, their EMA,
 the optimizer state and the step; the model's NNX graph and the optax transformation ride along
@@ -9,7 +9,7 @@ of them; "lora" only `nnx.LoRAParam` adapters (the adaptation job), or a regex o
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -20,9 +20,7 @@ import ml_collections
 import optax
 from flax import nnx, struct
 
-from busgen_jax.diffusion import losses
-
-COND_DROP_MODES = ("batch", "example")
+from busgen_jax.parallel import partition
 
 
 @struct.dataclass
@@ -102,121 +100,19 @@ def init_train_state(
     )
 
 
-@dataclasses.dataclass(frozen=True)
-class StepConfig:
-    """Static hyperparameters of `train_step` (hashable, baked into the compiled step)."""
+def abstract_state_and_shardings(
+    config: ml_collections.ConfigDict,
+    mesh: jax.sharding.Mesh,
+    model_fn: Callable[[], nnx.Module],
+) -> tuple[Any, Any, Any]:
+    """The state's init function, its abstract shapes and its shardings (nothing allocated).
 
-    learning_rate: optax.Schedule
-    ema_decay: float = 0.9999
-    cond_drop_prob: float = 0.1
-    cond_drop_mode: str = "batch"
-    drop_box_mask: bool = False
-    prediction: str = "eps"
-    weighting: str = "uniform"
-    reduction: str = "mean"
-    compute_dtype: str = "float32"
-    image_channels: int = 1
-
-
-def step_config(config: ml_collections.ConfigDict) -> StepConfig:
-    """The StepConfig a job config describes."""
-    train, diffusion = config.train, config.diffusion
-    return StepConfig(
-        learning_rate=learning_rate_schedule(train),
-        ema_decay=train.ema_decay,
-        cond_drop_prob=train.cond_drop_prob,
-        cond_drop_mode=train.cond_drop_mode,
-        drop_box_mask=train.drop_box_mask,
-        prediction=diffusion.prediction,
-        weighting=diffusion.weighting,
-        reduction=diffusion.reduction,
-        compute_dtype=train.compute_dtype,
-        image_channels=config.model.image_channels,
-    )
-
-
-def drop_conditions(
-    batch: dict[str, jax.Array], rng: jax.Array, prob: float, mode: str, drop_box_mask: bool
-) -> dict[str, jax.Array]:
-    """Replaces conditions by the null condition (id 0, empty mask) for classifier-free guidance.
-
-    "batch" flips one coin for the whole batch and drops every condition at once (published);
-    "example" flips one coin per example.
+    `model_fn` builds the model (`diffusion.train_step.unet_fn` for the diffusion U-Net).
     """
-    size = batch["class_id"].shape[0]
-    coins = jax.random.uniform(rng, () if mode == "batch" else (size,)) < prob
-    drop = jnp.broadcast_to(coins, (size,))
-    out = dict(batch)
-    out["class_id"] = jnp.where(drop, 0, batch["class_id"])
-    out["device_id"] = jnp.where(drop, 0, batch["device_id"])
-    if drop_box_mask:
-        out["box_mask"] = jnp.where(drop[:, None, None, None], 0.0, batch["box_mask"])
-    return out
-
-
-def _cast_floats(tree: Any, dtype: jnp.dtype) -> Any:
-    return jax.tree.map(
-        lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree
-    )
-
-
-def train_step(
-    state: TrainState,
-    batch: dict[str, jax.Array],
-    rng: jax.Array,
-    *,
-    cfg: StepConfig,
-    schedule: Any,
-) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One AdamW step on the diffusion loss; params stay fp32 whatever `cfg.compute_dtype`.
-
-    Randomness is `fold_in(rng, step)`, so the step is a pure function of (state, batch, rng).
-    """
-    rng = jax.random.fold_in(rng, state.step)
-    drop_rng, loss_rng, dropout_rng = jax.random.split(rng, 3)
-    cond = drop_conditions(
-        batch, drop_rng, cfg.cond_drop_prob, cfg.cond_drop_mode, cfg.drop_box_mask
-    )
-    dtype = jnp.dtype(cfg.compute_dtype)
-    # Grayscale data; the published model sees it repeated to RGB.
-    x0 = jnp.repeat(batch["image"], cfg.image_channels // batch["image"].shape[-1], axis=-1)
-
-    def loss_fn(params: nnx.State) -> jax.Array:
-        model = nnx.merge(
-            state.graphdef, _cast_floats(params, dtype), _cast_floats(state.rest, dtype)
-        )
-
-        def apply_fn(x_t: jax.Array, t: jax.Array) -> jax.Array:
-            out = model(
-                x_t.astype(dtype),
-                t,
-                cond["class_id"],
-                cond["device_id"],
-                cond["box_mask"].astype(dtype),
-                dropout_rng=dropout_rng,
-            )
-            return out.astype(jnp.float32)
-
-        return losses.diffusion_loss(
-            apply_fn,
-            x0,
-            loss_rng,
-            schedule,
-            prediction=cfg.prediction,
-            weighting=cfg.weighting,
-            reduction=cfg.reduction,
-        )
-
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - cfg.ema_decay)
-    metrics = {
-        "loss": loss,
-        "grad_norm": optax.global_norm(grads),
-        "learning_rate": cfg.learning_rate(state.step),
-    }
-    new_state = state.replace(
-        step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state
-    )
-    return new_state, metrics
+    tx = make_optimizer(config.train)
+    wrt = trainable_filter(config.train.trainable)
+    init_fn = functools.partial(init_train_state, model_fn, tx, wrt)
+    abstract = jax.eval_shape(init_fn)
+    rules = [tuple(rule) for rule in config.partition.rules]
+    shardings = partition.state_shardings(abstract, rules, mesh, min_size=config.partition.min_size)
+    return init_fn, abstract, shardings
