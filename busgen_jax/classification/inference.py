@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from busgen_jax.data.vocabulary import Task
 from busgen_jax.models import classifier, params_io
 
 CONFIG_FILE = "config.json"
@@ -97,11 +98,12 @@ def predict_split(
     """
     from busgen_jax.data import pipeline  # the input stack only when reading data
 
-    task = config.task
-    class_names = [*task.negative, *task.positive]
-    data = pipeline.load_split(paths, split, config.data.image_size, class_names, task.label_field)
+    task = Task.from_config(config.task)
+    data = pipeline.load_split(
+        paths, split, config.data.image_size, task.class_names, config.task.label_field
+    )
     rows = {key: data[key] for key in ("case_id", "patient_id", "pathology", "device")}
-    rows["label"] = (data["class_id"] > len(task.negative)).astype(np.int32)
+    rows["label"] = task.labels(data["class_id"])
     rows["probability"] = probabilities(model, data["image"], batch_size)
     return rows
 

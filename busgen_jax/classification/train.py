@@ -24,7 +24,9 @@ from flax import nnx
 from jax.experimental import multihost_utils
 
 from busgen_jax.classification import inference
+from busgen_jax.core import config_files, errors
 from busgen_jax.data import schema
+from busgen_jax.data.vocabulary import Task
 from busgen_jax.evaluation import statistics
 from busgen_jax.models import classifier, params_io
 from busgen_jax.parallel import mesh as mesh_lib
@@ -38,14 +40,15 @@ PRNG_IMPL = "rbg"
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """An unlocked copy with what the task and the U-Net init imply filled in.
+    """An unlocked copy with what the task and the U-Net init imply filled in, validated.
 
     data.class_names / label_field / class_weights come from the task (each side of the task
     weighs one half); with `model.init_from_unet` the encoder is that generator's U-Net.
+    Raises ConfigError (or a model config's ValueError) naming the first bad field.
     """
     config = ml_collections.ConfigDict(config.to_dict())
     task = config.task
-    config.data.class_names = (*task.negative, *task.positive)
+    config.data.class_names = Task.from_config(task).class_names
     config.data.label_field = task.label_field
     config.data.class_weights = tuple(
         [0.5 / max(len(task.negative), 1)] * len(task.negative)
@@ -55,11 +58,12 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     if config.model.init_from_unet:
         config.model.encoder = "unet"
         config.model.unet = params_io.load_model_config(config.model.init_from_unet)
+    validate_config(config)
     return config
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError with one line naming the first bad field of a resolved config."""
+    """Raises ConfigError with one line naming the first bad field of a resolved config."""
     model, data, task, train = config.model, config.data, config.task, config.train
     overlap = set(task.negative) & set(task.positive)
     unknown = set(task.negative) | set(task.positive)
@@ -86,10 +90,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("checkpoint.every_steps", config.checkpoint.every_steps >= 1, "must be >= 1"),
         ("checkpoint.max_to_keep", config.checkpoint.max_to_keep >= 1, "must be >= 1"),
     ]  # fmt: skip
-    for field, ok, requirement in checks:
-        if not ok:
-            section, name = field.split(".")
-            raise ValueError(f"config.{field} = {config[section][name]!r} {requirement}")
+    config_files.check_fields(config, checks)
     classifier.validate_config(model)
     partition.validate_rules(config.partition.rules)
     train_state.trainable_filter(train.trainable)
@@ -181,9 +182,9 @@ def compiled(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> tupl
     return _compiled(json.dumps(sections, sort_keys=True), mesh)
 
 
-def model_batch(batch: dict[str, np.ndarray], num_negative: int) -> dict[str, np.ndarray]:
-    """The classifier's inputs: images, and label 1 for classes after the task's negatives."""
-    return {"image": batch["image"], "label": (batch["class_id"] > num_negative).astype(np.int32)}
+def model_batch(batch: dict[str, np.ndarray], task: Task) -> dict[str, np.ndarray]:
+    """The classifier's inputs: images, and the task's label of each class id."""
+    return {"image": batch["image"], "label": task.labels(batch["class_id"])}
 
 
 def model_fn(config: ml_collections.ConfigDict) -> Callable[[], classifier.Classifier]:
@@ -230,14 +231,19 @@ def export(state: train_state.TrainState, config: ml_collections.ConfigDict, dir
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains to `config.train.steps` (resuming from `workdir`), evaluates, exports.
 
+    The config is resolved here, once; a bad field or dataset is a JobError naming it.
+
     Returns:
       {'state': the final TrainState, 'history': [(step, metrics), ...] of this run,
        'eval': the evaluation dict (AUC, DeLong CI, number of cases)}.
     """
     from busgen_jax.data import pipeline  # the input stack (grain, PIL) only when training
 
-    config = resolve_config(config)
-    validate_config(config)
+    try:
+        config = resolve_config(config)
+        check_inputs(config)
+    except (ValueError, FileNotFoundError) as e:  # DatasetError is a ValueError
+        raise errors.JobError(str(e)) from e
     workdir = pathlib.Path(workdir)
     mesh = train_loop.make_mesh(config)
     init, abstract, shardings, train_step_fn = compiled(config, mesh)
@@ -255,11 +261,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             state = with_unet_encoder(state, config.model.init_from_unet, wrt)
             state = jax.device_put(state, shardings)
     writer = train_loop.make_writer(workdir)
-    num_negative = len(config.task.negative)
+    task = Task.from_config(config.task)
     state, history = train_loop.run(
         state, train_step_fn, data_iter, config=config, mesh=mesh, manager=manager,
         writer=writer, rng=jax.random.key(config.train.seed, impl=PRNG_IMPL),
-        prepare=lambda batch: model_batch(batch, num_negative),
+        prepare=lambda batch: model_batch(batch, task),
     )  # fmt: skip
     step = int(state.step)
     result = evaluate(state, config, workdir)
@@ -271,16 +277,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return {"state": state, "history": history, "eval": result}
 
 
-def check_inputs(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The resolved config, after checking it and that its datasets hold the task's classes."""
+def check_inputs(config: ml_collections.ConfigDict) -> None:
+    """Checks that the datasets of a resolved config hold the task's classes (DatasetError or
+    FileNotFoundError naming the dataset otherwise)."""
     from busgen_jax.data import pipeline
 
-    config = resolve_config(config)
-    validate_config(config)
     data = config.data
     pipeline.check_weights(data)
     for path, weight in zip(data.paths, data.mix_weights or [1.0] * len(data.paths), strict=True):
         if weight > 0:
             pipeline.make_source([path], "train", data.class_names, data.label_field)
     pipeline.make_source(config.eval.paths, config.eval.split, data.class_names, data.label_field)
-    return config

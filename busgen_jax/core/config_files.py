@@ -18,6 +18,19 @@ from busgen_jax.core import errors
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
+def check_fields(
+    config: ml_collections.ConfigDict, checks: Sequence[tuple[str, bool, str]]
+) -> None:
+    """Raises ConfigError for the first `(dotted field, ok, requirement)` that is not ok:
+    `config.<field> = <value> <requirement>`, one line naming the field."""
+    for field, ok, requirement in checks:
+        if not ok:
+            value = config
+            for part in field.split("."):
+                value = value[part]
+            raise errors.ConfigError(f"config.{field} = {value!r} {requirement}")
+
+
 def resolve_path(spec: str) -> str:
     """Lets `configs/x.py:preset` work from any directory when the repo checkout is installed."""
     path, _, preset = spec.partition(":")

@@ -14,3 +14,11 @@ class JobError(RuntimeError):
     Libraries subclass it for their own user-facing errors (checkpoints.CheckpointError), so
     that every job reports them in one line without wrapping them.
     """
+
+
+class ConfigError(JobError, ValueError):
+    """A config field with a value its job cannot run with; the message names the field.
+
+    Also a ValueError, the type config checks of the libraries (model configs, partition
+    rules) raise, so one `except ValueError` covers a whole config's validation.
+    """

@@ -30,6 +30,7 @@ from absl import flags
 from PIL import Image
 
 from busgen_jax.data import box_priors, schema, shards
+from busgen_jax.data.vocabulary import NULL_ID, Vocabulary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,8 +175,8 @@ def make_source(
     paths, classes = _classes(dataset_dirs, split, label_field)
     if not paths:
         raise shards.DatasetError(f"no '{split}' records in {list(dataset_dirs)}")
-    class_index = {name: k + 1 for k, name in enumerate(class_names)}
-    class_ids = np.array([class_index.get(c, 0) for c in classes], np.int32)
+    class_index = Vocabulary(class_names).index
+    class_ids = np.array([class_index.get(c, NULL_ID) for c in classes], np.int32)
     kept = np.flatnonzero(class_ids)
     if not len(kept):
         field = f"labels['{label_field}']" if label_field else "pathology"
@@ -262,8 +263,8 @@ def make_dataset(
         dataset = _train_view(config, config.paths, split, seed, num_epochs)
     preprocess = Preprocess(
         image_size=config.image_size,
-        class_index={name: k + 1 for k, name in enumerate(config.class_names)},
-        device_index={name: k + 1 for k, name in enumerate(config.device_names)},
+        class_index=Vocabulary(config.class_names).index,
+        device_index=Vocabulary(config.device_names).index,
         train=train,
         random_flip=config.random_flip,
         random_crop=config.random_crop,
@@ -327,8 +328,9 @@ def load_split(
     `malignancy_score` (NaN where unknown).
     """
     dirs = [dataset_dirs] if isinstance(dataset_dirs, str | os.PathLike) else list(dataset_dirs)
-    class_index = {n: k + 1 for k, n in enumerate(class_names)}
-    preprocess = Preprocess(image_size, class_index, {}, False, label_field=label_field)
+    preprocess = Preprocess(
+        image_size, Vocabulary(class_names).index, {}, False, label_field=label_field
+    )
     source, kept, class_ids = make_source(dirs, split, class_names, label_field)
     out: dict[str, list] = {
         k: []

@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from busgen_jax.data import box_priors
+from busgen_jax.data.vocabulary import Vocabulary
 from busgen_jax.diffusion import foundation, guidance, samplers, schedules
 from busgen_jax.models import params_io, presets
 from busgen_jax.models.unet import UNet
@@ -254,10 +255,4 @@ def ids_for(
     names: list[str] | tuple[str, ...], vocabulary: tuple[str, ...], what: str
 ) -> np.ndarray:
     """1-based ids of `names` in a generator's vocabulary, with an error naming unknown ones."""
-    index = {name: k + 1 for k, name in enumerate(vocabulary)}
-    unknown = sorted(set(names) - set(index))
-    if unknown:
-        raise ValueError(
-            f"{what} {unknown} not known to this generator (it knows {list(vocabulary)})"
-        )
-    return np.asarray([index[n] for n in names], np.int32)
+    return Vocabulary(vocabulary).ids(names, what, owner="this generator")

@@ -28,6 +28,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from busgen_jax.data.vocabulary import Task
 from busgen_jax.diffusion import foundation
 from busgen_jax.evaluation import generative, sample_failures
 
@@ -108,21 +109,21 @@ def measure(
     from busgen_jax.classification import inference  # the classifier stack only when it is used
 
     model, config = inference.load_classifier(oracle_dir)
-    negative, positive = tuple(config.task.negative), tuple(config.task.positive)
+    task = Task.from_config(config.task)
     device_oracle = fit_pixel_oracle(real_train["image"], real_train["device"])
 
     def judged(split: Mapping[str, Any]) -> dict[str, Any]:
         pathology = np.asarray(split["pathology"])
-        keep = np.isin(pathology, [*negative, *positive])
+        keep = np.isin(pathology, task.class_names)
         probabilities = inference.probabilities(model, np.asarray(split["image"])[keep])
-        called = np.where(probabilities >= 0.5, positive[0], negative[0])
+        called = task.label_names(probabilities >= 0.5)
         devices = device_oracle.predict(pixel_features(split["image"]))
         return {
             "class": accuracy_by(called, pathology[keep]),
             "device": accuracy_by(devices, split["device"]),
         }
 
-    classes = [c for c in (*negative, *positive) if c in set(synthetic["pathology"])]
+    classes = [c for c in task.class_names if c in set(synthetic["pathology"])]
     in_task = {
         name: np.isin(np.asarray(split["pathology"]), classes)
         for name, split in (("synthetic", synthetic), ("real", real_test))
@@ -154,7 +155,7 @@ def measure(
         }
     return {
         "oracle": str(oracle_dir),
-        "task": {"negative": list(negative), "positive": list(positive)},
+        "task": {"negative": list(task.negative), "positive": list(task.positive)},
         "synthetic": judged(synthetic),
         "real": judged(real_test),
         "frechet": frechet,

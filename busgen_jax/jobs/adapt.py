@@ -33,7 +33,7 @@ from absl import logging
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from busgen_jax.core import errors
+from busgen_jax.core import config_files, errors
 from busgen_jax.data import pipeline, shards
 from busgen_jax.diffusion import generator as generator_lib
 from busgen_jax.diffusion import preview, train_step
@@ -47,7 +47,7 @@ TRAINED = ("step", "params", "ema_params", "opt_state")  # what checkpoints hold
 
 
 def validate_config(config: ml_collections.ConfigDict) -> lora.LoRAConfig:
-    """Raises JobError with one line naming the first bad field; returns the LoRA config."""
+    """Raises ConfigError with one line naming the first bad field; returns the LoRA config."""
     names = list(config.data.class_names)
     checks = [
         ("generator", bool(config.generator), "must name an exported generator directory"),
@@ -63,12 +63,7 @@ def validate_config(config: ml_collections.ConfigDict) -> lora.LoRAConfig:
         ("train.ema_decay", 0.0 <= config.train.ema_decay < 1.0, "must be in [0, 1)"),
         ("checkpoint.every_steps", config.checkpoint.every_steps >= 1, "must be >= 1"),
     ]  # fmt: skip
-    for field, ok, requirement in checks:
-        if not ok:
-            value = config
-            for part in field.split("."):
-                value = value[part]
-            raise errors.JobError(f"config.{field} = {value!r} {requirement}")
+    config_files.check_fields(config, checks)
     try:
         return lora.LoRAConfig.from_mapping(config.lora)
     except ValueError as e:

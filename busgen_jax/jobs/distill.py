@@ -26,7 +26,7 @@ import ml_collections
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from busgen_jax.core import errors
+from busgen_jax.core import config_files, errors
 from busgen_jax.data import pipeline
 from busgen_jax.diffusion import distillation, foundation, generator, schedules, train_step
 from busgen_jax.jobs import shell
@@ -37,7 +37,7 @@ from busgen_jax.training import checkpoints, train_loop, train_state
 
 
 def plan_rounds(config: ml_collections.ConfigDict) -> list[tuple[str, int, int]]:
-    """(kind, student steps, training steps) of every round; raises JobError with one line
+    """(kind, student steps, training steps) of every round; raises ConfigError with one line
     naming the first bad field."""
     d = config.distill
     halvings = 0
@@ -57,10 +57,7 @@ def plan_rounds(config: ml_collections.ConfigDict) -> list[tuple[str, int, int]]
         ("train.ema_decay", 0.0 <= config.train.ema_decay < 1.0, "must be in [0, 1)"),
         ("checkpoint.every_steps", config.checkpoint.every_steps >= 1, "must be >= 1"),
     ]  # fmt: skip
-    for field, ok, requirement in checks:
-        if not ok:
-            section, name = field.split(".")
-            raise errors.JobError(f"config.{field} = {config[section][name]!r} {requirement}")
+    config_files.check_fields(config, checks)
     kinds = ["guidance"] + ["progressive"] * halvings
     steps = [d.start_steps >> k for k in [0, *range(1, halvings + 1)]]
     return list(zip(kinds, steps, d.round_steps, strict=True))

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
-from busgen_jax.core import errors
+from busgen_jax.core import config_files, errors
 from busgen_jax.diffusion import generator, losses, preview, samplers, train_step
 from busgen_jax.jobs import shell
 from busgen_jax.models import presets, unet
@@ -30,7 +30,7 @@ from busgen_jax.training import checkpoints, train_loop, train_state
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError with one line naming the first bad field of a pretraining config."""
+    """Raises ConfigError with one line naming the first bad field of a pretraining config."""
     unet.validate_config(config.model)
     model, data, diffusion, train = config.model, config.data, config.diffusion, config.train
     checks = [
@@ -64,10 +64,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("sample.sampler", config.sample.sampler in samplers.SAMPLERS,
          f"must be one of {samplers.SAMPLERS}"),
     ]  # fmt: skip
-    for field, ok, requirement in checks:
-        if not ok:
-            section, name = field.split(".")
-            raise ValueError(f"config.{field} = {config[section][name]!r} {requirement}")
+    config_files.check_fields(config, checks)
     partition.validate_rules(config.partition.rules)
     train_state.trainable_filter(config.train.trainable)
 

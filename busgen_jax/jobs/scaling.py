@@ -25,8 +25,9 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from busgen_jax.classification import train
-from busgen_jax.core import errors
+from busgen_jax.core import config_files, errors
 from busgen_jax.data import pipeline, shards  # noqa: E402
+from busgen_jax.data.vocabulary import Task
 from busgen_jax.jobs import shell
 
 SOURCES = ("real", "synthetic", "mixed")
@@ -69,7 +70,7 @@ def write_subset(
 
 def run_config(config, source: str, paths: dict[str, str]) -> ml_collections.ConfigDict:
     """The classifier config of one run: its training data, the real test split."""
-    run = train.resolve_config(config.classifier)
+    run = ml_collections.ConfigDict(config.classifier.to_dict())
     run.data.paths = (paths["real"], paths["synthetic"]) if source == "mixed" else (paths[source],)
     run.data.mix_weights = (0.5, 0.5) if source == "mixed" else ()
     run.eval.paths = (config.real_path,)
@@ -82,8 +83,8 @@ def run_point(config, source: str, n: int, workdir: pathlib.Path) -> dict[str, A
     run_dir = workdir / "runs" / f"{source}_{n}"
     done = run_dir / "eval_test.json"
     if not done.exists():
-        task = train.resolve_config(config.classifier)
-        names, field = task.data.class_names, task.data.label_field
+        names = Task.from_config(config.classifier.task).class_names
+        field = config.classifier.task.label_field
         paths = {
             name: str(
                 write_subset(
@@ -129,7 +130,7 @@ def plot(points: list[dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
-    """Raises ValueError with one line naming the first bad field."""
+    """Raises ConfigError with one line naming the first bad field."""
     unknown = sorted(set(config.sources) - set(SOURCES))
     checks = [
         ("real_path", bool(config.real_path), "must name the real dataset"),
@@ -138,17 +139,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("sizes", len(config.sizes) > 0 and min(config.sizes) >= 1, "must be sizes >= 1"),
         ("sources", len(config.sources) > 0 and not unknown, f"must be among {SOURCES}"),
     ]  # fmt: skip
-    for name, ok, requirement in checks:
-        if not ok:
-            raise ValueError(f"config.{name} = {config[name]!r} {requirement}")
+    config_files.check_fields(config, checks)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     try:
         validate_config(config)
-        check = train.resolve_config(config.classifier)
+        check = ml_collections.ConfigDict(config.classifier.to_dict())
         check.data.paths, check.eval.paths = (config.real_path,), (config.real_path,)
-        train.check_inputs(check)
+        train.check_inputs(train.resolve_config(check))
     except (ValueError, FileNotFoundError) as e:
         raise errors.JobError(str(e)) from e
     workdir = pathlib.Path(workdir)

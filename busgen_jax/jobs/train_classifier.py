@@ -24,15 +24,10 @@ from typing import Any
 import ml_collections
 
 from busgen_jax.classification import train
-from busgen_jax.core import errors
 from busgen_jax.jobs import shell
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    try:
-        train.check_inputs(config)
-    except (ValueError, FileNotFoundError) as e:  # DatasetError is a ValueError
-        raise errors.JobError(str(e)) from e
     result = train.train_and_evaluate(config, workdir)["eval"]
     print(f"{result['split']} AUC {result['auc']:.3f} "
           f"({result['ci_low']:.3f}-{result['ci_high']:.3f}) on {result['num_cases']} cases; "

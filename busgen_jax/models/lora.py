@@ -41,6 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from busgen_jax.data.vocabulary import NULL_ID, Vocabulary
 from busgen_jax.models import params_io
 
 ADAPTER_FILE = "adapter.json"
@@ -193,8 +194,8 @@ class ExtendedEmbed(nnx.Module):
 
 def vocabulary_rows(task_names: Sequence[str], base_names: Sequence[str]) -> list[int | None]:
     """Base embedding row per task id (0 = null, then task names), None for a new name."""
-    base = {name: k + 1 for k, name in enumerate(base_names)}
-    return [0] + [base.get(name) for name in task_names]
+    base = Vocabulary(base_names).index
+    return [NULL_ID] + [base.get(name) for name in task_names]
 
 
 def start_rows(
@@ -204,7 +205,7 @@ def start_rows(
 
     Raises ValueError naming a `new_row_from` entry whose base name the base does not know.
     """
-    base = {name: k + 1 for k, name in enumerate(base_names)}
+    base = Vocabulary(base_names).index
     unknown = sorted(v for v in new_row_from.values() if v not in base)
     if unknown:
         raise ValueError(

@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from busgen_jax.data.vocabulary import Vocabulary
 from busgen_jax.diffusion import generator, losses, schedules
 
 
@@ -109,9 +110,8 @@ def loss_attack(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> dict
 
 def device_ids(spec: Any, devices: Sequence[str]) -> np.ndarray:
     """The generator's device id of each name; a device it does not know gets 0 (null)."""
-    return np.asarray(
-        [spec.device_names.index(d) + 1 if d in spec.device_names else 0 for d in devices]
-    )
+    vocabulary = Vocabulary(spec.device_names)
+    return np.asarray([vocabulary.id_or_null(d) for d in devices])
 
 
 def attack(
