@@ -156,7 +156,7 @@ def jax_worker(
         out["step_s"] = _timed(lambda: jax.block_until_ready(forward(model_, *args)), steps, warmup)
         out["images_per_s"] = batch_size / out["step_s"]
         return out
-    jitted_step = train_step.make_train_step(config, mesh, shardings)
+    jitted_step = train_step.make_pretrain_step(config, mesh, shardings)
     tick = time.perf_counter()
     compiled = jitted_step.lower(state, batch, rng).compile()
     out["compile_s"] = time.perf_counter() - tick
@@ -166,7 +166,7 @@ def jax_worker(
     ) / 2**30
     if ablation == "none":
         config.model.attention_impl = "plain"  # the chunked loop's body is counted once
-        plain_step = train_step.make_train_step(config, mesh, shardings)
+        plain_step = train_step.make_pretrain_step(config, mesh, shardings)
         flops = plain_step.lower(state, batch, rng).cost_analysis()["flops"]
         out["gflops_per_image"] = float(flops) / batch_size / 1e9
     if out["xla_buffers_gib"] > limit_gib:

@@ -117,7 +117,7 @@ batch = {
 def one_step(mesh):
     init_fn, _, shardings = train_state.abstract_state_and_shardings(config, mesh, train_step.unet_fn(config))
     state = jax.jit(init_fn, out_shardings=shardings)()
-    step = train_step.make_train_step(config, mesh, shardings)
+    step = train_step.make_pretrain_step(config, mesh, shardings)
     state, metrics = step(state, mesh_lib.host_batch_to_global(batch, mesh), jax.random.key(0))
     params = {partition.path_to_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(state)}
     return params, {k: float(v) for k, v in metrics.items()}

@@ -53,6 +53,9 @@ class GeneratorSpec:
     )
     # None for a trained generator; a distilled student's provenance (`diffusion.distillation`).
     student: dict[str, Any] | None = None
+    # Channels the network sees (the published model takes grayscale repeated to RGB); specs
+    # written before this was recorded take it from the model config (`load_generator`).
+    image_channels: int = 1
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -94,6 +97,8 @@ def load_generator(
         foundation.verify_checksums(directory)
     spec = GeneratorSpec.from_json(spec_path.read_text())
     model_config = params_io.load_model_config(directory)
+    if "image_channels" not in json.loads(spec_path.read_text()):
+        spec = dataclasses.replace(spec, image_channels=model_config.image_channels)
     model = nnx.eval_shape(lambda: UNet(model_config, rngs=nnx.Rngs(0)))
     model = _materialize(model)
     params_io.load_params(model, directory)
@@ -176,7 +181,6 @@ def sample_images(
         spec, {"drop_box_mask": drop_box_mask, "time_input": time_input, "clip_x0": clip_x0}
     )
     schedule = schedules.make_schedule(ml_collections.ConfigDict(spec.schedule))
-    channels = model.head.in_features - 1
     guidance_input = takes_guidance_weight(spec)
     denoise_fn = guidance.guided_denoise_fn(
         network_fn(model, guidance_input, guidance_weight),
@@ -192,7 +196,7 @@ def sample_images(
     size = spec.image_size
     images = samplers.sample(
         denoise_fn,
-        (class_ids.shape[0], size, size, channels),
+        (class_ids.shape[0], size, size, spec.image_channels),
         rng,
         schedule,
         sampler=sampler,

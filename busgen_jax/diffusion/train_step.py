@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -44,20 +44,22 @@ class StepConfig:
     image_channels: int = 1
 
 
-def step_config(config: ml_collections.ConfigDict) -> StepConfig:
-    """The StepConfig a job config describes."""
-    train, diffusion = config.train, config.diffusion
+def step_config(
+    train: ml_collections.ConfigDict, diffusion: Mapping[str, Any], image_channels: int
+) -> StepConfig:
+    """The StepConfig of a job's `train` and `diffusion` sections, for a model of
+    `image_channels` input channels."""
     return StepConfig(
         learning_rate=learning_rate_schedule(train),
         ema_decay=train.ema_decay,
         cond_drop_prob=train.cond_drop_prob,
         cond_drop_mode=train.cond_drop_mode,
         drop_box_mask=train.drop_box_mask,
-        prediction=diffusion.prediction,
-        weighting=diffusion.weighting,
-        reduction=diffusion.reduction,
+        prediction=diffusion["prediction"],
+        weighting=diffusion["weighting"],
+        reduction=diffusion["reduction"],
         compute_dtype=train.compute_dtype,
-        image_channels=config.model.image_channels,
+        image_channels=image_channels,
     )
 
 
@@ -153,13 +155,11 @@ def unet_fn(config: ml_collections.ConfigDict) -> Callable[[], unet.UNet]:
     return lambda: unet.UNet(config.model, rngs=nnx.Rngs(config.train.seed))
 
 
-def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, shardings: Any):
+def make_train_step(
+    cfg: StepConfig, schedule: schedules.Schedule, mesh: jax.sharding.Mesh, shardings: Any
+):
     """`train_step` jitted with explicit shardings; the state argument is donated."""
-    step = functools.partial(
-        train_step,
-        cfg=step_config(config),
-        schedule=schedules.make_schedule(config.diffusion),
-    )
+    step = functools.partial(train_step, cfg=cfg, schedule=schedule)
     batch_shardings = {k: mesh_lib.batch_sharding(mesh, n) for k, n in BATCH_NDIMS.items()}
     return jax.jit(
         step,
@@ -167,3 +167,9 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, 
         out_shardings=(shardings, mesh_lib.replicated(mesh)),
         donate_argnums=0,
     )
+
+
+def make_pretrain_step(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, shardings: Any):
+    """`make_train_step` for a pretraining config (`configs/pretrain.py`)."""
+    cfg = step_config(config.train, config.diffusion, config.model.image_channels)
+    return make_train_step(cfg, schedules.make_schedule(config.diffusion), mesh, shardings)

@@ -36,11 +36,10 @@ from jax.experimental import multihost_utils
 from busgen_jax.core import config_files, errors
 from busgen_jax.data import pipeline, shards
 from busgen_jax.diffusion import generator as generator_lib
-from busgen_jax.diffusion import preview, train_step
+from busgen_jax.diffusion import preview, schedules, train_step
 from busgen_jax.jobs import layout, shell
-from busgen_jax.models import lora, params_io
+from busgen_jax.models import lora
 from busgen_jax.parallel import partition
-from busgen_jax.reporting import visualize
 from busgen_jax.training import checkpoints, train_loop, train_state
 
 TRAINED = ("step", "params", "ema_params", "opt_state")  # what checkpoints hold
@@ -170,20 +169,20 @@ def task_devices(config, base_devices: Sequence[str], shot_records: list[dict]) 
     return list(base_devices) + new
 
 
-def pretrain_view(config, model_config, spec, data_config) -> ml_collections.ConfigDict:
-    """The fields of a pretraining config that `pretrain`'s train step and sample grid read."""
+def make_train_step(config, spec, mesh, shardings):
+    """The diffusion train step on the generator's own schedule and prediction target, with
+    this job's loss weighting (`config.diffusion`) and training settings."""
     diffusion = {**spec.schedule, "prediction": spec.prediction, **config.diffusion.to_dict()}
-    return ml_collections.ConfigDict(
-        {"model": model_config, "data": data_config, "diffusion": diffusion,
-         "train": config.train, "sample": config.sample}
-    )  # fmt: skip
+    cfg = train_step.step_config(config.train, diffusion, spec.image_channels)
+    schedule = schedules.make_schedule(ml_collections.ConfigDict(diffusion))
+    return train_step.make_train_step(cfg, schedule, mesh, shardings)
 
 
 def _trained(state: Any) -> dict[str, Any]:
     return {name: getattr(state, name) for name in TRAINED}
 
 
-def train(config, view, model: nnx.Module, workdir: pathlib.Path) -> dict[str, Any]:
+def train(config, spec, data_config, model: nnx.Module, workdir: pathlib.Path) -> dict[str, Any]:
     """Trains the model's `nnx.LoRAParam`s to `train.steps`, resuming from checkpoints.
 
     The step, checkpoints, non-finite stop and progress reports are pretraining's; checkpoints
@@ -195,14 +194,14 @@ def train(config, view, model: nnx.Module, workdir: pathlib.Path) -> dict[str, A
     rules = [tuple(rule) for rule in config.partition.rules]
     shardings = partition.state_shardings(state, rules, mesh, min_size=config.partition.min_size)
     state = jax.device_put(state, shardings)
-    data_iter = iter(pipeline.make_dataset(view.data, split="train", seed=config.train.seed))
+    data_iter = iter(pipeline.make_dataset(data_config, split="train", seed=config.train.seed))
     manager = train_loop.make_manager(workdir, config)
     target = checkpoints.abstract_like(_trained(state), _trained(shardings))
     restored = checkpoints.restore_latest(manager, target, data_iter)
     if restored:
         state = state.replace(**restored[0])
     state, history = train_loop.run(
-        state, train_step.make_train_step(view, mesh, shardings), data_iter, config=config,
+        state, make_train_step(config, spec, mesh, shardings), data_iter, config=config,
         mesh=mesh, manager=manager, writer=train_loop.make_writer(workdir),
         rng=jax.random.key(config.train.seed), saved=_trained,
     )  # fmt: skip
@@ -224,21 +223,15 @@ def export_adapter(state, info: dict[str, Any], directory: pathlib.Path) -> dict
     return info
 
 
-def sample_grid(config, view, adapter_dir: pathlib.Path, path: pathlib.Path) -> pathlib.Path:
+def sample_grid(config, adapter_dir: pathlib.Path, path: pathlib.Path) -> pathlib.Path:
     """Samples `sample.per_class` images per task class from the saved adapter, as a grid."""
     model, spec = generator_lib.load_generator(config.generator, adapter=adapter_dir)
-    cond = preview.grid_conditions(view)
-    sample_fn = generator_lib.make_sample_fn(spec, sampler=config.sample.sampler,
-                                             steps=config.sample.steps,
-                                             guidance_weight=config.sample.guidance_weight)  # fmt: skip
-    images = sample_fn(model, jax.random.key(config.sample.seed), *(cond[k] for k in
-                       ("class_id", "device_id", "box_mask")))  # fmt: skip
-    tiles = visualize.to_uint8(np.asarray(images)[..., 0])
-    per = config.sample.per_class
-    cells = {(name, "adapted"): list(tiles[k * per : (k + 1) * per])
-             for k, name in enumerate(spec.class_names)}  # fmt: skip
-    return visualize.labelled_grid(cells, row_labels=spec.class_names, col_labels=["adapted"],
-                                   per_cell=per, path=path)  # fmt: skip
+    per_class = config.sample.per_class
+    cond = preview.grid_conditions(spec.class_names, spec.image_size, per_class)
+    sample_fn = generator_lib.make_sample_fn(spec, **preview.sampler_settings(config.sample))
+    images = sample_fn(model, jax.random.key(config.sample.seed),
+                       *(cond[k] for k in ("class_id", "device_id", "box_mask")))  # fmt: skip
+    return preview.save_sample_grid(images, spec.class_names, per_class, path, column="adapted")
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -247,7 +240,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     workdir = pathlib.Path(workdir).absolute()
     try:
         base, spec = generator_lib.load_generator(config.generator)
-        model_config = params_io.load_model_config(config.generator)
     except FileNotFoundError as e:
         raise errors.JobError(f"config.generator: {e}") from e
     if config.data.image_size not in (0, spec.image_size):
@@ -281,9 +273,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     model = lora.adapted_model(base, info)
     logging.info("adapting %s: %d adapter params vs %d in the base", lora.adapted_paths(model),
                  lora.count_params(model), info["full_params"])  # fmt: skip
-    view = pretrain_view(config, model_config, spec, data_config)
     try:
-        result = train(config, view, model, workdir)
+        result = train(config, spec, data_config, model, workdir)
     except (ValueError, checkpoints.CheckpointError, FloatingPointError) as e:
         raise errors.JobError(str(e)) from e
     info = export_adapter(result["state"], info, workdir / layout.ADAPTER)
@@ -293,9 +284,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                  100 * info["adapter_bytes"] / info["full_bytes"])  # fmt: skip
     grid = None
     if config.sample.per_class:
-        grid = sample_grid(
-            config, view, workdir / layout.ADAPTER, workdir / "samples" / "adapted.png"
-        )
+        grid = sample_grid(config, workdir / layout.ADAPTER, workdir / "samples" / "adapted.png")
     print(f"adapter: {workdir / layout.ADAPTER} ({info['adapter_params']:,} params, "
           f"{info['adapter_bytes']:,} bytes); k-shot data: {workdir / layout.FEWSHOT}; grid: {grid}")  # fmt: skip
     return {**result, "info": info, "grid": grid}

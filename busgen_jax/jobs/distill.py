@@ -16,6 +16,7 @@ pretraining's state, mesh, partition rules and step loop. Writes
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import shutil
@@ -113,11 +114,7 @@ def student_spec(spec, settings, config, steps: int, done: list) -> generator.Ge
     student = {"teacher": str(pathlib.Path(teacher).absolute()), "adapter": config.adapter,
                "steps": steps, "guidance_input": True,
                "guidance_range": list(config.distill.guidance_range), "rounds": done}  # fmt: skip
-    return generator.GeneratorSpec(
-        schedule=spec.schedule, prediction=spec.prediction, class_names=spec.class_names,
-        device_names=spec.device_names, image_size=spec.image_size, source="distill",
-        sampling=sampling, student=student,
-    )  # fmt: skip
+    return dataclasses.replace(spec, source="distill", sampling=sampling, student=student)
 
 
 def train_round(view, cfg: distillation.RoundConfig, schedule, student_fn, teacher, directory):

@@ -90,6 +90,7 @@ def generator_spec(config: ml_collections.ConfigDict) -> generator.GeneratorSpec
         device_names=tuple(config.data.device_names),
         image_size=config.data.image_size,
         sampling=presets.sampling_preset(config.sampling_preset),
+        image_channels=config.model.image_channels,
     )
 
 
@@ -112,7 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     target = checkpoints.abstract_like(abstract, shardings)
     restored = checkpoints.restore_latest(manager, target, data_iter)
     state = restored[0] if restored else jax.jit(init_fn, out_shardings=shardings)()
-    sample_fn = preview.make_sample_fn(config, mesh)
+    sample_fn = preview.make_sample_fn(generator_spec(config), config.sample, mesh)
     writer = train_loop.make_writer(workdir)
 
     def sample_grid(step, state):
@@ -122,10 +123,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write_images(step, {"samples": visualize.tile_grid(
             images, config.sample.per_class)[None, ..., None]})  # fmt: skip
         if jax.process_index() == 0:
-            preview.save_sample_grid(images, config, workdir / "samples" / f"step_{step:07d}.png")
+            path = workdir / "samples" / f"step_{step:07d}.png"
+            preview.save_sample_grid(
+                images,
+                tuple(config.data.class_names),
+                config.sample.per_class,
+                path,
+                title=f"EMA samples, {path.stem}",
+            )
 
     state, history = train_loop.run(
-        state, train_step.make_train_step(config, mesh, shardings), data_iter, config=config,
+        state, train_step.make_pretrain_step(config, mesh, shardings), data_iter, config=config,
         mesh=mesh, manager=manager, writer=writer, rng=jax.random.key(config.train.seed),
         after_step=sample_grid,
     )  # fmt: skip

@@ -290,6 +290,7 @@ def write_published_spec(config: ml_collections.ConfigDict, directory: str | pat
         image_size=config.image_size,
         source="published BUSGen weights",
         sampling=sampling_preset("published"),
+        image_channels=config.image_channels,
     )  # fmt: skip
     (pathlib.Path(directory) / generator.SPEC_FILE).write_text(spec.to_json())
 
