@@ -43,7 +43,7 @@ foundation: $(STAMP)
 		--workdir=$(FOUNDATION)/pretrain && echo $$(( $$(date +%s) - start )) > $(FOUNDATION)/seconds
 	$(BIN)/python -m benchmarks.foundation_quality --generator=$(FOUNDATION)/pretrain/export \
 		--facts=$(FOUNDATION)/facts.json --grid=$(FOUNDATION)/samples.png
-	$(BIN)/python -m busgen_jax.diffusion.foundation --export=$(FOUNDATION)/pretrain/export \
+	$(BIN)/python -m busgen_jax.jobs.ship_foundation --export=$(FOUNDATION)/pretrain/export \
 		--card_facts=$(FOUNDATION)/facts.json --grid=$(FOUNDATION)/samples.png \
 		--sampling_preset=phantom_foundation --pretrain_workdir=$(FOUNDATION)/pretrain \
 		--train_seconds=$$(cat $(FOUNDATION)/seconds)
@@ -55,7 +55,7 @@ oracle: $(STAMP)
 	mkdir -p $(ORACLE) && start=$$(date +%s) && $(BIN)/busgen train-classifier \
 		--config=configs/classifier.py:oracle --workdir=$(ORACLE) \
 		&& echo $$(( $$(date +%s) - start )) > $(ORACLE)/seconds
-	$(BIN)/python -m busgen_jax.evaluation.oracle --workdir=$(ORACLE) \
+	$(BIN)/python -m busgen_jax.jobs.ship_oracle --workdir=$(ORACLE) \
 		--train_seconds=$$(cat $(ORACLE)/seconds)
 
 bench: $(STAMP)

@@ -15,6 +15,7 @@ from flax import nnx
 
 from busgen_jax.data import box_priors
 from busgen_jax.diffusion import generator
+from busgen_jax.jobs import convert_weights
 from busgen_jax.models import UNet, count_params, model_config, params_io, presets, torch_convert
 
 DATA = pathlib.Path(__file__).parent / "data"
@@ -155,8 +156,8 @@ def test_params_export_round_trip_and_command(torch_reference, tmp_path, monkeyp
     config = _small_config()
     torch.save(net.state_dict(), tmp_path / "ckpt.pt")
     # The command only offers the published presets; point it at the small layout.
-    monkeypatch.setattr(torch_convert, "model_config", lambda name: _small_config())
-    torch_convert.main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--preset", "busgen_toy",
+    monkeypatch.setattr(presets, "model_config", lambda name: _small_config())
+    convert_weights.main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--preset", "busgen_toy",
                         "--out", str(tmp_path / "export")])  # fmt: skip
     restored_config = params_io.load_model_config(tmp_path / "export")
     assert restored_config.channel_mults == list(config.channel_mults)
@@ -240,7 +241,7 @@ def test_periodic_training_checkpoint_loads_safely(torch_reference, tmp_path, mo
 def _convert(argv: list[str], capsys) -> str:
     """stderr of a failing conversion command (exit status 2)."""
     with pytest.raises(SystemExit) as exit_info:
-        torch_convert.main(argv)
+        convert_weights.main(argv)
     assert exit_info.value.code == 2
     return capsys.readouterr().err
 
@@ -251,7 +252,7 @@ def test_converter_errors_are_one_line_naming_the_file_or_tensor(
     import torch
 
     net, state_dict = torch_reference
-    monkeypatch.setattr(torch_convert, "model_config", lambda name: _small_config())
+    monkeypatch.setattr(presets, "model_config", lambda name: _small_config())
     good = tmp_path / "good.pt"
     torch.save({"net_model": net.state_dict(), "epoch": 5}, good)
     (tmp_path / "empty.pt").write_bytes(b"")
@@ -304,8 +305,8 @@ def published_export(torch_reference, tmp_path_factory):
     directory = tmp_path_factory.mktemp("published")
     torch.save({"net_model": net.state_dict(), "epoch": 70}, directory / "ckpt_70_.pt")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(torch_convert, "model_config", lambda name: _small_config())
-        torch_convert.main(["--checkpoint", str(directory / "ckpt_70_.pt"),
+        patch.setattr(presets, "model_config", lambda name: _small_config())
+        convert_weights.main(["--checkpoint", str(directory / "ckpt_70_.pt"),
                             "--preset", "busgen_toy", "--out", str(directory / "export")])  # fmt: skip
     return directory / "export"
 

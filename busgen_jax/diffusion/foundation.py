@@ -13,7 +13,7 @@ naming the file instead of sampling garbage.
     busgen pretrain --config=configs/pretrain.py:phantom_foundation \
         --workdir=workdir/foundation/pretrain \
         --config.data.paths="('workdir/foundation/phantom/data/phantom_foundation',)"
-    python -m busgen_jax.diffusion.foundation --export=workdir/foundation/pretrain/export \
+    python -m busgen_jax.jobs.ship_foundation --export=workdir/foundation/pretrain/export \
         --card_facts=workdir/foundation/facts.json --sampling_preset=phantom_foundation
 
 The last command copies the export into the package, writes the checksums, and renders the
@@ -181,30 +181,3 @@ def training_facts(pretrain_workdir: str, train_seconds: float) -> dict:
     ).stdout.strip()
     facts["commit"] = commit or "unknown"
     return facts
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--export", required=True, help="pretraining's export/ directory")
-    parser.add_argument("--card_facts", default="", help="JSON of training facts and quality")
-    parser.add_argument("--destination", default=str(SHIPPED))
-    parser.add_argument("--grid", default="", help="sample grid PNG to ship beside the card")
-    parser.add_argument("--sampling_preset", default="", help="sampling the spec names")
-    parser.add_argument("--pretrain_workdir", default="", help="for the card: steps trained")
-    parser.add_argument("--train_seconds", type=float, default=0.0, help="for the card")
-    args = parser.parse_args(argv)
-    facts = json.loads(pathlib.Path(args.card_facts).read_text()) if args.card_facts else {}
-    facts.setdefault("training", {}).update(
-        training_facts(args.pretrain_workdir, args.train_seconds)
-    )
-    extra = [args.grid] if args.grid else []
-    if args.grid:
-        facts["grid"] = pathlib.Path(args.grid).name
-    out = ship(args.export, facts, args.destination, extra, args.sampling_preset)
-    print(f"shipped foundation model: {out}")
-
-
-if __name__ == "__main__":
-    main()

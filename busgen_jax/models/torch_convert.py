@@ -1,26 +1,16 @@
-"""Import of the published BUSGen PyTorch U-Net weights, and the pretrained-params export format.
+"""Import of the published BUSGen PyTorch U-Net weights.
 
-Convert a released checkpoint (`ckpt_*.pt`), or a periodic one of the official Train.py with its
-optimizer and LR-scheduler state, to a generator directory (params, model config, and a spec
-naming the 'published' sampling preset):
+Converts a released checkpoint (`ckpt_*.pt`), or a periodic one of the official Train.py with its
+optimizer and LR-scheduler state, to this project's params (`models.params_io`) and a spec
+naming the 'published' sampling preset; the command is `busgen_jax.jobs.convert_weights`:
 
-  python -m busgen_jax.models.torch_convert --checkpoint ckpt.pt --preset busgen_toy --out DIR
-
-A file, key, preset or tensor that does not fit is one `error:` line naming it.
-
-Params directory format (written by `save_params`, read by `load_params`; the trainer uses the
-same format for its pretrained-params export):
-
-  DIR/params/              orbax StandardCheckpointer save of
-                           nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  DIR/model_config.json    the model ConfigDict as JSON (optional; `load_model_config`)
+  python -m busgen_jax.jobs.convert_weights --checkpoint ckpt.pt --preset busgen_toy --out DIR
 
 Conversion is pure numpy; only reading a `.pt` file needs torch (the optional `torch` extra).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import functools
 import json
@@ -35,8 +25,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from busgen_jax.models.params_io import save_params
-from busgen_jax.models.presets import model_config, sampling_preset
+from busgen_jax.models.presets import sampling_preset
 from busgen_jax.models.unet import UNet
 
 PUBLISHED_PRESETS = ("busgen_toy", "busgen")
@@ -245,33 +234,6 @@ def load_torch_checkpoint(
     return {name: t.detach().float().numpy() for name, t in unets[0][1].items()}
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The conversion command; a bad checkpoint, key or preset is one `error:` line."""
-    from busgen_jax.jobs import shell  # the command's error reporting, not needed by the library
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--checkpoint", required=True, help="published or training .pt file")
-    parser.add_argument("--preset", required=True, help="'busgen_toy' or 'busgen'")
-    parser.add_argument("--out", required=True, help="params directory to write")
-    parser.add_argument("--key", default=None, help="entry holding the state_dict, if several")
-    args = parser.parse_args(argv)
-    try:
-        if args.preset not in PUBLISHED_PRESETS:
-            raise ValueError(f"--preset is {args.preset!r}, not one of {PUBLISHED_PRESETS}")
-        config = model_config(args.preset)
-        tensors = load_torch_checkpoint(args.checkpoint, args.key)
-        try:
-            state = convert_state_dict(tensors, config)
-        except ValueError as error:
-            raise ValueError(f"{args.checkpoint} as preset {args.preset}: {error}") from error
-    except (ValueError, OSError, ImportError) as error:
-        shell._fail(error)
-    save_params(state, args.out, config=config)
-    write_published_spec(config, args.out)
-    count = sum(np.size(x) for x in jax.tree.leaves(state))
-    print(f"wrote a generator of {count:,} parameters (preset {args.preset}) to {args.out}")
-
-
 def write_published_spec(config: ml_collections.ConfigDict, directory: str | pathlib.Path) -> None:
     """The sampling spec of the published model (its linear schedule, epsilon prediction,
     vocabularies and the 'published' sampling preset), so converted weights are a complete
@@ -293,7 +255,3 @@ def write_published_spec(config: ml_collections.ConfigDict, directory: str | pat
         image_channels=config.image_channels,
     )  # fmt: skip
     (pathlib.Path(directory) / generator.SPEC_FILE).write_text(spec.to_json())
-
-
-if __name__ == "__main__":
-    main()
