@@ -1,7 +1,8 @@
 """Jobs hold their workdir: one writer at a time, one config per run, one line per user error.
 
-Kills here never race the clock: a job is killed only once it has shown (a lock file naming its
-pid, a marker) that it reached the point the test is about.
+Kills here never race the clock: a job is killed only once it has shown (a line it printed, or
+the marker file of a pause point, `busgen_jax.core.test_hooks`) that it reached the point the
+test is about.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 
 import ml_collections
+import pause_points
 import pytest
 from generator_fixtures import phantom_dataset, tiny_generator
 
@@ -46,33 +48,25 @@ def _last_line(out: subprocess.CompletedProcess) -> str:
     return out.stderr.strip().splitlines()[-1]
 
 
-def _wait_for_holder(lock: pathlib.Path, process: subprocess.Popen) -> dict:
-    """The lock file's holder once `process` has written itself there."""
-    while process.poll() is None:
-        try:
-            return json.loads(lock.read_text())
-        except (OSError, ValueError):  # not there yet, or being written
-            time.sleep(0.05)
-    raise AssertionError(f"the job ended (rc {process.returncode}) before it held the lock")
-
-
 def test_a_second_job_on_a_busy_workdir_is_refused_naming_the_first(tmp_path):
-    # Millions of phantom images: the first job holds the workdir until it is killed.
+    # The first job stops once it holds the workdir, and holds it until it is killed.
+    run, marker = tmp_path / "run", tmp_path / "paused"
     first = subprocess.Popen(
         [sys.executable, "-m", "busgen_jax.cli", "phantom", "--config=configs/phantom.py:tiny",
-         "--config.num_images=10000000", f"--workdir={tmp_path}"],
-        cwd=ROOT, stderr=subprocess.DEVNULL,
+         f"--workdir={run}"],
+        cwd=ROOT, stderr=subprocess.DEVNULL, env=pause_points.env("workdir_locked", marker),
     )  # fmt: skip
     try:
-        holder = _wait_for_holder(tmp_path / workdir.META_DIR / workdir.LOCK_FILE, first)
+        pause_points.wait_until_paused(first, marker)
+        holder = json.loads((run / workdir.META_DIR / workdir.LOCK_FILE).read_text())
         assert holder["pid"] == first.pid
-        second = _busgen("phantom", "--config=configs/phantom.py:tiny", f"--workdir={tmp_path}")
+        second = _busgen("phantom", "--config=configs/phantom.py:tiny", f"--workdir={run}")
     finally:
         first.kill()
         first.wait()
     line = _last_line(second)
     assert f"on host {socket.gethostname()}, pid {first.pid}" in line, line
-    assert line.startswith(f"error: --workdir={tmp_path}: in use by 'generate_phantom'")
+    assert line.startswith(f"error: --workdir={run}: in use by 'phantom'")
 
 
 _HOLDER = """

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from busgen_jax.core import errors
+from busgen_jax.core import errors, test_hooks
 from busgen_jax.data import box_priors, pipeline, schema, shards
 from busgen_jax.diffusion import generator as generator_lib
 from busgen_jax.diffusion import schedules
@@ -319,6 +319,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         name = _shard_name(config, shard, num_shards)
         sidecar["shard"] = shards.write_shard(map(schema.serialize, records), out_dir / name)
         shards.atomic_write_text(_sidecar(out_dir, config, shard, num_shards), json.dumps(sidecar))
+        test_hooks.pause_point("synthesis_shard_done")
         made += len(records)
         rate = made / (time.perf_counter() - start)
         left = sum(

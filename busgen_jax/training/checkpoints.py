@@ -35,7 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from busgen_jax.core import errors
+from busgen_jax.core import errors, test_hooks
 
 
 class CheckpointError(errors.JobError):
@@ -102,6 +102,7 @@ def check_saves(manager: Manager, *, wait: bool = False) -> None:
         raise _save_error(directory, step, error) from error
     if jax.process_index() == 0 and not (directory / str(step)).is_dir():
         raise CheckpointError(f"{directory / str(step)}: checkpoint step {step} was not written")
+    test_hooks.pause_point("checkpoint_confirmed")
 
 
 def finish(manager: Manager) -> None:
