@@ -96,14 +96,14 @@ def test_synthesis_writes_exactly_the_planned_audited_dataset(inputs, tmp_path):
 
 def _copy_on_first_try(monkeypatch):
     """Makes the generator return training images verbatim on its first try, then sample."""
-    real_sample = synthesize._sample
+    real_sample = synthesize.sample_candidates
 
     def copying_sample(ctx, indices, boxes, shard_key, attempt):
         if attempt == 0:
             return ctx.reference.train["image"][: len(indices), ..., None]
         return real_sample(ctx, indices, boxes, shard_key, attempt)
 
-    monkeypatch.setattr(synthesize, "_sample", copying_sample)
+    monkeypatch.setattr(synthesize, "sample_candidates", copying_sample)
 
 
 def test_planted_copies_are_rejected_and_resampled(inputs, tmp_path, monkeypatch):
