@@ -1,8 +1,8 @@
 """Runs a busgen_jax job on every worker of a Cloud TPU VM slice with plain `gcloud`.
 
     python launch/tpu_vm.py --name=busgen-v5e --zone=us-west4-a --accelerator-type=v5litepod-16 \
-        --create --job=pretrain --config=configs/pretrain.py:base \
-        --workdir=gs://BUCKET/busgen/runs/pretrain/base --dry-run -- --config.train.steps=200000
+        --create --job=pretrain --config=configs/pretrain.py:busgen \
+        --workdir=gs://BUCKET/busgen/runs/pretrain/busgen --dry-run -- --config.train.steps=200000
 
 Steps, each one `gcloud` command (printed one per line by `--dry-run`, run in order otherwise):
 create the slice (`--create`); ship the committed source tree (`git archive`, `scp --worker=all`)
@@ -354,7 +354,7 @@ def make_parser() -> argparse.ArgumentParser:
     add("--create", action="store_true", help="create the TPU VM slice first")
     add("--delete", action="store_true", help="delete the slice when the job ends")
     add("--job", required=True, help=f"one of: {', '.join(JOBS)}")
-    add("--config", help="job config, e.g. configs/pretrain.py:base (default: the job's)")
+    add("--config", help="job config, e.g. configs/pretrain.py:busgen (default: the job's)")
     add("--workdir", help="job workdir, gs://BUCKET/busgen/runs/<job>/<name>")
     add("--image", help="run this Docker image on the workers instead of the source tree")
     add("--source", default=str(REPO_ROOT), help="git checkout to ship (default: this repo)")

@@ -2,7 +2,7 @@ r"""XManager launch script: one busgen_jax job on a Cloud TPU slice, as an XMana
 
     xmanager launch launch/xm_launch.py -- --job=pretrain --accelerator_type=v5litepod-16 \
         --name=busgen-v5e --zone=us-west4-a --create \
-        --config=configs/pretrain.py:base --workdir=gs://BUCKET/busgen/runs/pretrain/base \
+        --config=configs/pretrain.py:busgen --workdir=gs://BUCKET/busgen/runs/pretrain/busgen \
         -- --config.train.steps=200000
     python launch/xm_launch.py --dry_run ...   # same flags; prints the plan, needs no xmanager
 
@@ -45,7 +45,7 @@ _JOB = flags.DEFINE_string("job", None, "Job to run, e.g. pretrain, adapt, synth
 _ACCELERATOR = flags.DEFINE_string("accelerator_type", None, "TPU type, e.g. v4-32, v5litepod-16.")
 _TOPOLOGY = flags.DEFINE_string("topology", None, "Chip topology, e.g. 4x4 (default: standard).")
 _HOSTS = flags.DEFINE_integer("hosts", None, "Expected number of hosts, checked.")
-_CONFIG = flags.DEFINE_string("config", None, "Job config, e.g. configs/pretrain.py:base.")
+_CONFIG = flags.DEFINE_string("config", None, "Job config, e.g. configs/pretrain.py:busgen.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Job workdir (gs://BUCKET/busgen/runs/...).")
 _BACKEND = flags.DEFINE_enum("backend", "tpu_vm", BACKENDS, "Where the job runs.")
 _NAME = flags.DEFINE_string("name", None, "TPU VM slice name (tpu_vm backend).")

@@ -88,10 +88,9 @@ def test_an_adapter_without_its_generator_is_one_clear_error(tmp_path):
 
 
 def test_missing_inputs_are_one_clear_error(tmp_path, capsys):
-    try:
+    with pytest.raises(SystemExit) as exc:
         audit_job.main(
             ["busgen audit", "--config=configs/audit.py:default", f"--workdir={tmp_path}"]
         )
-    except SystemExit as exit_info:
-        assert exit_info.code == 2
+    assert exc.value.code == 2
     assert "synthetic_paths and config.train_paths are both required" in capsys.readouterr().err

@@ -118,8 +118,8 @@ def test_every_step_tried_is_agreed_on_even_when_its_restore_raises(tmp_path, mo
     victim = _largest_file(tmp_path / "ckpt" / "2")
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 3])
     verdicts = []
-    agree = checkpoints._agree
-    monkeypatch.setattr(checkpoints, "_agree", lambda p: verdicts.append(list(p)) or agree(p))
+    agree = checkpoints.agree
+    monkeypatch.setattr(checkpoints, "agree", lambda p: verdicts.append(list(p)) or agree(p))
     assert _restore(tmp_path / "ckpt")[1][1] == 1
     assert len(verdicts) == 2 and verdicts[0] and verdicts[1] == []
 

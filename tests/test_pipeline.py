@@ -73,7 +73,7 @@ def test_crop_keeps_lesions_whole():
     rng = np.random.default_rng(0)
     boxes = np.array([[0.1, 0.2, 0.3, 0.4], [0.6, 0.5, 0.9, 0.7]])
     for _ in range(200):
-        x0, y0, w, h = pipeline._lesion_preserving_crop(boxes, 0.5, rng)
+        x0, y0, w, h = pipeline.lesion_preserving_crop(boxes, 0.5, rng)
         assert 0 <= x0 and x0 + w <= 1 + 1e-6 and 0 <= y0 and y0 + h <= 1 + 1e-6
         assert (
             x0 <= 0.1 + 1e-9 and x0 + w >= 0.9 - 1e-9 and y0 <= 0.2 + 1e-9 and y0 + h >= 0.7 - 1e-9

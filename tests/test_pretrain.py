@@ -13,12 +13,12 @@ import pathlib
 import signal
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+import pause_points
 import pytest
 from PIL import Image
 from records import make_records
@@ -175,23 +175,28 @@ def _restore_pure(path: pathlib.Path):
 @pytest.mark.slow
 def test_sigkilled_run_resumes_bit_exactly(reference_run, data_dir, tmp_path):
     env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"))
+    # The run stops once its first checkpoint (step EVERY) is complete on disk, and is killed
+    # there: after that save and before the next one, every time.
+    marker = tmp_path / "paused"
     first = subprocess.Popen(
-        _command(tmp_path / "run", data_dir), cwd=ROOT, env=env,
+        _command(tmp_path / "run", data_dir), cwd=ROOT,
+        env=pause_points.env("checkpoint_confirmed", marker, env),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    checkpoint = tmp_path / "run" / "checkpoints" / str(EVERY)
-    deadline = time.monotonic() + 600
-    while not checkpoint.exists() and first.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    first.send_signal(signal.SIGKILL)
+    try:
+        pause_points.wait_until_paused(first, marker)
+    finally:
+        first.send_signal(signal.SIGKILL)
     assert first.wait() == -signal.SIGKILL, "the run ended before it could be killed"
     assert not (tmp_path / "run" / "checkpoints" / str(STEPS)).exists()
+    saved = [p.name for p in (tmp_path / "run" / "checkpoints").iterdir() if p.name.isdigit()]
+    assert saved == [str(EVERY)]
 
     second = subprocess.run(
         _command(tmp_path / "run", data_dir), cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "Restored checkpoint step" in second.stderr
+    assert f"Restored checkpoint step {EVERY} " in second.stderr, second.stderr[-3000:]
 
     reference, _ = reference_run
     for part in (f"checkpoints/{STEPS}/state", "export/params"):

@@ -1,7 +1,8 @@
 """Jobs hold their workdir: one writer at a time, one config per run, one line per user error.
 
-Kills here never race the clock: a job is killed only once it has shown (a lock file naming its
-pid, a marker) that it reached the point the test is about.
+Kills here never race the clock: a job is killed only once it has shown (a line it printed, or
+the marker file of a pause point, `busgen_jax.core.test_hooks`) that it reached the point the
+test is about.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 import time
 
 import ml_collections
+import pause_points
 import pytest
 from generator_fixtures import phantom_dataset, tiny_generator
 
@@ -46,33 +48,25 @@ def _last_line(out: subprocess.CompletedProcess) -> str:
     return out.stderr.strip().splitlines()[-1]
 
 
-def _wait_for_holder(lock: pathlib.Path, process: subprocess.Popen) -> dict:
-    """The lock file's holder once `process` has written itself there."""
-    while process.poll() is None:
-        try:
-            return json.loads(lock.read_text())
-        except (OSError, ValueError):  # not there yet, or being written
-            time.sleep(0.05)
-    raise AssertionError(f"the job ended (rc {process.returncode}) before it held the lock")
-
-
 def test_a_second_job_on_a_busy_workdir_is_refused_naming_the_first(tmp_path):
-    # Millions of phantom images: the first job holds the workdir until it is killed.
+    # The first job stops once it holds the workdir, and holds it until it is killed.
+    run, marker = tmp_path / "run", tmp_path / "paused"
     first = subprocess.Popen(
         [sys.executable, "-m", "busgen_jax.cli", "phantom", "--config=configs/phantom.py:tiny",
-         "--config.num_images=10000000", f"--workdir={tmp_path}"],
-        cwd=ROOT, stderr=subprocess.DEVNULL,
+         f"--workdir={run}"],
+        cwd=ROOT, stderr=subprocess.DEVNULL, env=pause_points.env("workdir_locked", marker),
     )  # fmt: skip
     try:
-        holder = _wait_for_holder(tmp_path / workdir.META_DIR / workdir.LOCK_FILE, first)
+        pause_points.wait_until_paused(first, marker)
+        holder = json.loads((run / workdir.META_DIR / workdir.LOCK_FILE).read_text())
         assert holder["pid"] == first.pid
-        second = _busgen("phantom", "--config=configs/phantom.py:tiny", f"--workdir={tmp_path}")
+        second = _busgen("phantom", "--config=configs/phantom.py:tiny", f"--workdir={run}")
     finally:
         first.kill()
         first.wait()
     line = _last_line(second)
     assert f"on host {socket.gethostname()}, pid {first.pid}" in line, line
-    assert line.startswith(f"error: --workdir={tmp_path}: in use by 'generate_phantom'")
+    assert line.startswith(f"error: --workdir={run}: in use by 'phantom'")
 
 
 _HOLDER = """
@@ -216,12 +210,22 @@ def _fake_job(tmp_path, behaviour):
     return shell.command(run, "configs/phantom.py:tiny", "A fake job.")
 
 
-def _main(main, tmp_path, *overrides, capsys) -> tuple[int, str]:
-    try:
-        main(["fake", "--config=configs/phantom.py:tiny", f"--workdir={tmp_path}", *overrides])
-    except SystemExit as exit_info:
-        return exit_info.code, capsys.readouterr().err.strip()
-    return 0, capsys.readouterr().err.strip()
+def _argv(tmp_path, *overrides) -> list[str]:
+    return ["fake", "--config=configs/phantom.py:tiny", f"--workdir={tmp_path}", *overrides]
+
+
+def _run(main, tmp_path, *overrides, capsys) -> str:
+    """Runs the command, which must succeed (return, not exit); its stderr."""
+    main(_argv(tmp_path, *overrides))
+    return capsys.readouterr().err.strip()
+
+
+def _refused(main, tmp_path, *overrides, capsys) -> str:
+    """Runs the command, which must exit with status 2; its stderr."""
+    with pytest.raises(SystemExit) as exc:
+        main(_argv(tmp_path, *overrides))
+    assert exc.value.code == 2
+    return capsys.readouterr().err.strip()
 
 
 def test_a_run_that_failed_before_writing_does_not_pin_its_config(tmp_path, capsys):
@@ -230,11 +234,8 @@ def test_a_run_that_failed_before_writing_does_not_pin_its_config(tmp_path, caps
             raise errors.JobError("config.seed: the first try had a typo")
 
     main = _fake_job(tmp_path, fail)
-    assert _main(main, tmp_path, capsys=capsys) == (
-        2,
-        "error: config.seed: the first try had a typo",
-    )
-    assert _main(main, tmp_path, "--config.seed=2", capsys=capsys)[0] == 0
+    assert _refused(main, tmp_path, capsys=capsys) == "error: config.seed: the first try had a typo"
+    _run(main, tmp_path, "--config.seed=2", capsys=capsys)
 
     def write_then_fail(config, path):
         (path / "half.bin").write_bytes(b"x")
@@ -242,9 +243,8 @@ def test_a_run_that_failed_before_writing_does_not_pin_its_config(tmp_path, caps
 
     other = tmp_path / "other"
     main = _fake_job(other, write_then_fail)
-    assert _main(main, other, capsys=capsys)[0] == 2
-    code, err = _main(main, other, "--config.seed=2", capsys=capsys)
-    assert code == 2 and "config.seed 0 -> 2" in err
+    _refused(main, other, capsys=capsys)
+    assert "config.seed 0 -> 2" in _refused(main, other, "--config.seed=2", capsys=capsys)
 
 
 @pytest.mark.parametrize(
@@ -261,8 +261,8 @@ def test_disk_and_permission_errors_are_one_line(tmp_path, capsys, error, messag
     def fail(config, path):
         raise error
 
-    code, err = _main(_fake_job(tmp_path, fail), tmp_path, capsys=capsys)
-    assert code == 2 and err.splitlines()[-1] == message
+    err = _refused(_fake_job(tmp_path, fail), tmp_path, capsys=capsys)
+    assert err.splitlines()[-1] == message
 
 
 def test_other_errors_keep_their_traceback(tmp_path, capsys):
@@ -270,7 +270,7 @@ def test_other_errors_keep_their_traceback(tmp_path, capsys):
         raise ZeroDivisionError("a bug")
 
     with pytest.raises(ZeroDivisionError):
-        _main(_fake_job(tmp_path, fail), tmp_path, capsys=capsys)
+        _run(_fake_job(tmp_path, fail), tmp_path, capsys=capsys)
 
 
 @pytest.mark.parametrize("module", [pretrain, synthesize, import_data])
@@ -285,16 +285,12 @@ def test_a_workdir_that_is_a_file_is_one_line(tmp_path, capsys, module):
 
 def test_a_workdir_below_a_file_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
-    code, err = _main(_fake_job(tmp_path, print), tmp_path / "file" / "w", capsys=capsys)
-    assert (
-        code == 2
-        and err == f"error: --workdir={tmp_path}/file/w: cannot write there (Not a directory)"
-    )
+    err = _refused(_fake_job(tmp_path, print), tmp_path / "file" / "w", capsys=capsys)
+    assert err == f"error: --workdir={tmp_path}/file/w: cannot write there (Not a directory)"
 
 
 def test_an_unknown_field_is_named_readably(tmp_path, capsys):
-    code, err = _main(_fake_job(tmp_path, print), tmp_path, "--config.seeed=1", capsys=capsys)
-    assert code == 2
+    err = _refused(_fake_job(tmp_path, print), tmp_path, "--config.seeed=1", capsys=capsys)
     assert err == ("error: --config.seeed: no such field (config has class_probs, devices, "
                    "image_size, label_map, name, num_images, records_per_shard, seed, "
                    "split_fractions)")  # fmt: skip

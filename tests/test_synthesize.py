@@ -7,10 +7,10 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import types
 
 import numpy as np
+import pause_points
 import pytest
 from generator_fixtures import phantom_dataset, tiny_generator
 
@@ -96,14 +96,14 @@ def test_synthesis_writes_exactly_the_planned_audited_dataset(inputs, tmp_path):
 
 def _copy_on_first_try(monkeypatch):
     """Makes the generator return training images verbatim on its first try, then sample."""
-    real_sample = synthesize._sample
+    real_sample = synthesize.sample_candidates
 
     def copying_sample(ctx, indices, boxes, shard_key, attempt):
         if attempt == 0:
             return ctx.reference.train["image"][: len(indices), ..., None]
         return real_sample(ctx, indices, boxes, shard_key, attempt)
 
-    monkeypatch.setattr(synthesize, "_sample", copying_sample)
+    monkeypatch.setattr(synthesize, "sample_candidates", copying_sample)
 
 
 def test_planted_copies_are_rejected_and_resampled(inputs, tmp_path, monkeypatch):
@@ -136,16 +136,18 @@ def test_killed_job_resumes_to_the_same_bytes(inputs, tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     subprocess.run([*args, f"--workdir={tmp_path / 'whole'}"], check=True, env=env)
 
-    killed = tmp_path / "killed"
+    # Killed once its first shard is done: the second is not begun, the rest not written.
+    killed, marker = tmp_path / "killed", tmp_path / "paused"
     out = killed / layout.SYNTHETIC
-    process = subprocess.Popen([*args, f"--workdir={killed}"], env=env)
-    deadline = time.monotonic() + 300
-    while not list(out.glob(".*.done.json")) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    paused = pause_points.env("synthesis_shard_done", marker, env)
+    process = subprocess.Popen([*args, f"--workdir={killed}"], env=paused)
+    try:
+        pause_points.wait_until_paused(process, marker)
+    finally:
+        process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
     done_before = len(list(out.glob(".*.done.json")))
-    assert 1 <= done_before < 6 and not (out / shards.MANIFEST).exists()
+    assert done_before == 1 and not (out / shards.MANIFEST).exists()
     subprocess.run([*args, f"--workdir={killed}"], check=True, env=env)
 
     whole = list(shards.read_records(tmp_path / "whole" / layout.SYNTHETIC, "train"))

@@ -74,7 +74,7 @@ class ProcessBatchSlice(grain.MapDataset):
         return f"ProcessBatchSlice({self._index}/{self._count}, per_process={self._per_process})"
 
 
-def _lesion_preserving_crop(
+def lesion_preserving_crop(
     boxes: np.ndarray, min_scale: float, rng: np.random.Generator
 ) -> tuple[float, float, float, float]:
     """A random crop window (normalized x0, y0, w, h) that keeps every lesion box whole.
@@ -121,7 +121,7 @@ class Preprocess:
         image = Image.fromarray(schema.decode_png(record["image"]))
         boxes = np.asarray(record.get("boxes") or [], np.float64).reshape(-1, 4)
         if self.train and self.random_crop:
-            x0, y0, w, h = _lesion_preserving_crop(boxes, self.crop_min_scale, rng)
+            x0, y0, w, h = lesion_preserving_crop(boxes, self.crop_min_scale, rng)
             width, height = image.size
             image = image.crop(
                 (

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from busgen_jax.core import errors
+from busgen_jax.core import errors, test_hooks
 from busgen_jax.data import box_priors, pipeline, schema, shards
 from busgen_jax.diffusion import generator as generator_lib
 from busgen_jax.diffusion import schedules
@@ -175,7 +175,7 @@ def generate_shard(ctx: Context, shard: int) -> tuple[list[dict], dict]:
         if not pending:
             break
         boxes = {i: _boxes_for(ctx.prior, plan[i][0], config.seed, i, attempt) for i in pending}
-        images = _sample(ctx, pending, boxes, jax.random.fold_in(ctx.key, shard), attempt)
+        images = sample_candidates(ctx, pending, boxes, jax.random.fold_in(ctx.key, shard), attempt)
         sims, nearest = audit.search(images, ctx.reference.train["image"])
         failed = (
             sample_failures.failed(images, ctx.failure_limit)
@@ -267,10 +267,13 @@ def _tests_as_copying(ctx: Context, candidate_sims: dict[str, list[float]]) -> b
     return audit.copying_verdict(sims, ctx.reference.heldout_sims)["copying"]
 
 
-def _sample(
+def sample_candidates(
     ctx: Context, indices: list[int], boxes: dict, shard_key: jax.Array, attempt: int
 ) -> np.ndarray:
-    """Images for `indices`, in fixed-size batches sharded over the local devices."""
+    """One round's candidate images for the records `indices` of a shard, under their planned
+    class and device and the masks of `boxes`, in fixed-size batches sharded over the local
+    devices; the keys are folded from `shard_key`, `attempt` and the batch. `generate_shard`
+    audits what it returns."""
     config, spec, plan = ctx.config, ctx.spec, ctx.plan
     size, batch = spec.image_size, config.batch_size
     out = []
@@ -319,6 +322,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         name = _shard_name(config, shard, num_shards)
         sidecar["shard"] = shards.write_shard(map(schema.serialize, records), out_dir / name)
         shards.atomic_write_text(_sidecar(out_dir, config, shard, num_shards), json.dumps(sidecar))
+        test_hooks.pause_point("synthesis_shard_done")
         made += len(records)
         rate = made / (time.perf_counter() - start)
         left = sum(

@@ -41,6 +41,8 @@ from typing import Any
 
 import ml_collections
 
+from busgen_jax.core import test_hooks
+
 META_DIR = ".busgen"
 LOCK_FILE = "lock"
 # The holder rewrites its label this often; a label of another host not rewritten for STALE_S is
@@ -154,6 +156,7 @@ def lock(workdir: str | os.PathLike, job: str) -> Iterator[None]:
             target=_renew, args=(fd, me, renewing), daemon=True, name="busgen-workdir-lock"
         )
         renewer.start()
+        test_hooks.pause_point("workdir_locked")
         try:
             yield
         finally:

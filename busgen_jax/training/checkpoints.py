@@ -35,7 +35,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from busgen_jax.core import errors
+from busgen_jax.core import errors, test_hooks
 
 
 class CheckpointError(errors.JobError):
@@ -102,6 +102,7 @@ def check_saves(manager: Manager, *, wait: bool = False) -> None:
         raise _save_error(directory, step, error) from error
     if jax.process_index() == 0 and not (directory / str(step)).is_dir():
         raise CheckpointError(f"{directory / str(step)}: checkpoint step {step} was not written")
+    test_hooks.pause_point("checkpoint_confirmed")
 
 
 def finish(manager: Manager) -> None:
@@ -230,7 +231,7 @@ def verify(state: Any, expected: dict[str, dict] | None) -> list[str]:
     return problems
 
 
-def _agree(problems: list[str]) -> list[str]:
+def agree(problems: list[str]) -> list[str]:
     """This process's `problems` with a step, or a stand-in when only another process found
     some: one process's bad shard makes the step bad for all, so every process restores alike.
     A collective: every process calls it once per step tried, whatever its restore did."""
@@ -299,7 +300,7 @@ def restore_latest(
             problems = [f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"]
         # Outside the try: a process whose restore raised must still join the others' verdict,
         # or they would wait for it forever.
-        problems = _agree(problems)
+        problems = agree(problems)
         if problems:
             logging.warning(
                 "Checkpoint step %d in %s cannot be restored (%s); trying an older one.",
