@@ -16,6 +16,12 @@ FEWSHOT = "fewshot_data"
 ADAPTER = "adapter"
 # Synthesis: the audited synthetic dataset, under its workdir.
 SYNTHETIC = "synthetic"
+# Clinical evaluation (`busgen evaluate`), under DIR/evaluation: the results (the data), the
+# ROC figure and the results' tables in Markdown.
+EVALUATION = "evaluation"
+EVALUATION_RESULTS = "results.json"
+ROC_FIGURE = "roc.png"
+EVALUATION_MARKDOWN = "evaluation.md"
 # The demo: how long each stage took.
 TIMINGS = "timings.json"
 
@@ -34,7 +40,7 @@ class Paths:
         self.adapt = self.root / "adapt"
         self.synthesize = self.root / "synthesize"
         self.classifiers = self.root / "classifiers"
-        self.evaluation = self.root / "evaluation"
+        self.evaluation = self.root / EVALUATION
         self.fidelity = self.root / "fidelity"
         self.scaling = self.root / "scaling"
         self.report = self.root / "report.html"

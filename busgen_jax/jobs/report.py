@@ -14,8 +14,8 @@ from typing import Any
 from busgen_jax.data import shards
 from busgen_jax.evaluation import demo_gates
 from busgen_jax.jobs import layout, shell
+from busgen_jax.reporting import clinical, visualize
 from busgen_jax.reporting import html as report
-from busgen_jax.reporting import visualize
 
 SIMULATED = (
     "All data here are SIMULATED: phantom images, and readers simulated from the phantom's latent "
@@ -185,19 +185,17 @@ def _membership_cell(result) -> str:
 
 
 def evaluation_sections(paths) -> list[report.Section]:
-    markdown = paths.evaluation / "evaluation.md"
-    if not markdown.is_file():
+    """The clinical evaluation's tables, built from its results; the ROC figure with the
+    reader study."""
+    results = _json(paths.evaluation / layout.EVALUATION_RESULTS)
+    if not results:
         return []
-    sections = report.markdown_sections(markdown.read_text())
-    # As in BUSGen's reader figure: the ROC curves sit with the reader study, each reader a point.
-    readers = [s for s in sections if "reader study" in s.title.lower() and s.level == 2]
-    (readers or sections)[0].figures = [
-        report.Figure(
-            paths.evaluation / "roc.png",
-            "ROC curves of the classifiers; each simulated reader is a point at its BI-RADS 4A "
-            "operating point, the cross the reader mean",
-        )
-    ]
+    roc = report.Figure(
+        paths.evaluation / layout.ROC_FIGURE,
+        "ROC curves of the classifiers; each simulated reader is a point at its BI-RADS 4A "
+        "operating point, the cross the reader mean",
+    )
+    sections = clinical.sections(results, roc)
     sections[0].note = SIMULATED
     return sections
 
