@@ -30,6 +30,7 @@ from sklearn.preprocessing import StandardScaler
 
 from busgen_jax.diffusion import foundation
 from busgen_jax.evaluation import generative, sample_failures
+from busgen_jax.jobs import layout
 
 SHIPPED = foundation.ASSETS / "phantom_oracle"
 CARD_TITLE = "# Phantom oracle (benign vs DCIS)"
@@ -184,7 +185,7 @@ def record_test_auc(export_dir: str | pathlib.Path, data_paths: Sequence[str]) -
 def ship(classifier_workdir: str | pathlib.Path, facts: Mapping[str, Any],
          destination: str | pathlib.Path = SHIPPED) -> pathlib.Path:  # fmt: skip
     """Copies the classifier's export to `destination` with a model card and checksums."""
-    export = pathlib.Path(classifier_workdir) / "export"
+    export = pathlib.Path(classifier_workdir) / layout.EXPORT
     destination = pathlib.Path(destination)
     staging = destination.with_name(f".{destination.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
@@ -221,8 +222,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = config_files.load("configs/classifier.py:oracle")
     data = [builtin.resolve_path(p) for p in config.data.paths]
-    val = json.loads((pathlib.Path(args.workdir) / "eval_val.json").read_text())
-    test = record_test_auc(pathlib.Path(args.workdir) / "export", data)
+    val = json.loads((pathlib.Path(args.workdir) / layout.eval_file("val")).read_text())
+    test = record_test_auc(pathlib.Path(args.workdir) / layout.EXPORT, data)
     facts = foundation.training_facts("", args.train_seconds)
     facts["reproduce with"] = "make oracle (see busgen_jax/evaluation/oracle.py)"
     facts.update({

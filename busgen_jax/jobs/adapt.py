@@ -299,7 +299,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     grid = None
     if config.sample.per_class:
         grid = sample_grid(
-            config, view, workdir / layout.ADAPTER, workdir / "samples" / "adapted.png"
+            config,
+            view,
+            workdir / layout.ADAPTER,
+            workdir / layout.SAMPLES / layout.ADAPTED_SAMPLES,
         )
     print(f"adapter: {workdir / layout.ADAPTER} ({info['adapter_params']:,} params, "
           f"{info['adapter_bytes']:,} bytes); k-shot data: {workdir / layout.FEWSHOT}; grid: {grid}")  # fmt: skip

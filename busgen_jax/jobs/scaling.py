@@ -27,7 +27,7 @@ import numpy as np  # noqa: E402
 from busgen_jax.classification import train
 from busgen_jax.core import errors
 from busgen_jax.data import pipeline, shards  # noqa: E402
-from busgen_jax.jobs import shell
+from busgen_jax.jobs import layout, shell
 
 SOURCES = ("real", "synthetic", "mixed")
 
@@ -80,7 +80,7 @@ def run_config(config, source: str, paths: dict[str, str]) -> ml_collections.Con
 def run_point(config, source: str, n: int, workdir: pathlib.Path) -> dict[str, Any]:
     """Trains and evaluates one (source, n) classifier, or reads its finished evaluation."""
     run_dir = workdir / "runs" / f"{source}_{n}"
-    done = run_dir / "eval_test.json"
+    done = run_dir / layout.eval_file("test")
     if not done.exists():
         task = train.resolve_config(config.classifier)
         names, field = task.data.class_names, task.data.label_field

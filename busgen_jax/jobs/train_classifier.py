@@ -25,7 +25,7 @@ import ml_collections
 
 from busgen_jax.classification import train
 from busgen_jax.core import errors
-from busgen_jax.jobs import shell
+from busgen_jax.jobs import layout, shell
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -36,7 +36,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     result = train.train_and_evaluate(config, workdir)["eval"]
     print(f"{result['split']} AUC {result['auc']:.3f} "
           f"({result['ci_low']:.3f}-{result['ci_high']:.3f}) on {result['num_cases']} cases; "
-          f"export: {pathlib.Path(workdir) / 'export'}")  # fmt: skip
+          f"export: {pathlib.Path(workdir) / layout.EXPORT}")  # fmt: skip
     return result
 
 
