@@ -24,7 +24,10 @@ JOBS = {
     ),
     "predict": ("busgen_jax.jobs.predict", "per-case probabilities of a classifier, as CSV"),
     "scaling": ("busgen_jax.jobs.scaling", "data-scaling experiment: real vs synthetic vs mixed"),
-    "evaluate": ("busgen_jax.jobs.evaluate", "clinical statistics and generative-quality metrics"),
+    "evaluate": (
+        "busgen_jax.jobs.evaluate",
+        "clinical statistics of classifiers, with a reader study",
+    ),
     "reader-study": ("busgen_jax.jobs.reader_study", "analyse a reader study (MRMC of modalities)"),
     "audit": (
         "busgen_jax.jobs.audit",

@@ -1,4 +1,5 @@
-"""The evaluation job: numbers agree with direct calls of the statistics, files are written."""
+"""The evaluation job and its library (`evaluation.clinical`, `evaluation.prediction_io`): numbers
+agree with direct calls of the statistics, files are written."""
 
 import csv
 import json
@@ -13,7 +14,15 @@ from sklearn import metrics
 
 from busgen_jax.core import config_files, errors
 from busgen_jax.data import schema, shards
-from busgen_jax.evaluation import mrmc, reader_io, reader_study, roe_metz, statistics
+from busgen_jax.evaluation import (
+    clinical,
+    mrmc,
+    prediction_io,
+    reader_io,
+    reader_study,
+    roe_metz,
+    statistics,
+)
 from busgen_jax.jobs import evaluate
 from busgen_jax.jobs import report as demo_report
 
@@ -115,9 +124,9 @@ def test_threshold_is_chosen_on_validation(setup):
     }  # fmt: skip
     assert model["operating_point"] == statistics.binary_metrics(y, s, threshold).to_dict()
     # Without validation predictions the threshold comes from the test set, and says so.
-    preds = {"strong": evaluate.read_predictions(setup["paths"]["strong"][0])}
-    truth = evaluate.truth_from_labels(preds)
-    on_test = evaluate.evaluate_predictions(preds, truth, n_boot=10, threshold_rule="youden")
+    preds = {"strong": prediction_io.read_predictions(setup["paths"]["strong"][0])}
+    truth = prediction_io.truth_from_labels(preds)
+    on_test = clinical.evaluate_predictions(preds, truth, n_boot=10, threshold_rule="youden")
     fpr, tpr, thresholds = metrics.roc_curve(y, s)
     assert on_test["models"]["strong"]["threshold"]["chosen_on"] == "test"
     assert on_test["models"]["strong"]["threshold"]["value"] == thresholds[np.argmax(tpr - fpr)]
@@ -233,12 +242,12 @@ def test_model_missing_cases_is_named(setup, tmp_path):
     partial = tmp_path / "partial.csv"
     _write_csv(partial, ids[:-5], pathology[:-5], scores["weak"][:-5])
     preds = {
-        "strong": evaluate.read_predictions(setup["paths"]["strong"][0]),
-        "partial": evaluate.read_predictions(partial),
+        "strong": prediction_io.read_predictions(setup["paths"]["strong"][0]),
+        "partial": prediction_io.read_predictions(partial),
     }
-    truth = evaluate.truth_from_labels(preds)
+    truth = prediction_io.truth_from_labels(preds)
     with pytest.raises(errors.JobError, match="predictions of 'partial' lack 5 evaluated case"):
-        evaluate.evaluate_predictions(preds, truth, n_boot=10)
+        clinical.evaluate_predictions(preds, truth, n_boot=10)
 
 
 def test_disagreeing_labels_are_named(setup, tmp_path):
@@ -247,11 +256,11 @@ def test_disagreeing_labels_are_named(setup, tmp_path):
     other = tmp_path / "other.csv"
     _write_csv(other, ids, flipped, scores["weak"])
     preds = {
-        "strong": evaluate.read_predictions(setup["paths"]["strong"][0]),
-        "other": evaluate.read_predictions(other),
+        "strong": prediction_io.read_predictions(setup["paths"]["strong"][0]),
+        "other": prediction_io.read_predictions(other),
     }
     with pytest.raises(errors.JobError, match="label 1 in 'other' disagrees with 'strong'"):
-        evaluate.truth_from_labels(preds)
+        prediction_io.truth_from_labels(preds)
 
 
 def test_numeric_reads_and_a_model_listed_as_a_reader(setup, tmp_path):

@@ -95,3 +95,28 @@ def test_the_layout_check_sees_lazy_imports(tmp_path):
     source.write_text("def f():\n    from busgen_jax.jobs import pretrain\n")
     modules = {"busgen_jax.jobs.pretrain": source, "busgen_jax.jobs": source}
     assert _imports(source, modules) == {"busgen_jax.jobs.pretrain"}
+
+
+def test_plotting_leaves_the_global_backend_alone():
+    """Library and job modules draw on `matplotlib.figure.Figure`: importing them in a notebook
+    neither switches its backend (`matplotlib.use`) nor registers figures with pyplot."""
+    offenders = set()
+    for name, path in _modules().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                if any(alias.name == "matplotlib.pyplot" for alias in node.names):
+                    offenders.add(name)
+            elif isinstance(node, ast.ImportFrom) and node.module == "matplotlib":
+                if any(alias.name == "pyplot" for alias in node.names):
+                    offenders.add(name)
+            elif isinstance(node, ast.ImportFrom) and node.module == "matplotlib.pyplot":
+                offenders.add(name)
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "use"
+                and isinstance(node.func.value, ast.Name)
+                and node.func.value.id == "matplotlib"
+            ):
+                offenders.add(name)
+    assert offenders == set()

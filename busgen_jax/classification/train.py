@@ -28,6 +28,7 @@ from busgen_jax.core import config_files, errors
 from busgen_jax.data import schema
 from busgen_jax.data.vocabulary import Task
 from busgen_jax.evaluation import statistics
+from busgen_jax.jobs import layout
 from busgen_jax.models import classifier, params_io
 from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.parallel import partition
@@ -211,8 +212,8 @@ def evaluate(state: train_state.TrainState, config: ml_collections.ConfigDict, w
     auc = statistics.roc_auc_ci(rows["label"], rows["probability"])
     result = {"split": split, "num_cases": len(rows["label"]), **auc.to_dict()}
     if jax.process_index() == 0:
-        inference.write_csv(rows, pathlib.Path(workdir) / f"predictions_{split}.csv")
-        (pathlib.Path(workdir) / f"eval_{split}.json").write_text(json.dumps(result, indent=1))
+        inference.write_csv(rows, pathlib.Path(workdir) / layout.predictions_file(split))
+        (pathlib.Path(workdir) / layout.eval_file(split)).write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -271,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     result = evaluate(state, config, workdir)
     writer.write_scalars(step, {f"{config.eval.split}_auc": result["auc"]})
     writer.flush()
-    export(state, config, workdir / "export")
+    export(state, config, workdir / layout.EXPORT)
     logging.info("%s AUC %.3f (95%% CI %.3f-%.3f) on %d cases", config.eval.split,
                  result["auc"], result["ci_low"], result["ci_high"], result["num_cases"])  # fmt: skip
     return {"state": state, "history": history, "eval": result}

@@ -82,6 +82,7 @@ def _simulator_source() -> bytes:
 
 def phantom_dataset(preset: str = "demo", **overrides) -> pathlib.Path:
     """The dataset directory of phantom `preset` (with config `overrides`), generated if absent."""
+    from busgen_jax.data import shards
     from busgen_jax.data.phantom import writer
     from busgen_jax.reporting import visualize
 
@@ -92,7 +93,7 @@ def phantom_dataset(preset: str = "demo", **overrides) -> pathlib.Path:
     ).hexdigest()[:12]
     entry = cache_root() / "phantom" / f"{preset}-{digest}"
     dataset = entry / "data" / config.name
-    if (dataset / "manifest.json").is_file():
+    if (dataset / shards.MANIFEST).is_file():
         return dataset
     staging = entry.with_name(f".{entry.name}.{uuid.uuid4().hex[:8]}")
     try:
@@ -102,7 +103,7 @@ def phantom_dataset(preset: str = "demo", **overrides) -> pathlib.Path:
         try:
             staging.rename(entry)
         except OSError:
-            if not (dataset / "manifest.json").is_file():  # not a concurrent writer's win
+            if not (dataset / shards.MANIFEST).is_file():  # not a concurrent writer's win
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

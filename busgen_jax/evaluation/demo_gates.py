@@ -25,6 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from busgen_jax.data import shards
+from busgen_jax.jobs import layout
+
 GATES_FILE = "gates.json"
 CONDITIONING_MIN = 0.85
 FAILED_MAX = 0.01
@@ -111,18 +114,20 @@ def auc_gates(seeds: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
 def evaluate(paths) -> list[dict[str, Any]]:
     """Every gate this demo workdir has the measurements for; also written to gates.json."""
     gates = []
-    oracle = _json(paths.fidelity / "oracle.json")
+    oracle = _json(paths.fidelity / layout.ORACLE)
     if oracle:
         gates += conditioning_gates(oracle)
-    manifest = _json(paths.synthetic / "manifest.json")
+    manifest = _json(paths.synthetic / shards.MANIFEST)
     if manifest:
-        recheck = _json(paths.fidelity / "failed_in_dataset.json") or {}
+        recheck = _json(paths.fidelity / layout.FAILED_IN_DATASET) or {}
         gates += failure_gates(
-            manifest, _json(paths.synthetic / "audit" / "audit.json"), recheck.get("failed")
+            manifest,
+            _json(paths.synthetic / layout.AUDIT / layout.AUDIT_REPORT),
+            recheck.get("failed"),
         )
     if oracle and oracle.get("frechet"):
         gates.append(frechet_gate(oracle))
-    seeds = _json(paths.classifiers / "seeds.json")
+    seeds = _json(paths.classifiers / layout.SEEDS)
     if seeds:
         gates += auc_gates(seeds)
     (paths.root / GATES_FILE).write_text(json.dumps(gates, indent=1))

@@ -31,6 +31,7 @@ from sklearn.preprocessing import StandardScaler
 from busgen_jax.data.vocabulary import Task
 from busgen_jax.diffusion import foundation
 from busgen_jax.evaluation import generative, sample_failures
+from busgen_jax.jobs import layout
 
 SHIPPED = foundation.ASSETS / "phantom_oracle"
 CARD_TITLE = "# Phantom oracle (benign vs DCIS)"
@@ -185,7 +186,7 @@ def record_test_auc(export_dir: str | pathlib.Path, data_paths: Sequence[str]) -
 def ship(classifier_workdir: str | pathlib.Path, facts: Mapping[str, Any],
          destination: str | pathlib.Path = SHIPPED) -> pathlib.Path:  # fmt: skip
     """Copies the classifier's export to `destination` with a model card and checksums."""
-    export = pathlib.Path(classifier_workdir) / "export"
+    export = pathlib.Path(classifier_workdir) / layout.EXPORT
     destination = pathlib.Path(destination)
     staging = destination.with_name(f".{destination.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)

@@ -6,13 +6,11 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-import matplotlib
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from sklearn import metrics
 
-matplotlib.use("Agg")  # Files only: no display on training or evaluation hosts.
-import matplotlib.pyplot as plt  # noqa: E402
-from sklearn import metrics  # noqa: E402
-
-from busgen_jax.evaluation import statistics  # noqa: E402
+from busgen_jax.evaluation import statistics
 
 _MAX_LEGEND_READERS = 9
 
@@ -64,7 +62,10 @@ def plot_roc_curves(
     if not models:
         raise ValueError("'models' is empty: no ROC curve to plot")
     truth = statistics.check_truth(truth)
-    figure, axis = plt.subplots(figsize=(5, 5))
+    # A Figure without pyplot: writes files without touching the global backend.
+    figure = Figure(figsize=(5, 5))
+    axis = figure.subplots()
+    tab10 = colormaps["tab10"]
     for k, (name, model_scores) in enumerate(models.items()):
         scores = statistics.check_scores(model_scores, truth.size, f"scores of {name}")
         fpr, tpr, _ = metrics.roc_curve(truth, scores)
@@ -72,7 +73,7 @@ def plot_roc_curves(
         axis.plot(
             fpr,
             tpr,
-            color=plt.cm.tab10(k % 10),
+            color=tab10(k % 10),
             linewidth=2,
             label=f"{name} (AUC {auc.auc:.3f}, 95% CI {auc.ci_low:.3f}-{auc.ci_high:.3f})",
         )
@@ -85,7 +86,7 @@ def plot_roc_curves(
         if len(reader_points) <= _MAX_LEGEND_READERS:
             for k, (name, x, y) in enumerate(zip(reader_points, fprs, sens, strict=True)):
                 # tab10 colours after the model curves' ones.
-                color = plt.cm.tab10((len(models) + k) % 10)
+                color = tab10((len(models) + k) % 10)
                 axis.scatter([x], [y], color=color, marker="o", zorder=3, label=str(name))
         else:
             axis.scatter(fprs, sens, color="tab:red", marker="o", zorder=3, label="Readers")
@@ -105,4 +106,3 @@ def plot_roc_curves(
     axis.legend(loc="lower right", fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=dpi)
-    plt.close(figure)

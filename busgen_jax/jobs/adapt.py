@@ -284,7 +284,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
                  100 * info["adapter_bytes"] / info["full_bytes"])  # fmt: skip
     grid = None
     if config.sample.per_class:
-        grid = sample_grid(config, workdir / layout.ADAPTER, workdir / "samples" / "adapted.png")
+        grid = sample_grid(
+            config, workdir / layout.ADAPTER, workdir / layout.SAMPLES / layout.ADAPTED_SAMPLES
+        )
     print(f"adapter: {workdir / layout.ADAPTER} ({info['adapter_params']:,} params, "
           f"{info['adapter_bytes']:,} bytes); k-shot data: {workdir / layout.FEWSHOT}; grid: {grid}")  # fmt: skip
     return {**result, "info": info, "grid": grid}

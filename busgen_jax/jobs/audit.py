@@ -23,7 +23,7 @@ import numpy as np
 from busgen_jax.core import errors
 from busgen_jax.data import pipeline, shards
 from busgen_jax.diffusion import generator as generator_lib
-from busgen_jax.jobs import shell
+from busgen_jax.jobs import layout, shell
 from busgen_jax.privacy import audit, membership
 from busgen_jax.privacy import report as privacy_report
 
@@ -66,7 +66,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         ]
         path = pathlib.Path(workdir) / privacy_report.PRIVATE_DIR / "closest_pairs.png"
         private = str(privacy_report.write_private_pairs(path, rows))
-    out = pathlib.Path(workdir) / "audit"
+    out = pathlib.Path(workdir) / layout.AUDIT
     report = privacy_report.write_audit_report(
         out,
         candidate_sims=sims,

@@ -90,6 +90,9 @@ def classifier_sources(config, paths: layout.Paths) -> dict[str, dict[str, Any]]
 
 
 def stage_classifiers(config, paths: layout.Paths) -> None:
+    """Each source's classifiers over the seeds. A classifier job scores the real test split
+    (its predictions_test.csv is what the evaluation reads); seed 0's export then scores the
+    validation split, on which the evaluation chooses its thresholds."""
     from busgen_jax.classification import inference
     from busgen_jax.jobs import train_classifier
 
@@ -102,17 +105,16 @@ def stage_classifiers(config, paths: layout.Paths) -> None:
                 stage_config(
                     config.classifier,
                     **fields,
-                    **{"eval.paths": (str(paths.data),), "train.seed": seed},
+                    **{"eval.paths": (str(paths.data),), "eval.split": "test", "train.seed": seed},
                 ),
                 str(workdir),
             )
             aucs.setdefault(source, []).append(result["auc"])
-        model, trained = inference.load_classifier(paths.classifier(source) / "export")
-        for split in ("val", "test"):
-            rows = inference.predict_split(model, trained, [str(paths.data)], split)
-            inference.write_csv(rows, paths.predictions(source, split))
+        model, trained = inference.load_classifier(paths.classifier(source) / layout.EXPORT)
+        rows = inference.predict_split(model, trained, [str(paths.data)], "val")
+        inference.write_csv(rows, paths.predictions(source, "val"))
     summary = {source: demo_gates.seed_summary(values) for source, values in aucs.items()}
-    (paths.classifiers / "seeds.json").write_text(json.dumps(summary, indent=1))
+    (paths.classifiers / layout.SEEDS).write_text(json.dumps(summary, indent=1))
 
 
 def stage_evaluate(config, paths: layout.Paths) -> None:
@@ -135,10 +137,10 @@ def stage_fidelity(config, paths: layout.Paths) -> None:
     fidelity.fidelity_from_exports(
         [str(paths.data)],
         [str(paths.synthetic)],
-        {s: str(paths.classifier(s) / "export") for s in sources},
+        {s: str(paths.classifier(s) / layout.EXPORT) for s in sources},
         seed=config.seed,
         segmenter_steps=config.fidelity_segmenter_steps,
-        out_path=paths.fidelity / "fidelity.json",
+        out_path=paths.fidelity / layout.FIDELITY,
     )
     stage_oracle(config, paths)
 
@@ -146,11 +148,14 @@ def stage_fidelity(config, paths: layout.Paths) -> None:
 def stage_oracle(config, paths: layout.Paths) -> None:
     """The quality gates' measurements: the phantom oracle's verdict on the synthetic set, and
     a recount of noise-like images in the written dataset."""
+    from busgen_jax.classification import inference
     from busgen_jax.data import pipeline, shards
+    from busgen_jax.diffusion import generator
     from busgen_jax.evaluation import oracle, sample_failures
 
     oracle_dir = config.oracle.classifier or oracle.shipped_dir()
-    size = json.loads((pathlib.Path(oracle_dir) / "config.json").read_text())["data"]["image_size"]
+    oracle_config = json.loads((pathlib.Path(oracle_dir) / inference.CONFIG_FILE).read_text())
+    size = oracle_config["data"]["image_size"]
     reference = [config.oracle.reference or str(paths.data)]
     synthetic = pipeline.load_split([str(paths.synthetic)], "train", size)
     result = oracle.measure(
@@ -161,13 +166,13 @@ def stage_oracle(config, paths: layout.Paths) -> None:
         seed=config.seed,
         max_per_class=config.oracle.max_per_class,
     )
-    oracle.write(result, paths.fidelity / "oracle.json")
+    oracle.write(result, paths.fidelity / layout.ORACLE)
     failed = shards.read_manifest(paths.synthetic)["extra"]["failed_samples"]
     # At the generator's own size, where synthesis measured the limit.
-    native = json.loads((paths.generator / "generator.json").read_text())["image_size"]
+    native = json.loads((paths.generator / generator.SPEC_FILE).read_text())["image_size"]
     generated = pipeline.load_split([str(paths.synthetic)], "train", native)
     count = int(sample_failures.failed(generated["image"], failed["limit"]).sum())
-    (paths.fidelity / "failed_in_dataset.json").write_text(json.dumps({"failed": count}))
+    (paths.fidelity / layout.FAILED_IN_DATASET).write_text(json.dumps({"failed": count}))
 
 
 def stage_scaling(config, paths: layout.Paths) -> None:

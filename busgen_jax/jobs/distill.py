@@ -30,7 +30,7 @@ from jax.experimental import multihost_utils
 from busgen_jax.core import config_files, errors
 from busgen_jax.data import pipeline
 from busgen_jax.diffusion import distillation, foundation, generator, schedules, train_step
-from busgen_jax.jobs import shell
+from busgen_jax.jobs import layout, shell
 from busgen_jax.models import lora, params_io, unet
 from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.parallel import partition
@@ -195,7 +195,7 @@ def distill(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[st
         # The round's student, as exported, teaches the next round.
         teacher, student = generator.load_generator(directory / "student")
         done = student.student["rounds"]
-    final = workdir / "export"
+    final = workdir / layout.EXPORT
     if jax.process_index() == 0:
         shutil.rmtree(final, ignore_errors=True)
         shutil.copytree(directory / "student", final)

@@ -18,7 +18,7 @@ import ml_collections
 from busgen_jax.classification import inference
 from busgen_jax.core import errors
 from busgen_jax.data import shards
-from busgen_jax.jobs import shell
+from busgen_jax.jobs import layout, shell
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Path:
@@ -30,7 +30,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Path:
         rows = inference.predict_split(model, trained, paths, config.split, config.batch_size)
     except (FileNotFoundError, shards.DatasetError) as e:
         raise errors.JobError(str(e)) from e
-    out = inference.write_csv(rows, pathlib.Path(workdir) / f"predictions_{config.split}.csv")
+    out = inference.write_csv(rows, pathlib.Path(workdir) / layout.predictions_file(config.split))
     print(f"{len(rows['case_id'])} predictions: {out}")
     return out
 

@@ -22,7 +22,7 @@ from jax.experimental import multihost_utils
 
 from busgen_jax.core import config_files, errors
 from busgen_jax.diffusion import generator, losses, preview, samplers, train_step
-from busgen_jax.jobs import shell
+from busgen_jax.jobs import layout, shell
 from busgen_jax.models import presets, unet
 from busgen_jax.parallel import partition
 from busgen_jax.reporting import visualize
@@ -123,7 +123,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         writer.write_images(step, {"samples": visualize.tile_grid(
             images, config.sample.per_class)[None, ..., None]})  # fmt: skip
         if jax.process_index() == 0:
-            path = workdir / "samples" / f"step_{step:07d}.png"
+            path = workdir / layout.SAMPLES / f"step_{step:07d}.png"
             preview.save_sample_grid(
                 images,
                 tuple(config.data.class_names),
@@ -137,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         mesh=mesh, manager=manager, writer=writer, rng=jax.random.key(config.train.seed),
         after_step=sample_grid,
     )  # fmt: skip
-    export_generator(state, config, workdir / "export")
+    export_generator(state, config, workdir / layout.EXPORT)
     return {"state": state, "history": history}
 
 
@@ -147,7 +147,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     except (ValueError, checkpoints.CheckpointError, FloatingPointError) as e:
         raise errors.JobError(str(e)) from e
     print(f"pretrained to step {int(result['state'].step)}; generator: "
-          f"{pathlib.Path(workdir) / 'export'}")  # fmt: skip
+          f"{pathlib.Path(workdir) / layout.EXPORT}")  # fmt: skip
     return result
 
 

@@ -14,8 +14,9 @@ from typing import Any
 from busgen_jax.data import shards
 from busgen_jax.evaluation import demo_gates
 from busgen_jax.jobs import layout, shell
+from busgen_jax.models import lora
+from busgen_jax.reporting import clinical, visualize
 from busgen_jax.reporting import html as report
-from busgen_jax.reporting import visualize
 
 SIMULATED = (
     "All data here are SIMULATED: phantom images, and readers simulated from the phantom's latent "
@@ -33,7 +34,7 @@ def _ci(d: dict[str, Any], key: str = "auc") -> str:
 
 
 def overview(paths, config) -> report.Section:
-    timings = _json(paths.root / "timings.json") or {}
+    timings = _json(paths.root / layout.TIMINGS) or {}
     rows = [[name, f"{seconds:.0f}"] for name, seconds in timings.items()]
     rows.append(["total", f"{sum(timings.values()):.0f}"])
     return report.Section(
@@ -75,17 +76,17 @@ def data_section(paths, config) -> report.Section:
 
 def generation_section(paths) -> report.Section:
     figures = []
-    samples = sorted((paths.pretrain / "samples").glob("*.png"))
+    samples = sorted((paths.pretrain / layout.SAMPLES).glob("*.png"))
     if samples:
         figures.append(
             report.Figure(
                 samples[-1], f"Pretrained model samples ({samples[-1].stem}), one row per pathology"
             )
         )
-    adapted = paths.adapt / "samples" / "adapted.png"
+    adapted = paths.adapt / layout.SAMPLES / layout.ADAPTED_SAMPLES
     figures.append(report.Figure(adapted, "Adapted model samples per task class"))
     tables = []
-    info = _json(paths.adapter / "adapter.json")
+    info = _json(paths.adapter / lora.ADAPTER_FILE)
     if info:
         tables.append(
             report.Table(
@@ -114,7 +115,8 @@ def synthesis_section(paths) -> report.Section:
         paths.root / "synthetic_grid.png",
         title="Synthetic images per requested class and device",
     )
-    audit = _json(paths.synthetic / "audit" / "audit.json") or {}
+    audit_dir = paths.synthetic / layout.AUDIT
+    audit = _json(audit_dir / layout.AUDIT_REPORT) or {}
     tables = []
     if audit:
         test = audit["memorization_test"]
@@ -152,7 +154,6 @@ def synthesis_section(paths) -> report.Section:
                 ],
             )
         )
-    audit_dir = paths.synthetic / "audit"
     # Training images never enter the report: the audit names neighbours by case id only.
     private = audit.get("private_pictures")
     where = (
@@ -165,13 +166,13 @@ def synthesis_section(paths) -> report.Section:
         paragraphs=[
             "Similarity is NCC and a shift/crop/rotation-tolerant windowed NCC; a candidate is "
             "rejected when either exceeds its held-out-calibrated threshold. Training neighbours "
-            f"are listed by pseudonymous case id in {audit_dir / 'audit.json'}. {where}"
+            f"are listed by pseudonymous case id in {audit_dir / layout.AUDIT_REPORT}. {where}"
         ],
         tables=tables,
         figures=[
             report.Figure(grid, "Synthetic dataset: rows are requested pathologies"),
             report.Figure(
-                audit_dir / "audit_similarity_hist.png",
+                audit_dir / layout.AUDIT_HISTOGRAM,
                 "Nearest-training-neighbour similarity: candidates vs held-out real",
             ),
         ],
@@ -185,25 +186,23 @@ def _membership_cell(result) -> str:
 
 
 def evaluation_sections(paths) -> list[report.Section]:
-    markdown = paths.evaluation / "evaluation.md"
-    if not markdown.is_file():
+    """The clinical evaluation's tables, built from its results; the ROC figure with the
+    reader study."""
+    results = _json(paths.evaluation / layout.EVALUATION_RESULTS)
+    if not results:
         return []
-    sections = report.markdown_sections(markdown.read_text())
-    # As in BUSGen's reader figure: the ROC curves sit with the reader study, each reader a point.
-    readers = [s for s in sections if "reader study" in s.title.lower() and s.level == 2]
-    (readers or sections)[0].figures = [
-        report.Figure(
-            paths.evaluation / "roc.png",
-            "ROC curves of the classifiers; each simulated reader is a point at its BI-RADS 4A "
-            "operating point, the cross the reader mean",
-        )
-    ]
+    roc = report.Figure(
+        paths.evaluation / layout.ROC_FIGURE,
+        "ROC curves of the classifiers; each simulated reader is a point at its BI-RADS 4A "
+        "operating point, the cross the reader mean",
+    )
+    sections = clinical.sections(results, roc)
     sections[0].note = SIMULATED
     return sections
 
 
 def fidelity_section(paths) -> report.Section | None:
-    results = _json(paths.fidelity / "fidelity.json")
+    results = _json(paths.fidelity / layout.FIDELITY)
     if not results:
         return None
     metrics = ("fd", "kid", "precision", "recall", "density", "coverage")
@@ -277,7 +276,7 @@ def gates_section(paths) -> report.Section | None:
         for g in gates
     ]  # fmt: skip
     missed = [g["gate"] for g in gates if not g["passed"]]
-    oracle = _json(paths.fidelity / "oracle.json") or {}
+    oracle = _json(paths.fidelity / layout.ORACLE) or {}
     return report.Section(
         "Quality gates",
         paragraphs=[
@@ -298,7 +297,7 @@ def gates_section(paths) -> report.Section | None:
 
 
 def seeds_section(paths) -> report.Section | None:
-    seeds = _json(paths.classifiers / "seeds.json")
+    seeds = _json(paths.classifiers / layout.SEEDS)
     if not seeds:
         return None
     rows = [

@@ -17,18 +17,15 @@ import json
 import pathlib
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
+import ml_collections
+import numpy as np
+from matplotlib.figure import Figure
 
 from busgen_jax.classification import train
 from busgen_jax.core import config_files, errors
-from busgen_jax.data import pipeline, shards  # noqa: E402
+from busgen_jax.data import pipeline, shards
 from busgen_jax.data.vocabulary import Task
-from busgen_jax.jobs import shell
+from busgen_jax.jobs import layout, shell
 
 SOURCES = ("real", "synthetic", "mixed")
 
@@ -81,7 +78,7 @@ def run_config(config, source: str, paths: dict[str, str]) -> ml_collections.Con
 def run_point(config, source: str, n: int, workdir: pathlib.Path) -> dict[str, Any]:
     """Trains and evaluates one (source, n) classifier, or reads its finished evaluation."""
     run_dir = workdir / "runs" / f"{source}_{n}"
-    done = run_dir / "eval_test.json"
+    done = run_dir / layout.eval_file("test")
     if not done.exists():
         names = Task.from_config(config.classifier.task).class_names
         field = config.classifier.task.label_field
@@ -102,7 +99,8 @@ def run_point(config, source: str, n: int, workdir: pathlib.Path) -> dict[str, A
 
 def plot(points: list[dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
     """Test AUC with its 95% DeLong interval against n (log scale), one line per source."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig = Figure(figsize=(5.5, 4))  # no pyplot: the global backend stays as it is
+    ax = fig.subplots()
     for index, source in enumerate(SOURCES):
         rows = sorted((p for p in points if p["source"] == source), key=lambda p: p["n"])
         if not rows:
@@ -125,7 +123,6 @@ def plot(points: list[dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

@@ -17,6 +17,7 @@ from busgen_jax.core import config_files
 from busgen_jax.data import builtin
 from busgen_jax.diffusion import foundation
 from busgen_jax.evaluation import oracle
+from busgen_jax.jobs import layout
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -28,8 +29,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = config_files.load("configs/classifier.py:oracle")
     data = [builtin.resolve_path(p) for p in config.data.paths]
-    val = json.loads((pathlib.Path(args.workdir) / "eval_val.json").read_text())
-    test = oracle.record_test_auc(pathlib.Path(args.workdir) / "export", data)
+    val = json.loads((pathlib.Path(args.workdir) / layout.eval_file("val")).read_text())
+    test = oracle.record_test_auc(pathlib.Path(args.workdir) / layout.EXPORT, data)
     facts = foundation.training_facts("", args.train_seconds)
     facts["reproduce with"] = "make oracle (see busgen_jax/evaluation/oracle.py)"
     facts.update({

@@ -435,7 +435,7 @@ def write_audit(out_dir: pathlib.Path, ctx: Context, done: list[dict]) -> dict:
             )
         )
     return privacy_report.write_audit_report(
-        out_dir / "audit",
+        out_dir / layout.AUDIT,
         candidate_sims=sims,
         heldout_sims=ctx.reference.heldout_sims,
         thresholds=ctx.reference.thresholds,

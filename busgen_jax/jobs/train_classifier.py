@@ -24,14 +24,14 @@ from typing import Any
 import ml_collections
 
 from busgen_jax.classification import train
-from busgen_jax.jobs import shell
+from busgen_jax.jobs import layout, shell
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     result = train.train_and_evaluate(config, workdir)["eval"]
     print(f"{result['split']} AUC {result['auc']:.3f} "
           f"({result['ci_low']:.3f}-{result['ci_high']:.3f}) on {result['num_cases']} cases; "
-          f"export: {pathlib.Path(workdir) / 'export'}")  # fmt: skip
+          f"export: {pathlib.Path(workdir) / layout.EXPORT}")  # fmt: skip
     return result
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from busgen_jax.jobs import layout
 from busgen_jax.privacy import audit
 
 PRIVATE_DIR = "private_audit"
@@ -121,11 +122,9 @@ def write_audit_report(
         "membership_inference": membership,
         "private_pictures": private_pictures,
     }
-    (out / "audit.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / layout.AUDIT_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     title = f"Privacy audit: {rejected_count} of {num} candidates rejected"
-    _plot_histograms(
-        out / "audit_similarity_hist.png", candidate_sims, heldout_sims, thresholds, title
-    )
+    _plot_histograms(out / layout.AUDIT_HISTOGRAM, candidate_sims, heldout_sims, thresholds, title)
     _plot_synthetic_with_ids(out / "audit_closest_pairs.png", closest)
     return report
 

@@ -1,7 +1,8 @@
 """A self-contained HTML report: sections of text, tables and PNG figures (inlined).
 
 The demo builds one from its stages' outputs; `busgen report --workdir=DIR` rebuilds it from a
-finished demo workdir (see `busgen_jax.jobs.demo.report_sections`).
+finished demo workdir (see `busgen_jax.jobs.report`). `reporting.markdown` renders the same
+sections as Markdown.
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ class Figure:
 
 @dataclasses.dataclass
 class Section:
-    """A heading, then paragraphs, tables and figures; `blocks` adds content in its own order."""
+    """A heading, then paragraphs, tables and figures; `blocks` adds content in its own order.
+
+    `level` 2 is a section, 3 a subsection; 1 a document's title (Markdown `#`), shown as a
+    section in the HTML report.
+    """
 
     title: str
     paragraphs: Sequence[str] = ()
@@ -57,40 +62,6 @@ class Section:
     level: int = 2
 
 
-def markdown_sections(text: str) -> list[Section]:
-    """Sections from the simple Markdown the jobs write: `#`/`##` headings start a section,
-    `###` a subsection; pipe tables and paragraphs keep their order."""
-    sections: list[Section] = []
-    table_lines: list[str] = []
-
-    def current() -> Section:
-        if not sections:
-            sections.append(Section("Results"))
-        return sections[-1]
-
-    def flush_table() -> None:
-        if table_lines:
-            cells = [
-                [c.strip() for c in line.strip().strip("|").split("|")] for line in table_lines
-            ]
-            rows = [r for r in cells[1:] if not all(set(c) <= set("-: ") for c in r)]
-            current().blocks.append(Table("", cells[0], rows))
-            table_lines.clear()
-
-    for line in text.splitlines():
-        if line.startswith("|"):
-            table_lines.append(line)
-            continue
-        flush_table()
-        if line.startswith("#"):
-            level = 3 if line.startswith("###") else 2
-            sections.append(Section(line.lstrip("#").strip(), level=level))
-        elif line.strip():
-            current().blocks.append(line.strip())
-    flush_table()
-    return sections
-
-
 def _block(block: str | Table | Figure) -> str:
     if isinstance(block, Table):
         return _table(block)
@@ -99,10 +70,15 @@ def _block(block: str | Table | Figure) -> str:
     return f"<p>{html.escape(block)}</p>"
 
 
-def _cell(value: Any) -> str:
+def format_value(value: Any) -> str:
+    """A table cell's text: floats to 3 decimals (or 3 significant digits when smaller)."""
     if isinstance(value, float):
         return f"{value:.3f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
-    return html.escape(str(value))
+    return str(value)
+
+
+def _cell(value: Any) -> str:
+    return html.escape(format_value(value))
 
 
 def _table(table: Table) -> str:
@@ -137,7 +113,10 @@ def render(title: str, sections: Sequence[Section], preamble: str = "") -> str:
     if preamble:
         parts.append(f"<p class='note'>{html.escape(preamble)}</p>")
     for section in sections:
-        parts.append(f"<h{section.level}>{html.escape(section.title)}</h{section.level}>")
+        # The report's title is its one <h1>: a document's title section (level 1) becomes a
+        # section of the report.
+        level = max(section.level, 2)
+        parts.append(f"<h{level}>{html.escape(section.title)}</h{level}>")
         if section.note:
             parts.append(f"<p class='note'>{html.escape(section.note)}</p>")
         parts += [f"<p>{html.escape(p)}</p>" for p in section.paragraphs]

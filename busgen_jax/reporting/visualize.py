@@ -5,13 +5,11 @@ from __future__ import annotations
 import pathlib
 from collections.abc import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from busgen_jax.data import schema, shards  # noqa: E402
+from busgen_jax.data import schema, shards
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -51,7 +49,9 @@ def labelled_grid(
     Missing cells stay blank. `boxes`, when given, outlines normalized xyxy boxes per image.
     """
     rows, cols = len(row_labels), len(col_labels) * per_cell
-    fig, axes = plt.subplots(rows, cols, figsize=(1.3 * cols, 1.4 * rows + 0.4), squeeze=False)
+    # A Figure without pyplot: writes files without touching the global backend.
+    fig = Figure(figsize=(1.3 * cols, 1.4 * rows + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for r, row in enumerate(row_labels):
         for c, col in enumerate(col_labels):
             images = cells.get((row, col), [])
@@ -68,7 +68,7 @@ def labelled_grid(
                     height, width = image.shape[:2]
                     for x1, y1, x2, y2 in cell_boxes[k] if k < len(cell_boxes) else []:
                         ax.add_patch(
-                            plt.Rectangle(
+                            Rectangle(
                                 (x1 * width - 0.5, y1 * height - 0.5),
                                 (x2 - x1) * width,
                                 (y2 - y1) * height,
@@ -87,7 +87,6 @@ def labelled_grid(
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
