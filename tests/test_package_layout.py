@@ -50,10 +50,7 @@ def test_no_job_imports_another_job_except_the_demo():
     graph = _graph()
     jobs = {m for m in graph if m.startswith("busgen_jax.jobs.")} - JOB_SHELL
     reaches = {
-        (job, imported)
-        for job in jobs - DRIVERS
-        for imported in graph[job]
-        if imported in jobs
+        (job, imported) for job in jobs - DRIVERS for imported in graph[job] if imported in jobs
     }
     assert reaches == set()
 

@@ -135,8 +135,7 @@ def audit_reference(config: ml_collections.ConfigDict, spec) -> AuditReference:
     train = pipeline.load_split(paths, "train", size, classes)
     heldout = pipeline.load_split(paths, config.audit.heldout_split, size, classes)
     heldout_sims, _ = audit.search(heldout["image"], train["image"])
-    overrides = {"ncc": config.audit.threshold, "windowed": config.audit.windowed_threshold}
-    thresholds = audit.calibrate(heldout_sims, config.audit.quantile, overrides=overrides)
+    thresholds = audit.configured_thresholds(heldout_sims, config.audit)
     strict = audit.calibrate(heldout_sims, config.audit.strict_quantile)
     return AuditReference(
         train=train,
