@@ -38,9 +38,20 @@ def train():
     return _textures(60, seed=0)
 
 
+def _ncc_thresholds(train_images, heldout_images, quantile=0.999):
+    """NCC alone: the quantile of held-out-to-training nearest-neighbour similarity."""
+    heldout_sims, _ = audit.nearest_neighbours(heldout_images, train_images)
+    return audit.calibrate({"ncc": heldout_sims}, quantile)
+
+
+def _ncc_flagged(candidates, train_images, thresholds):
+    sims, idx = audit.nearest_neighbours(candidates, train_images)
+    return audit.flagged({"ncc": sims}, thresholds), sims, idx
+
+
 @pytest.fixture(scope="module")
-def threshold(train):
-    return audit.calibrate_threshold(train, _textures(60, seed=1))
+def thresholds(train):
+    return _ncc_thresholds(train, _textures(60, seed=1))
 
 
 @pytest.mark.parametrize("chunk", [4, 1024])
@@ -66,7 +77,7 @@ def test_threshold_is_numpy_quantile_of_heldout_nn(train):
     heldout = _textures(12, seed=1, size=48)
     brute, _ = _brute_force_nn(heldout, train[:10], 32)
     for q in (0.5, 0.9):
-        threshold = audit.calibrate_threshold(train[:10], heldout, quantile=q)
+        threshold = _ncc_thresholds(train[:10], heldout, quantile=q)["ncc"]
         assert threshold == pytest.approx(np.quantile(brute, q), abs=1e-5)
 
 
@@ -75,6 +86,9 @@ def test_calibrate_overrides_a_measure_and_flags_on_either_margin():
     heldout = {m: rng.uniform(0.2, 0.6, 500) for m in audit.MEASURES}
     thresholds = audit.calibrate(heldout, 0.99, overrides={"ncc": 0.5, "windowed": None})
     assert thresholds == {"ncc": 0.5, "windowed": np.quantile(heldout["windowed"], 0.99)}
+    # As the synthesis and audit configs set them.
+    settings = {"quantile": 0.99, "threshold": 0.5, "windowed_threshold": None}
+    assert audit.configured_thresholds(heldout, settings) == thresholds
     sims = {"ncc": np.array([0.4, 0.7, 0.4, 0.5]), "windowed": np.array([0.1, 0.1, 0.9, 0.1])}
     expected = np.maximum(sims["ncc"] - 0.5, sims["windowed"] - thresholds["windowed"])
     np.testing.assert_allclose(audit.margin(sims, thresholds), expected)
@@ -85,14 +99,14 @@ def test_calibrate_overrides_a_measure_and_flags_on_either_margin():
 def test_tiny_heldout_set_warns_and_gives_near_maximum(caplog):
     sims = np.linspace(0.1, 0.5, 20)
     with caplog.at_level("WARNING"):
-        threshold = audit.quantile_threshold(sims, 0.999)
+        threshold = audit.calibrate({"ncc": sims}, 0.999)["ncc"]
     assert "Only 20 held-out" in caplog.text
     assert threshold == pytest.approx(np.quantile(sims, 0.999)) and 0.499 < threshold <= 0.5
     with pytest.raises(ValueError, match="heldout_sims"):
-        audit.quantile_threshold(np.array([]))
+        audit.calibrate({"ncc": np.array([])})
 
 
-def test_planted_copies_are_rejected_and_new_images_pass(train, threshold):
+def test_planted_copies_are_rejected_and_new_images_pass(train, thresholds):
     rng = np.random.default_rng(5)
     source = train[:10]
     copies = {
@@ -104,14 +118,14 @@ def test_planted_copies_are_rejected_and_new_images_pass(train, threshold):
         "blur": scipy.ndimage.gaussian_filter(source, sigma=(0, 1.5, 1.5)),
     }
     for name, planted in copies.items():
-        keep, sims, idx = audit.filter_candidates(planted, train, threshold)
-        assert not keep.any(), (name, sims)
+        flagged, sims, idx = _ncc_flagged(planted, train, thresholds)
+        assert flagged.all(), (name, sims)
         np.testing.assert_array_equal(idx, np.arange(10), err_msg=name)
-    keep, _, _ = audit.filter_candidates(_textures(100, seed=2), train, threshold)
-    assert keep.mean() >= 0.95
+    flagged, _, _ = _ncc_flagged(_textures(100, seed=2), train, thresholds)
+    assert (~flagged).mean() >= 0.95
 
 
-def test_feature_fn_catches_rotated_copies_that_ncc_misses(train, threshold):
+def test_feature_fn_catches_rotated_copies_that_ncc_misses(train, thresholds):
     def rotation_invariant(images):  # sum of the four 90-degree rotations, centred
         summed = sum(np.rot90(images, k, axes=(1, 2)) for k in range(4))
         flat = summed.reshape(len(images), -1)
@@ -119,7 +133,7 @@ def test_feature_fn_catches_rotated_copies_that_ncc_misses(train, threshold):
 
     rotated = np.rot90(train[:10], 1, axes=(1, 2))
     ncc_sims, _ = audit.nearest_neighbours(rotated, train)
-    assert (ncc_sims <= threshold).all()
+    assert not audit.flagged({"ncc": ncc_sims}, thresholds).any()
     feature_sims, idx = audit.nearest_neighbours(rotated, train, feature_fn=rotation_invariant)
     np.testing.assert_allclose(feature_sims, 1.0, atol=1e-5)
     np.testing.assert_array_equal(idx, np.arange(10))

@@ -1,8 +1,11 @@
-"""The synthesis job: planned labels, exact counts, audited output, kill-and-resume."""
+"""Synthesis: planned labels, the audited-generation loop with toy samplers, exact counts,
+audited output, kill-and-resume."""
 
 import base64
+import dataclasses
 import json
 import os
+import pathlib
 import re
 import signal
 import subprocess
@@ -12,14 +15,16 @@ import types
 import numpy as np
 import pause_points
 import pytest
+import scipy.ndimage
 from generator_fixtures import phantom_dataset, tiny_generator
 
 from busgen_jax.core import config_files, errors
-from busgen_jax.data import pipeline, schema, shards
+from busgen_jax.data import box_priors, pipeline, schema, shards
 from busgen_jax.jobs import layout, synthesize
 from busgen_jax.jobs import report as demo_report
 from busgen_jax.reporting import html as html_report
 from busgen_jax.reporting import visualize
+from busgen_jax.synthesis import generate
 from busgen_jax.synthesis import plan as synthesis_plan
 
 
@@ -69,6 +74,91 @@ def test_assignments_are_a_seeded_shuffle_of_the_plan():
     assert a == synthesis_plan.assignments(plan, seed=1)
 
 
+def _textures(num: int, seed: int, size: int = 32) -> np.ndarray:
+    """Smooth random textures in [-1, 1]: independent images, [num, size, size, 1]."""
+    rng = np.random.default_rng(seed)
+    x = scipy.ndimage.gaussian_filter(rng.normal(size=(num, size, size)), sigma=(0, 3, 3))
+    return np.clip(x / (3 * x.std()), -1, 1)[..., None].astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def toy_reference():
+    """60 training and 60 held-out textures, thresholds at the configs' default quantiles."""
+    train = {"image": _textures(60, seed=0)[..., 0], "case_id": [f"train-{k}" for k in range(60)]}
+    heldout = {"image": _textures(60, seed=1)[..., 0]}
+    settings = {"quantile": 0.999, "threshold": None, "windowed_threshold": None}
+    return generate.audit_reference(train, heldout, {**settings, "strict_quantile": 0.95})
+
+
+def _toy_context(sampler, reference, **overrides) -> generate.Context:
+    """The loop's context around a toy sampler: one shard of 12 benign records."""
+    boxes = np.array([[0.3, 0.3, 0.6, 0.6], [0.2, 0.4, 0.5, 0.8]])
+    prior = box_priors.BoxPrior(
+        ("benign",),
+        {"benign": box_priors.boxes_to_features(boxes)},
+        {"benign": np.zeros((4, 4))},
+        {"benign": np.array([0.0, 1.0])},
+        0.0,
+    )
+    fields = {
+        "name": "toy",
+        "seed": 0,
+        "plan": [("benign", "A")] * 12,
+        "prior": prior,
+        "sampler": sampler,
+        "reference": reference,
+        "records_per_shard": 12,
+        "max_rounds": 5,
+        "num_closest": 4,
+        "failure_limit": 1.0,
+        "redraw_failed": False,
+        "provenance": {"source": "synthetic"},
+    }
+    return generate.Context(**{**fields, **overrides})
+
+
+def test_the_loop_redraws_planted_copies_and_keeps_none(toy_reference):
+    train = toy_reference.train["image"]
+    calls = []
+
+    def sampler(draws, key):
+        calls.append([d.index for d in draws])
+        images = _textures(len(draws), seed=100 + len(calls))
+        if len(calls) == 1:  # the first round memorizes three training images
+            images[[1, 4, 7]] = train[[3, 5, 8], ..., None]
+        return images
+
+    records, sidecar = generate.generate_shard(_toy_context(sampler, toy_reference), 0)
+    assert calls[0] == list(range(12)) and {1, 4, 7} <= set(calls[1])
+    assert [r["provenance"]["index"] for r in records] == list(range(12))
+    assert all(records[i]["provenance"]["attempt"] >= 1 for i in (1, 4, 7))
+    thresholds = toy_reference.thresholds
+    assert all(r["provenance"]["nn_similarity"] <= thresholds["ncc"] for r in records)
+    assert all(r["provenance"]["windowed_similarity"] <= thresholds["windowed"] for r in records)
+    drawn = sum(map(len, calls))
+    assert len(sidecar["candidate_sims"]["ncc"]) == drawn
+    assert sidecar["rejected"] == drawn - 12 >= 3
+    copies = sidecar["closest"][:3]
+    assert [c["similarity"]["ncc"] for c in copies] == pytest.approx([1.0] * 3, abs=1e-5)
+    assert {c["train_case_id"] for c in copies} == {"train-3", "train-5", "train-8"}
+    assert all(c["flagged"] and c["synthetic_case_id"] is None for c in copies)
+    stored = {schema.decode_png(r["image"]).tobytes() for r in records}
+    assert not stored & {visualize.to_uint8(image).tobytes() for image in train}
+
+
+def test_the_loop_fails_clearly_on_a_sampler_that_always_copies(toy_reference):
+    calls = []
+
+    def copier(draws, key):
+        calls.append(len(draws))
+        return toy_reference.train["image"][: len(draws), ..., None]
+
+    ctx = _toy_context(copier, toy_reference, max_rounds=3)
+    with pytest.raises(errors.JobError, match="12 candidates stayed above the privacy thresholds"):
+        generate.generate_shard(ctx, 0)
+    assert calls == [12, 12, 12]
+
+
 def test_synthesis_writes_exactly_the_planned_audited_dataset(inputs, tmp_path):
     config = _config(inputs, classes={"benign": 1.0, "dcis": 1.0})
     manifest = synthesize.run(config, str(tmp_path))
@@ -94,23 +184,28 @@ def test_synthesis_writes_exactly_the_planned_audited_dataset(inputs, tmp_path):
     shards.verify_dataset(out)
 
 
-def _copy_on_first_try(monkeypatch):
-    """Makes the generator return training images verbatim on its first try, then sample."""
-    real_sample = synthesize.sample_candidates
+def _run_copying_on_first_try(config, workdir):
+    """`synthesize.run` with a sampler that returns training images verbatim on a record's first
+    try and samples the generator on later ones: the loop's sampler is injected in its context."""
+    model, spec = synthesize.load_generator(config)
+    ctx = synthesize.make_context(config, model, spec)
+    train, sample, tried = ctx.reference.train["image"], ctx.sampler, set()
 
-    def copying_sample(ctx, indices, boxes, shard_key, attempt):
-        if attempt == 0:
-            return ctx.reference.train["image"][: len(indices), ..., None]
-        return real_sample(ctx, indices, boxes, shard_key, attempt)
+    def copying(draws, key):
+        first = {d.index for d in draws} - tried
+        tried.update(first)
+        return train[: len(draws), ..., None] if first else sample(draws, key)
 
-    monkeypatch.setattr(synthesize, "sample_candidates", copying_sample)
+    out = pathlib.Path(workdir) / layout.SYNTHETIC
+    out.mkdir(parents=True, exist_ok=True)
+    copying_ctx = dataclasses.replace(ctx, sampler=copying)
+    return synthesize.write_dataset(config, out, copying_ctx, (model, spec))
 
 
-def test_planted_copies_are_rejected_and_resampled(inputs, tmp_path, monkeypatch):
+def test_planted_copies_are_rejected_and_resampled(inputs, tmp_path):
     """A generator that returns training images verbatim on its first try gets none through."""
     config = _config(inputs, num_images=8)
-    _copy_on_first_try(monkeypatch)
-    synthesize.run(config, str(tmp_path))
+    _run_copying_on_first_try(config, str(tmp_path))
     records = list(shards.read_records(tmp_path / layout.SYNTHETIC, "train"))
     assert len(records) == 8 and all(r["provenance"]["attempt"] == 1 for r in records)
     report = json.loads((tmp_path / layout.SYNTHETIC / "audit" / "audit.json").read_text())
@@ -170,17 +265,16 @@ def _training_byte_patterns(data_dir, image_size):
     return patterns
 
 
-def test_nothing_written_holds_training_pixels(inputs, tmp_path, monkeypatch):
+def test_nothing_written_holds_training_pixels(inputs, tmp_path):
     """A generator that copies on its first try: its candidates are rejected and never stored,
     the dataset directory holds only shards, manifest and audit, and no file anywhere holds a
     training image's PNG or pixel bytes; pictures of neighbours go to private_audit/ only."""
     config = _config(inputs, num_images=8)
     config.audit.private_pictures = True
-    _copy_on_first_try(monkeypatch)
     out = tmp_path / layout.SYNTHETIC
     out.mkdir()
     (out / ".synthetic-train-00000-of-00001.array_record.tmp-0123").write_bytes(b"killed run")
-    synthesize.run(config, str(tmp_path))
+    _run_copying_on_first_try(config, str(tmp_path))
     manifest = shards.read_manifest(out)
     expected = {s["file"] for s in manifest["splits"]["train"]["shards"]} | {"manifest.json"}
     assert {p.name for p in out.iterdir()} == expected | {"audit"}

@@ -42,17 +42,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         raise errors.JobError(str(e)) from e
     inference = _membership(config, *generator) if generator else None
     heldout_sims, _ = audit.search(heldout, train["image"])
-    overrides = {"ncc": config.threshold, "windowed": config.windowed_threshold}
-    thresholds = audit.calibrate(heldout_sims, config.quantile, overrides=overrides)
+    thresholds = audit.configured_thresholds(heldout_sims, config)
     sims, nearest = audit.search(synthetic["image"], train["image"])
-    score = audit.margin(sims, thresholds)
-    order = np.argsort(-score, kind="stable")[: config.num_closest]
+    flagged = audit.flagged(sims, thresholds)
+    order = np.argsort(-audit.margin(sims, thresholds), kind="stable")[: config.num_closest]
     closest = [
         {
             "synthetic_case_id": synthetic["case_id"][k],
             "train_case_id": train["case_id"][nearest["windowed"][k]],
             "similarity": {m: float(sims[m][k]) for m in audit.MEASURES},
-            "flagged": bool(score[k] > 0),
+            "flagged": bool(flagged[k]),
             # The synthetic image is in the dataset being audited already; shown in the figure.
             "image": synthetic["image"][k],
         }
@@ -72,7 +71,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         candidate_sims=sims,
         heldout_sims=heldout_sims,
         thresholds=thresholds,
-        rejected_count=int(np.sum(score > 0)),
+        rejected_count=int(np.sum(flagged)),
         closest=closest,
         membership=inference,
         private_pictures=private,

@@ -11,21 +11,21 @@ done shards and redoes the rest, so it finishes with exactly N records, no dupli
 and the same bytes as an uninterrupted run. Process 0 writes the manifest and the audit report
 once every shard is done.
 
-Every candidate is compared with the generator's training images (`privacy.audit`: NCC and a
-shift/crop/rotation-tolerant windowed NCC); candidates above either threshold (by default a
-quantile of held-out-to-training similarity) are rejected, never stored, and drawn again with a
-new key and box. The finished directory holds only shards, manifest and `audit/`, which names
-training neighbours by case id and holds no training pixels.
+Each shard is drawn by the audited-generation loop (`synthesis.generate`): every candidate is
+compared with the generator's training images (`privacy.audit`: NCC and a shift/crop/rotation-
+tolerant windowed NCC); candidates above either threshold (by default a quantile of
+held-out-to-training similarity) are rejected, never stored, and drawn again with a new key and
+box. This command resolves the config into the loop's context once and writes what the loop
+returns. The finished directory holds only shards, manifest and `audit/`, which names training
+neighbours by case id and holds no training pixels.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import pathlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -43,8 +43,9 @@ from busgen_jax.models import presets
 from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.privacy import audit, cpsample, membership
 from busgen_jax.privacy import report as privacy_report
-from busgen_jax.reporting import visualize
+from busgen_jax.synthesis import generate
 from busgen_jax.synthesis import plan as synthesis_plan
+from busgen_jax.synthesis import sampler as sampler_lib
 
 # Kernel width (in box-feature units: centre, log aspect, log area) when a class has too few
 # boxes for Scott's rule; wide enough to move boxes, narrow enough to keep them plausible.
@@ -94,205 +95,89 @@ def _train_records(paths):
         yield from shards.read_records(path, "train")
 
 
-@dataclasses.dataclass(frozen=True)
-class AuditReference:
-    """Training and held-out splits, held-out-to-training similarities and the thresholds.
-
-    `thresholds` are the configured quantile of held-out-to-training similarity (or the
-    configured overrides); `strict_thresholds` the `strict_quantile` one, used for a shard whose
-    own candidates test as copying.
-    """
-
-    train: dict[str, Any]
-    heldout: dict[str, Any]
-    heldout_sims: audit.Sims
-    thresholds: dict[str, float]
-    strict_thresholds: dict[str, float]
+def load_generator(config: ml_collections.ConfigDict) -> tuple[Any, generator_lib.GeneratorSpec]:
+    """(model, spec) of the configured generator, its adapter merged."""
+    if not config.generator:
+        raise errors.JobError("config.generator is empty (an exported generator, e.g. RUN/export)")
+    try:
+        return generator_lib.load_generator(config.generator, config.adapter or None)
+    except ValueError as e:  # an adapter of another generator, a broken export
+        raise errors.JobError(str(e)) from e
 
 
-@dataclasses.dataclass(frozen=True)
-class Context:
-    """What every shard needs, built once per job by `_context`."""
-
-    config: ml_collections.ConfigDict
-    spec: generator_lib.GeneratorSpec
-    model: Any
-    plan: list[tuple[str, str]]
-    prior: box_priors.BoxPrior
-    key: jax.Array
-    mesh: jax.sharding.Mesh
-    reference: AuditReference
-    # High-frequency energy above which a draw is noise, from the real training images.
-    failure_limit: float
-    sampling: dict[str, Any]
-    sample_fn: Callable[..., jax.Array]
-    provenance: dict[str, Any]
-
-
-def audit_reference(config: ml_collections.ConfigDict, spec) -> AuditReference:
-    """The audit's splits and thresholds (`AuditReference`)."""
-    paths, size, classes = list(config.audit.train_paths), spec.image_size, spec.class_names
-    train = pipeline.load_split(paths, "train", size, classes)
-    heldout = pipeline.load_split(paths, config.audit.heldout_split, size, classes)
-    heldout_sims, _ = audit.search(heldout["image"], train["image"])
-    overrides = {"ncc": config.audit.threshold, "windowed": config.audit.windowed_threshold}
-    thresholds = audit.calibrate(heldout_sims, config.audit.quantile, overrides=overrides)
-    strict = audit.calibrate(heldout_sims, config.audit.strict_quantile)
-    return AuditReference(
-        train=train,
-        heldout=heldout,
-        heldout_sims=heldout_sims,
-        thresholds=thresholds,
-        strict_thresholds={m: min(strict[m], thresholds[m]) for m in audit.MEASURES},
+def make_context(
+    config: ml_collections.ConfigDict, model: Any, spec: generator_lib.GeneratorSpec
+) -> generate.Context:
+    """The config resolved, once, into what the loop needs: plan, box prior, audit reference,
+    the generator's (optionally copy-protected) sampler and the records' provenance."""
+    try:
+        # Unknown classes or devices fail here, before the audit reference costs its time.
+        plan = make_plan(config, spec)
+    except ValueError as e:  # a bad mix
+        raise errors.JobError(str(e)) from e
+    if not config.audit.train_paths:
+        raise errors.JobError("config.audit.train_paths is empty (the data the generator learned)")
+    try:
+        sampling = generator_lib.sampling_settings(
+            spec, {k: config[k] for k in presets.SAMPLING_FIELDS}
+        )
+    except ValueError as e:
+        raise errors.JobError(f"config: {e}") from e
+    reference = _audit_reference(config, spec)
+    protect_fn, protection = copy_protection(config.cpsample, spec, reference.train["image"])
+    mesh = mesh_lib.make_mesh(dict(config.mesh))
+    if config.batch_size % mesh_lib.num_batch_shards(mesh):
+        raise errors.JobError(
+            f"batch_size {config.batch_size} does not divide over {mesh.shape} devices"
+        )
+    prior = load_box_prior(config, spec.class_names)
+    failure_limit = sample_failures.failure_limit(reference.train["image"])
+    sample_fn = generator_lib.make_sample_fn(
+        spec,
+        eta=config.eta,
+        protect_fn=protect_fn,
+        **{k: v for k, v in sampling.items() if k not in ("preset", "box_raster")},
+    )
+    return generate.Context(
+        name=config.name,
+        seed=config.seed,
+        plan=plan,
+        prior=prior,
+        sampler=sampler_lib.GeneratorSampler(
+            model, spec, sample_fn, mesh, config.batch_size, sampling["box_raster"]
+        ),
+        reference=reference,
+        records_per_shard=config.records_per_shard,
+        max_rounds=config.audit.max_rounds,
+        num_closest=config.audit.num_closest,
+        failure_limit=failure_limit,
+        redraw_failed=config.redraw_failed,
+        provenance=_provenance(config, sampling, protection),
     )
 
 
-def _shard_name(config, shard: int, num_shards: int) -> str:
-    return f"{config.name}-train-{shard:05d}-of-{num_shards:05d}.array_record"
-
-
-def _boxes_for(prior, pathology: str, seed: int, index: int, attempt: int) -> np.ndarray:
-    rng = np.random.default_rng([seed, index, attempt])
-    return box_priors.sample_boxes(prior, pathology, 1, rng)[0]
-
-
-def generate_shard(ctx: Context, shard: int) -> tuple[list[dict], dict]:
-    """One shard: accepted records and a sidecar (per-record metadata, every candidate's
-    similarities, and the shard's closest candidates as similarities and training case ids).
-
-    Rejected candidates are dropped here: neither they nor any training image reach the disk.
-    Noise-like candidates (`sample_failures`) are redrawn like privacy rejections and counted.
-    """
-    config, plan = ctx.config, ctx.plan
-    start = shard * config.records_per_shard
-    pending = list(range(start, min(start + config.records_per_shard, len(plan))))
-    thresholds = ctx.reference.thresholds
-    accepted: dict[int, tuple[np.ndarray, np.ndarray, int, dict[str, float]]] = {}
-    candidate_sims: dict[str, list[float]] = {m: [] for m in audit.MEASURES}
-    closest: list[dict] = []
-    failed_count = 0
-    for attempt in range(config.audit.max_rounds):
-        if not pending:
-            break
-        boxes = {i: _boxes_for(ctx.prior, plan[i][0], config.seed, i, attempt) for i in pending}
-        images = sample_candidates(ctx, pending, boxes, jax.random.fold_in(ctx.key, shard), attempt)
-        sims, nearest = audit.search(images, ctx.reference.train["image"])
-        failed = (
-            sample_failures.failed(images, ctx.failure_limit)
-            if config.redraw_failed
-            else np.zeros(len(images), bool)
-        )
-        failed_count += int(failed.sum())
-        still = [i for j, i in enumerate(pending) if failed[j]]
-        for j, i in enumerate(pending):
-            if failed[j]:
-                continue
-            sim = {m: float(sims[m][j]) for m in audit.MEASURES}
-            neighbour = ctx.reference.train["case_id"][nearest["windowed"][j]]
-            closest.append(_closest_entry(i, attempt, sim, neighbour, thresholds))
-            if audit.flagged(sim, thresholds):
-                still.append(i)
-            else:
-                accepted[i] = (images[j], boxes[i], attempt, sim)
-        for m in audit.MEASURES:
-            candidate_sims[m] += sims[m].tolist()
-        if thresholds is not ctx.reference.strict_thresholds and _tests_as_copying(
-            ctx, candidate_sims
-        ):
-            # The generator copies: tighten the thresholds and recheck what was accepted.
-            thresholds = ctx.reference.strict_thresholds
-            logging.warning("shard %d: candidates test as copying; using strict thresholds", shard)
-            still += [i for i in accepted if audit.flagged(accepted[i][3], thresholds)]
-            accepted = {i: a for i, a in accepted.items() if i not in still}
-        pending = sorted(still)
-        closest = sorted(closest, key=lambda c: -c["score"])[: config.audit.num_closest]
-    if pending:
-        raise errors.JobError(
-            f"shard {shard}: {len(pending)} candidates stayed above the privacy thresholds "
-            f"{thresholds} or noise-like ({failed_count} failed draws) after "
-            f"{config.audit.max_rounds} rounds; the generator may be memorizing its training "
-            "images (see audit settings) or its sampler may be unstable"
-        )
-    records, meta = [], []
-    for i in sorted(accepted):
-        image, boxes, attempt, sim = accepted[i]
-        pathology, device = plan[i]
-        records.append(
-            schema.make_record(
-                visualize.to_uint8(image[..., 0]),
-                pathology=pathology,
-                device=device,
-                case_id=f"{config.name}-{i:08d}",
-                patient_id=f"{config.name}-{i:08d}",
-                split="train",
-                boxes=boxes,
-                provenance={
-                    **ctx.provenance,
-                    "index": i,
-                    "attempt": attempt,
-                    "nn_similarity": sim["ncc"],
-                    "windowed_similarity": sim["windowed"],
-                },
-            )
-        )
-        meta.append({"pathology": pathology, "device": device})
-    for entry in closest:
-        kept = entry["index"] in accepted and accepted[entry["index"]][2] == entry["attempt"]
-        entry["synthetic_case_id"] = f"{config.name}-{entry['index']:08d}" if kept else None
-    sidecar = {
-        "records": meta,
-        "candidate_sims": candidate_sims,
-        "accepted_sims": {m: [accepted[i][3][m] for i in sorted(accepted)] for m in audit.MEASURES},
-        "rejected": len(candidate_sims["ncc"]) - len(records),
-        "failed": failed_count,
-        "closest": closest,
-    }
-    return records, sidecar
-
-
-def _closest_entry(index, attempt, sim, neighbour, thresholds) -> dict[str, Any]:
-    """A candidate as the audit lists it; `score` ranks by the largest margin over a threshold."""
+def _provenance(config, sampling: dict[str, Any], protection: dict | None) -> dict[str, Any]:
+    """What every record (and the manifest) says about how it was made."""
     return {
-        "index": index,
-        "attempt": attempt,
-        "similarity": sim,
-        "train_case_id": neighbour,
-        "flagged": bool(audit.flagged(sim, thresholds)),
-        "score": float(audit.margin(sim, thresholds)),
+        "source": "synthetic",
+        "checkpoint": str(config.generator),
+        "adapter": str(config.adapter) if config.adapter else None,
+        "seed": config.seed,
+        "sampler": sampling["sampler"],
+        "steps": sampling["steps"],
+        "guidance": sampling["guidance_weight"],
+        "skip": sampling["skip"],
+        "sampling": sampling,
+        "cpsample": protection,
     }
 
 
-def _tests_as_copying(ctx: Context, candidate_sims: dict[str, list[float]]) -> bool:
-    sims = {m: np.asarray(v) for m, v in candidate_sims.items()}
-    return audit.copying_verdict(sims, ctx.reference.heldout_sims)["copying"]
-
-
-def sample_candidates(
-    ctx: Context, indices: list[int], boxes: dict, shard_key: jax.Array, attempt: int
-) -> np.ndarray:
-    """One round's candidate images for the records `indices` of a shard, under their planned
-    class and device and the masks of `boxes`, in fixed-size batches sharded over the local
-    devices; the keys are folded from `shard_key`, `attempt` and the batch. `generate_shard`
-    audits what it returns."""
-    config, spec, plan = ctx.config, ctx.spec, ctx.plan
-    size, batch = spec.image_size, config.batch_size
-    out = []
-    for b, first in enumerate(range(0, len(indices), batch)):
-        chunk = indices[first : first + batch]
-        padded = chunk + [chunk[-1]] * (batch - len(chunk))  # one compiled shape
-        classes = generator_lib.ids_for([plan[i][0] for i in padded], spec.class_names, "classes")
-        devices = generator_lib.ids_for([plan[i][1] for i in padded], spec.device_names, "devices")
-        raster = ctx.sampling["box_raster"]
-        masks = np.stack([box_priors.box_mask(boxes[i], size, size, raster) for i in padded])
-        key = jax.random.fold_in(jax.random.fold_in(shard_key, attempt), b)
-        inputs = mesh_lib.host_batch_to_global(
-            {"class_id": classes, "device_id": devices, "box_mask": masks}, ctx.mesh
-        )
-        images = ctx.sample_fn(
-            ctx.model, key, inputs["class_id"], inputs["device_id"], inputs["box_mask"]
-        )
-        out.append(np.asarray(jax.device_get(images))[: len(chunk)])
-    return np.concatenate(out)
+def _audit_reference(config: ml_collections.ConfigDict, spec) -> generate.AuditReference:
+    """The audit's splits, at the generator's size and classes, and its thresholds."""
+    paths, size, classes = list(config.audit.train_paths), spec.image_size, spec.class_names
+    train = pipeline.load_split(paths, "train", size, classes)
+    heldout = pipeline.load_split(paths, config.audit.heldout_split, size, classes)
+    return generate.audit_reference(train, heldout, config.audit)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -303,32 +188,39 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         logging.info("%s is complete already", out_dir)
         _remove_scratch(out_dir, "")
         return shards.read_manifest(out_dir)
-    ctx = _context(config)
-    num_shards = -(-len(ctx.plan) // config.records_per_shard)
-    mine = range(jax.process_index(), num_shards, jax.process_count())
+    model, spec = load_generator(config)
+    return write_dataset(config, out_dir, make_context(config, model, spec), (model, spec))
+
+
+def write_dataset(
+    config: ml_collections.ConfigDict,
+    out_dir: pathlib.Path,
+    ctx: generate.Context,
+    generator: tuple[Any, generator_lib.GeneratorSpec],
+) -> dict[str, Any]:
+    """This process's shards not done yet, each drawn by `ctx.sampler` through the loop; then,
+    on process 0, the manifest and audit (`generator` is what the membership attack scores)."""
+    mine = range(jax.process_index(), ctx.num_shards, jax.process_count())
     for k in mine:  # what a killed run of this process left half-written
-        _remove_scratch(out_dir, _shard_name(config, k, num_shards), sidecars=False)
-    todo = [k for k in mine if not _sidecar(out_dir, config, k, num_shards).exists()]
+        _remove_scratch(out_dir, _shard_name(ctx, k), sidecars=False)
+    todo = [k for k in mine if not _sidecar(out_dir, ctx, k).exists()]
     logging.info(
         "synthesis: %d records in %d shards; %d shards to write here (%d done)",
         len(ctx.plan),
-        num_shards,
+        ctx.num_shards,
         len(todo),
         len(mine) - len(todo),
     )
     start, made = time.perf_counter(), 0
     for n, shard in enumerate(todo, 1):
-        records, sidecar = generate_shard(ctx, shard)
-        name = _shard_name(config, shard, num_shards)
-        sidecar["shard"] = shards.write_shard(map(schema.serialize, records), out_dir / name)
-        shards.atomic_write_text(_sidecar(out_dir, config, shard, num_shards), json.dumps(sidecar))
+        records, sidecar = generate.generate_shard(ctx, shard)
+        path = out_dir / _shard_name(ctx, shard)
+        sidecar["shard"] = shards.write_shard(map(schema.serialize, records), path)
+        shards.atomic_write_text(_sidecar(out_dir, ctx, shard), json.dumps(sidecar))
         test_hooks.pause_point("synthesis_shard_done")
         made += len(records)
         rate = made / (time.perf_counter() - start)
-        left = sum(
-            min(config.records_per_shard, len(ctx.plan) - k * config.records_per_shard)
-            for k in todo[n:]
-        )
+        left = sum(len(ctx.records_of(k)) for k in todo[n:])
         logging.info(
             "shard %d/%d written (%.2f images/s, %d of %d candidates rejected, %d of them "
             "noise-like, ETA %.0f s)",
@@ -342,11 +234,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         )
     if jax.process_index() != 0:
         return {}
-    return finalize(config, out_dir, num_shards, ctx)
+    return finalize(config, out_dir, ctx, generator)
 
 
-def _sidecar(out_dir: pathlib.Path, config, shard: int, num_shards: int) -> pathlib.Path:
-    return out_dir / f".{_shard_name(config, shard, num_shards)}.done.json"
+def _shard_name(ctx: generate.Context, shard: int) -> str:
+    return f"{ctx.name}-train-{shard:05d}-of-{ctx.num_shards:05d}.array_record"
+
+
+def _sidecar(out_dir: pathlib.Path, ctx: generate.Context, shard: int) -> pathlib.Path:
+    return out_dir / f".{_shard_name(ctx, shard)}.done.json"
 
 
 def _remove_scratch(out_dir: pathlib.Path, shard_name: str, sidecars: bool = True) -> None:
@@ -359,9 +255,14 @@ def _remove_scratch(out_dir: pathlib.Path, shard_name: str, sidecars: bool = Tru
             path.unlink(missing_ok=True)
 
 
-def finalize(config, out_dir: pathlib.Path, num_shards: int, ctx: Context) -> dict:
+def finalize(
+    config: ml_collections.ConfigDict,
+    out_dir: pathlib.Path,
+    ctx: generate.Context,
+    generator: tuple[Any, generator_lib.GeneratorSpec],
+) -> dict:
     """Manifest and audit report, once every process's shards are done."""
-    sidecars = [_sidecar(out_dir, config, k, num_shards) for k in range(num_shards)]
+    sidecars = [_sidecar(out_dir, ctx, k) for k in range(ctx.num_shards)]
     deadline = time.monotonic() + config.finalize_timeout_s
     while not all(p.exists() for p in sidecars):
         if time.monotonic() > deadline:
@@ -374,7 +275,7 @@ def finalize(config, out_dir: pathlib.Path, num_shards: int, ctx: Context) -> di
         config.name, {"train": [d["shard"] for d in done]}, {"train": meta}
     )
     manifest["extra"] = {"provenance": ctx.provenance, "config": config.to_dict()}
-    report = write_audit(out_dir, ctx, done)
+    report = write_audit(config, out_dir, ctx, done, generator)
     manifest["extra"]["audit"] = {
         k: report[k] for k in ("thresholds", "num_candidates", "rejected_count", "rejection_rate")
     }
@@ -401,17 +302,22 @@ def finalize(config, out_dir: pathlib.Path, num_shards: int, ctx: Context) -> di
     return manifest
 
 
-def write_audit(out_dir: pathlib.Path, ctx: Context, done: list[dict]) -> dict:
+def write_audit(
+    config: ml_collections.ConfigDict,
+    out_dir: pathlib.Path,
+    ctx: generate.Context,
+    done: list[dict],
+    generator: tuple[Any, generator_lib.GeneratorSpec],
+) -> dict:
     """audit/: every candidate's similarities against held-out ones, the closest candidates as
     synthetic image (accepted ones only) beside the training neighbour's case id, membership
     inference, and optionally the operator-only pictures in WORKDIR/private_audit/."""
-    config = ctx.config
     sims = {m: np.concatenate([d["candidate_sims"][m] for d in done]) for m in audit.MEASURES}
     closest = sorted((c for d in done for c in d["closest"]), key=lambda c: -c["score"])
     closest = closest[: config.audit.num_closest]
     stored = {
         r["case_id"]: r["image"]
-        for k in {c["index"] // config.records_per_shard for c in closest}
+        for k in {c["index"] // ctx.records_per_shard for c in closest}
         for r in shards.read_shard(out_dir / done[k]["shard"]["file"])
     }
     for entry in closest:
@@ -441,76 +347,23 @@ def write_audit(out_dir: pathlib.Path, ctx: Context, done: list[dict]) -> dict:
         thresholds=ctx.reference.thresholds,
         rejected_count=sum(d["rejected"] for d in done),
         closest=closest,
-        membership=_membership(ctx) if config.audit.membership_draws else None,
+        membership=(
+            _membership(config, generator, ctx.reference) if config.audit.membership_draws else None
+        ),
         private_pictures=private,
     )
 
 
-def _membership(ctx: Context) -> dict[str, Any]:
+def _membership(config, generator, reference: generate.AuditReference) -> dict[str, Any]:
     """Loss-based membership inference: the generator's training split against held-out."""
+    model, spec = generator
     return membership.attack(
-        ctx.model,
-        ctx.spec,
-        ctx.reference.train,
-        ctx.reference.heldout,
-        num_draws=ctx.config.audit.membership_draws,
-        seed=ctx.config.seed,
-    )
-
-
-def _context(config: ml_collections.ConfigDict) -> Context:
-    if not config.generator:
-        raise errors.JobError("config.generator is empty (an exported generator, e.g. RUN/export)")
-    try:
-        model, spec = generator_lib.load_generator(config.generator, config.adapter or None)
-        # Unknown classes or devices fail here, before the audit reference costs its time.
-        plan = make_plan(config, spec)
-    except ValueError as e:  # an adapter of another generator, a broken export, a bad mix
-        raise errors.JobError(str(e)) from e
-    if not config.audit.train_paths:
-        raise errors.JobError("config.audit.train_paths is empty (the data the generator learned)")
-    try:
-        sampling = generator_lib.sampling_settings(
-            spec, {k: config[k] for k in presets.SAMPLING_FIELDS}
-        )
-    except ValueError as e:
-        raise errors.JobError(f"config: {e}") from e
-    reference = audit_reference(config, spec)
-    protect_fn, protection = copy_protection(config.cpsample, spec, reference.train["image"])
-    mesh = mesh_lib.make_mesh(dict(config.mesh))
-    if config.batch_size % mesh_lib.num_batch_shards(mesh):
-        raise errors.JobError(
-            f"batch_size {config.batch_size} does not divide over {mesh.shape} devices"
-        )
-    return Context(
-        config=config,
-        spec=spec,
-        model=model,
-        plan=plan,
-        prior=load_box_prior(config, spec.class_names),
-        key=jax.random.key(config.seed),
-        mesh=mesh,
-        reference=reference,
-        failure_limit=sample_failures.failure_limit(reference.train["image"]),
-        sampling=sampling,
-        sample_fn=generator_lib.make_sample_fn(
-            spec,
-            eta=config.eta,
-            protect_fn=protect_fn,
-            **{k: v for k, v in sampling.items() if k not in ("preset", "box_raster")},
-        ),
-        provenance={
-            "source": "synthetic",
-            "checkpoint": str(config.generator),
-            "adapter": str(config.adapter) if config.adapter else None,
-            "seed": config.seed,
-            "sampler": sampling["sampler"],
-            "steps": sampling["steps"],
-            "guidance": sampling["guidance_weight"],
-            "skip": sampling["skip"],
-            "sampling": sampling,
-            "cpsample": protection,
-        },
+        model,
+        spec,
+        reference.train,
+        reference.heldout,
+        num_draws=config.audit.membership_draws,
+        seed=config.seed,
     )
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -134,9 +134,7 @@ def nearest_neighbours(
     return _search(candidates, ref, len(reference), **kw)
 
 
-def quantile_threshold(
-    heldout_sims: np.ndarray, quantile: float = 0.999, *, warn: bool = True
-) -> float:
+def _quantile_threshold(heldout_sims: np.ndarray, quantile: float, *, warn: bool) -> float:
     """The `quantile` of held-out-to-training similarities (np.quantile, linear interpolation).
 
     With fewer than 1 / (1 - quantile) held-out images the estimate cannot resolve that tail and
@@ -157,30 +155,6 @@ def quantile_threshold(
             quantile,
         )
     return float(np.quantile(sims, quantile))
-
-
-def calibrate_threshold(
-    train_images: Any, heldout_images: Any, *, quantile: float = 0.999, **nn_kw: Any
-) -> float:
-    """Default rejection threshold: a quantile of held-out-to-training NN similarity.
-
-    Held-out images must come from patients not in `train_images`. `nn_kw` is passed to
-    nearest_neighbours (size, feature_fn, include_flips, chunk).
-    """
-    sims, _ = nearest_neighbours(heldout_images, train_images, **nn_kw)
-    return quantile_threshold(sims, quantile)
-
-
-def filter_candidates(
-    candidates: Any, train_images: Any, threshold: float, **nn_kw: Any
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Keeps candidates whose nearest training similarity is <= threshold.
-
-    Returns:
-      (keep_mask [N] bool, sims [N], idx [N] index of the nearest training image).
-    """
-    sims, idx = nearest_neighbours(candidates, train_images, **nn_kw)
-    return sims <= threshold, sims, idx
 
 
 def memorization_test(
@@ -247,20 +221,36 @@ def calibrate(
     overrides: dict[str, float | None] | None = None,
     warn: bool = True,
 ) -> dict[str, float]:
-    """Per-measure thresholds: the `quantile` of held-out-to-training similarity, except where
-    `overrides` gives a measure a fixed value (None keeps the calibrated one)."""
-    thresholds = {m: quantile_threshold(heldout_sims[m], quantile, warn=warn) for m in MEASURES}
+    """The privacy thresholds: per measure of `heldout_sims`, the `quantile` of held-out-to-
+    training similarity, except where `overrides` gives a measure a fixed value (None keeps the
+    calibrated one). Every threshold of the project is made here; `flagged` applies them.
+
+    Held-out images must come from patients not in the training set. A single measure works as
+    well as both (e.g. ``{"ncc": sims}`` from `nearest_neighbours`).
+    """
+    thresholds = {
+        m: _quantile_threshold(sims, quantile, warn=warn) for m, sims in heldout_sims.items()
+    }
     thresholds.update({m: float(v) for m, v in (overrides or {}).items() if v is not None})
     return thresholds
 
 
+def configured_thresholds(heldout_sims: Sims, settings: Mapping[str, Any]) -> dict[str, float]:
+    """The thresholds an audit config section sets: its `quantile` of held-out similarity, or
+    the fixed `threshold` (NCC) and `windowed_threshold` where they are set (not None)."""
+    overrides = {"ncc": settings["threshold"], "windowed": settings["windowed_threshold"]}
+    return calibrate(heldout_sims, settings["quantile"], overrides=overrides)
+
+
 def margin(sims: Sims, thresholds: dict[str, float]) -> np.ndarray:
-    """[N] largest excess of a similarity over its threshold (> 0: flagged); ranks candidates."""
-    return np.max([np.asarray(sims[m]) - thresholds[m] for m in MEASURES], axis=0)
+    """[N] largest excess of a similarity over its threshold (> 0: flagged); ranks candidates.
+
+    The measures are those `thresholds` names; `sims` holds at least those."""
+    return np.max([np.asarray(sims[m]) - t for m, t in thresholds.items()], axis=0)
 
 
 def flagged(sims: Sims, thresholds: dict[str, float]) -> np.ndarray:
-    """[N] bool: above the threshold of either measure."""
+    """[N] bool: above the threshold of any measure (equal to it is not above)."""
     return margin(sims, thresholds) > 0
 
 
