@@ -40,17 +40,28 @@ def main() -> None:
                 run_config = demo.stage_config(
                     config.classifier,
                     **sources[source],
-                    **{"eval.paths": (str(paths.data),), "eval.split": "val",
-                       "train.steps": steps, "train.seed": args.seed},
-                )  # fmt: skip
+                    **{
+                        "eval.paths": (str(paths.data),),
+                        "eval.split": "val",
+                        "train.steps": steps,
+                        "train.seed": args.seed,
+                    },
+                )
                 start = time.perf_counter()
                 result = train.train_and_evaluate(
                     run_config, str(pathlib.Path(scratch) / f"{source}_{steps}")
                 )["eval"]
                 seconds = time.perf_counter() - start
-                rows.append([source, steps, f"{result['auc']:.3f}",
-                             f"{result['ci_low']:.3f}-{result['ci_high']:.3f}",
-                             result["num_cases"], f"{seconds:.0f}"])  # fmt: skip
+                rows.append(
+                    [
+                        source,
+                        steps,
+                        f"{result['auc']:.3f}",
+                        f"{result['ci_low']:.3f}-{result['ci_high']:.3f}",
+                        result["num_cases"],
+                        f"{seconds:.0f}",
+                    ]
+                )
                 print(rows[-1], flush=True)
     report(
         "Demo classifiers: validation AUC against training steps",

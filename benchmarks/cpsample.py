@@ -183,7 +183,7 @@ def main() -> None:
             "MIA AUC / TPR at 1% FPR",
             "test AUC (synthetic-only classifier)",
             "synthesis s",
-        ],  # fmt: skip
+        ],
         rows,
         notes="similarities and flag rates are of every candidate (before rejection, redraws "
         "included) against the adaptation's 16 training images, thresholds from its held-out "

@@ -24,14 +24,24 @@ from benchmarks.common import report
 def run_demo(workdir: pathlib.Path) -> float:
     shutil.rmtree(workdir, ignore_errors=True)
     cache = tempfile.mkdtemp(prefix="busgen_jax_cache_")
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache,
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # fmt: skip
+    env = {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": cache,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "busgen_jax.cli", "demo", "--config=configs/demo.py:default",
-         f"--workdir={workdir}"],
-        check=True, env=env,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "busgen_jax.cli",
+            "demo",
+            "--config=configs/demo.py:default",
+            f"--workdir={workdir}",
+        ],
+        check=True,
+        env=env,
+    )
     return time.perf_counter() - start
 
 

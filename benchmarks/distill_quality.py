@@ -83,9 +83,12 @@ def main() -> None:
     parser.add_argument("--oracle_images", type=int, default=6000)
     parser.add_argument("--downstream_images", type=int, default=512)
     parser.add_argument("--steps", default="4,2,1", help="student step counts to measure")
-    parser.add_argument("--teacher_ddim_steps", default="8,4",
-                        help="the teacher's guided DDIM at these step counts (the first round's "
-                        "target, and what DDIM alone gives at the students' budget)")  # fmt: skip
+    parser.add_argument(
+        "--teacher_ddim_steps",
+        default="8,4",
+        help="the teacher's guided DDIM at these step counts (the first round's "
+        "target, and what DDIM alone gives at the students' budget)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dry_run", action="store_true", help="print, append nothing")
     args = parser.parse_args()
@@ -115,8 +118,12 @@ def main() -> None:
     teacher_how = generator.sampling_settings(teacher_spec, {})
     runs = [("teacher (default)", args.teacher, teacher, teacher_spec, teacher_how)]
     for steps in (int(s) for s in args.teacher_ddim_steps.split(",") if s):
-        ddim = {**teacher_how, "sampler": distillation.STUDENT_SAMPLER, "steps": steps,
-                "skip": distillation.STUDENT_SKIP}  # fmt: skip
+        ddim = {
+            **teacher_how,
+            "sampler": distillation.STUDENT_SAMPLER,
+            "steps": steps,
+            "skip": distillation.STUDENT_SKIP,
+        }
         runs.append((f"teacher DDIM {steps}", args.teacher, teacher, teacher_spec, ddim))
     found = students(pathlib.Path(args.distill_workdir))
     for steps in (int(s) for s in args.steps.split(",")):
@@ -127,12 +134,21 @@ def main() -> None:
 
     rows, results = [], {}
     for name, directory, model, spec, how in runs:
-        images, rate = sample_like(model, spec, a, how["sampler"], how["steps"], how["skip"],
-                                   args.batch_size, args.seed)  # fmt: skip
+        images, rate = sample_like(
+            model, spec, a, how["sampler"], how["steps"], how["skip"], args.batch_size, args.seed
+        )
         calls = {k: judge.predict(oracle.pixel_features(images)) for k, judge in judges.items()}
         fd = generative.frechet_distance(reference, features(images))
-        synthetic, _ = sample_like(model, spec, task, how["sampler"], how["steps"], how["skip"],
-                                   args.batch_size, args.seed + 1)  # fmt: skip
+        synthetic, _ = sample_like(
+            model,
+            spec,
+            task,
+            how["sampler"],
+            how["steps"],
+            how["skip"],
+            args.batch_size,
+            args.seed + 1,
+        )
         auc = downstream_auc(features, synthetic, task["pathology"], test_images, test_classes)
         network = unet.forward_flops(params_io.load_model_config(directory))
         flops = network * passes_per_image(spec, how["steps"])
@@ -140,20 +156,41 @@ def main() -> None:
             "failed": float(sample_failures.failed(images, limit).mean()),
             "class": float(np.mean(calls["pathology"] == a["pathology"])),
             "device": float(np.mean(calls["device"] == a["device"])),
-            "fd_ratio": fd / floor, "rate": rate, "flops": flops, "auc": auc,
-        }  # fmt: skip
-        rows.append([
-            f"{name}: {how['sampler']} {how['steps']}", passes_per_image(spec, how["steps"]),
-            f"{r['failed']:.1%}", f"{r['class']:.3f}", f"{r['device']:.3f}",
-            f"{fd:.2f} ({r['fd_ratio']:.2f}x floor)",
-            f"{auc.auc:.3f} ({auc.ci_low:.3f}-{auc.ci_high:.3f})", f"{rate:.1f}", f"{flops / 1e6:.0f}",
-            f"{1e6 / rate / 3600:.1f}", f"{1e6 * flops / H100_FLOPS:.2f}",
-        ])  # fmt: skip
+            "fd_ratio": fd / floor,
+            "rate": rate,
+            "flops": flops,
+            "auc": auc,
+        }
+        rows.append(
+            [
+                f"{name}: {how['sampler']} {how['steps']}",
+                passes_per_image(spec, how["steps"]),
+                f"{r['failed']:.1%}",
+                f"{r['class']:.3f}",
+                f"{r['device']:.3f}",
+                f"{fd:.2f} ({r['fd_ratio']:.2f}x floor)",
+                f"{auc.auc:.3f} ({auc.ci_low:.3f}-{auc.ci_high:.3f})",
+                f"{rate:.1f}",
+                f"{flops / 1e6:.0f}",
+                f"{1e6 / rate / 3600:.1f}",
+                f"{1e6 * flops / H100_FLOPS:.2f}",
+            ]
+        )
         print(rows[-1], flush=True)
 
-    header = ["sampler", "passes/image", "failed", "oracle class acc.", "oracle device acc.",
-              "FD (x floor)", "downstream AUC (95% CI)", "images/s (this CPU)", "MFLOP/image (XLA)",
-              "1M images, this CPU (h)", "1M images, H100 (s)"]  # fmt: skip
+    header = [
+        "sampler",
+        "passes/image",
+        "failed",
+        "oracle class acc.",
+        "oracle device acc.",
+        "FD (x floor)",
+        "downstream AUC (95% CI)",
+        "images/s (this CPU)",
+        "MFLOP/image (XLA)",
+        "1M images, this CPU (h)",
+        "1M images, H100 (s)",
+    ]
     base = results["teacher (default)"]
     verdicts = []
     for name, r in results.items():
@@ -184,7 +221,7 @@ def main() -> None:
         f"{len(test_images)} real test images, the probe fit on the real training images scores "
         f"AUC {real_auc.auc:.3f} ({real_auc.ci_low:.3f}-{real_auc.ci_high:.3f}). "
         + "; ".join(verdicts),
-    )  # fmt: skip
+    )
 
 
 if __name__ == "__main__":

@@ -98,8 +98,16 @@ def reference_sets(data, spec, samples: int, oracle_images: int, seed: int) -> d
     a = {k: np.asarray(test[k])[order[:half]] for k in CONDITION_KEYS}
     b = {k: np.asarray(test[k])[order[half : 2 * half]] for k in CONDITION_KEYS}
     limit = sample_failures.failure_limit(train["image"])
-    return {"train": train, "test": test, "a": a, "b": b, "oracles": oracles, "fit": fit,
-            "failure_limit": limit, "rng": rng}  # fmt: skip
+    return {
+        "train": train,
+        "test": test,
+        "a": a,
+        "b": b,
+        "oracles": oracles,
+        "fit": fit,
+        "failure_limit": limit,
+        "rng": rng,
+    }
 
 
 def choose(results: dict) -> str:
@@ -152,13 +160,24 @@ def main() -> None:
         fd = generative.frechet_distance(feats(images), feats(b["image"]))
         name = f"{sampler} {steps} {skip}"
         results[name] = {
-            "failed": float(failed.mean()), "class_accuracy": per_class,
-            "device_accuracy": float(device_acc.mean()), "fd": fd, "fd_ratio": fd / floor,
-            "images_per_s": rate, "images": images,
-        }  # fmt: skip
-        rows.append([name, f"{failed.mean():.1%}",
-                     " / ".join(f"{c} {v:.2f}" for c, v in per_class.items()),
-                     f"{device_acc.mean():.2f}", f"{fd:.1f} ({fd / floor:.2f}x)", f"{rate:.2f}"])  # fmt: skip
+            "failed": float(failed.mean()),
+            "class_accuracy": per_class,
+            "device_accuracy": float(device_acc.mean()),
+            "fd": fd,
+            "fd_ratio": fd / floor,
+            "images_per_s": rate,
+            "images": images,
+        }
+        rows.append(
+            [
+                name,
+                f"{failed.mean():.1%}",
+                " / ".join(f"{c} {v:.2f}" for c, v in per_class.items()),
+                f"{device_acc.mean():.2f}",
+                f"{fd:.1f} ({fd / floor:.2f}x)",
+                f"{rate:.2f}",
+            ]
+        )
         print(rows[-1], flush=True)
     report(
         "Phantom foundation model: samplers",
@@ -172,7 +191,7 @@ def main() -> None:
             "oracle device accuracy",
             "FD (x floor)",
             "images/s",
-        ],  # fmt: skip
+        ],
         rows=rows,
         notes=f"floor FD(A, B) = {floor:.1f}; oracle accuracy on real held-out images: class "
         f"{real_class_acc:.2f}, device {real_device_acc:.2f}; failure limit {limit:.3f}",
@@ -193,7 +212,7 @@ def main() -> None:
                 "images/s (2-core CPU)": round(results[best]["images_per_s"], 2),
                 "measured by": f"python -m benchmarks.foundation_quality at {git_revision()} on "
                 f"{machine_description()}",
-            }  # fmt: skip
+            }
         }
         pathlib.Path(args.facts).write_text(json.dumps(facts, indent=1))
     if args.grid:
@@ -205,9 +224,13 @@ def main() -> None:
             if len(cell) < 2:
                 cell.append(visualize.to_uint8(images[k]))
         visualize.labelled_grid(
-            cells, row_labels=classes, col_labels=spec.device_names, per_cell=2,
-            path=args.grid, title=f"{best}: class x device",
-        )  # fmt: skip
+            cells,
+            row_labels=classes,
+            col_labels=spec.device_names,
+            per_cell=2,
+            path=args.grid,
+            title=f"{best}: class x device",
+        )
 
 
 if __name__ == "__main__":

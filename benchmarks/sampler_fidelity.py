@@ -42,14 +42,19 @@ FIGURE = pathlib.Path(__file__).resolve().parent / "figures" / "sampler_fd_vs_st
 def real_halves(data_dir: pathlib.Path, spec, max_images: int, seed: int):
     """Real images of the generator's classes from every split, shuffled and halved."""
     splits = list(shards.read_manifest(data_dir)["splits"])
-    loaded = [pipeline.load_split([str(data_dir)], s, spec.image_size, spec.class_names)
-              for s in splits]  # fmt: skip
-    real = {k: np.concatenate([np.asarray(d[k]) for d in loaded]) for k in
-            ("image", "box_mask", "pathology", "device")}  # fmt: skip
+    loaded = [
+        pipeline.load_split([str(data_dir)], s, spec.image_size, spec.class_names) for s in splits
+    ]
+    real = {
+        k: np.concatenate([np.asarray(d[k]) for d in loaded])
+        for k in ("image", "box_mask", "pathology", "device")
+    }
     order = np.random.default_rng(seed).permutation(len(real["image"]))[:max_images]
     half = len(order) // 2
-    return ({k: v[order[:half]] for k, v in real.items()},
-            {k: v[order[half : 2 * half]] for k, v in real.items()})  # fmt: skip
+    return (
+        {k: v[order[:half]] for k, v in real.items()},
+        {k: v[order[half : 2 * half]] for k, v in real.items()},
+    )
 
 
 def synthesize_like(sample_fn, state, spec, conditions, steps: int, batch_size: int, seed: int):
@@ -109,8 +114,9 @@ def main() -> None:
     rows = []
     for sampler, skip in RUNS:
         for metric, which in (("FD", 0), ("KID", 1)):
-            rows.append([sampler, skip, metric]
-                        + [results[sampler, skip, n][which] for n in steps_list])  # fmt: skip
+            rows.append(
+                [sampler, skip, metric] + [results[sampler, skip, n][which] for n in steps_list]
+            )
     report(
         "Sampler Fréchet distance vs steps (demo generator, classifier features)",
         f"{paths.root} ({args.config}): adapted generator {spec.class_names}, "
@@ -130,11 +136,20 @@ def plot(results: dict, steps_list: list[int], floor: tuple[float, float]) -> No
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for which, (ax, name) in enumerate(zip(axes, ("FD", "KID"), strict=True)):
         for sampler, skip in RUNS:
-            ax.plot(steps_list, [results[sampler, skip, n][which] for n in steps_list],
-                    "-" if skip == "logsnr" else "--", marker="o", label=f"{sampler} ({skip})")  # fmt: skip
+            ax.plot(
+                steps_list,
+                [results[sampler, skip, n][which] for n in steps_list],
+                "-" if skip == "logsnr" else "--",
+                marker="o",
+                label=f"{sampler} ({skip})",
+            )
         ax.axhline(floor[which], color="gray", lw=0.8, label="real vs real")
-        ax.set(xscale="log", xlabel="sampler steps (NFE)", ylabel=name,
-               title=f"{name} to real images, classifier features")  # fmt: skip
+        ax.set(
+            xscale="log",
+            xlabel="sampler steps (NFE)",
+            ylabel=name,
+            title=f"{name} to real images, classifier features",
+        )
         ax.set_xticks(steps_list, [str(n) for n in steps_list])
         ax.minorticks_off()
         ax.grid(True, alpha=0.3)

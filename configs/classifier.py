@@ -129,9 +129,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.train.steps = 1200
     elif size == "resnet18":
         config.model.update(
-            image_size=128, base_channels=64, channel_mults=(1, 2, 4, 8), num_res_blocks=2,
-            norm_groups=32, stem_stride=2, dropout=0.2,
-        )  # fmt: skip
+            image_size=128,
+            base_channels=64,
+            channel_mults=(1, 2, 4, 8),
+            num_res_blocks=2,
+            norm_groups=32,
+            stem_stride=2,
+            dropout=0.2,
+        )
         config.data.update(image_size=128, batch_size=64)
         config.train.update(steps=5000, learning_rate=5e-4, warmup_steps=250, ema_decay=0.999)
         config.checkpoint.every_steps = 500

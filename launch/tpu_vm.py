@@ -63,8 +63,16 @@ _GCS_URL = re.compile(r"gs://([A-Za-z0-9][\w.-]*)")
 # --privileged exposes the TPU devices (/dev/accel*, /dev/vfio); --net=host lets the JAX
 # coordinator on worker 0 and the metadata server be reached as from the VM itself; the bucket
 # mounts are passed through at the same paths.
-DOCKER_RUN = ["sudo", "docker", "run", "--rm", "--privileged", "--net=host",
-              "-v", f"{GCS_MOUNT_ROOT}:{GCS_MOUNT_ROOT}"]  # fmt: skip
+DOCKER_RUN = [
+    "sudo",
+    "docker",
+    "run",
+    "--rm",
+    "--privileged",
+    "--net=host",
+    "-v",
+    f"{GCS_MOUNT_ROOT}:{GCS_MOUNT_ROOT}",
+]
 
 
 class LaunchError(ValueError):
@@ -202,8 +210,15 @@ def mount_script(buckets: Sequence[str]) -> str:
         "tee /etc/apt/trusted.gpg.d/gcsfuse.asc >/dev/null && sudo apt-get update -qq && "
         "sudo apt-get install -y -qq gcsfuse; }"
     )
-    gcsfuse = ["sudo", "gcsfuse", "--implicit-dirs", "--rename-dir-limit=1000000",
-               "--metadata-cache-ttl-secs=0", "-o", "allow_other"]  # fmt: skip
+    gcsfuse = [
+        "sudo",
+        "gcsfuse",
+        "--implicit-dirs",
+        "--rename-dir-limit=1000000",
+        "--metadata-cache-ttl-secs=0",
+        "-o",
+        "allow_other",
+    ]
     owner = '--uid="$(id -u)" --gid="$(id -g)"'  # the ssh user owns the files, not root
     mounts = []
     for bucket in buckets:

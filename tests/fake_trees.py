@@ -100,8 +100,18 @@ def make_busi(root: pathlib.Path) -> dict[str, dict]:
 
 def make_busbra(root: pathlib.Path) -> list[list]:
     """A BUS-BRA folder: patient 1 has two images (left, right); returns the CSV rows."""
-    header = ["ID", "Case", "Histology", "Pathology", "BIRADS", "Device", "Width", "Height",
-              "Side", "BBOX"]  # fmt: skip
+    header = [
+        "ID",
+        "Case",
+        "Histology",
+        "Pathology",
+        "BIRADS",
+        "Device",
+        "Width",
+        "Height",
+        "Side",
+        "BBOX",
+    ]
     rows = [
         ["bus_0001-l", 1, "Fibroadenoma", "benign", 3, "Toshiba Aplio", W, H, "left", "[1 2 3 4]"],
         ["bus_0001-r", 1, "Cyst", "benign", 2, "Toshiba Aplio", W, H, "right", "[1 2 3 4]"],

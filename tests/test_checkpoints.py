@@ -194,8 +194,10 @@ checkpoints.finish(manager)
 def test_a_failed_background_save_raises_naming_the_path_and_os_error(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", _FILE_SIZE_LIMIT, str(tmp_path / "ckpt")],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("busgen_jax.training.checkpoints.CheckpointError: "), out.stderr[-3000:]

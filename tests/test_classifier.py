@@ -14,10 +14,20 @@ from busgen_jax.models import classifier, presets, unet
 
 def _config(**overrides) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict(
-        dict(encoder="resnet", image_size=32, base_channels=8, channel_mults=(1, 2),
-             num_res_blocks=1, norm_groups=4, stem_stride=1, dropout=0.1, num_outputs=1,
-             init_from_unet="", unet=None)
-    )  # fmt: skip
+        dict(
+            encoder="resnet",
+            image_size=32,
+            base_channels=8,
+            channel_mults=(1, 2),
+            num_res_blocks=1,
+            norm_groups=4,
+            stem_stride=1,
+            dropout=0.1,
+            num_outputs=1,
+            init_from_unet="",
+            unet=None,
+        )
+    )
     config.update(overrides)
     return config
 

@@ -36,11 +36,15 @@ def bright_dark_records(num: int, seed: int = 0, size: int = 32) -> list[dict]:
         image = np.clip(rng.normal(level, 30, (size, size)), 0, 255).astype(np.uint8)
         records.append(
             schema.make_record(
-                image, pathology=pathology, device="scanner-a", case_id=f"bd-{i:04d}",
-                patient_id=f"bd-p{i:04d}", split="test" if i % 5 == 0 else "train",
+                image,
+                pathology=pathology,
+                device="scanner-a",
+                case_id=f"bd-{i:04d}",
+                patient_id=f"bd-p{i:04d}",
+                split="test" if i % 5 == 0 else "train",
                 provenance={"source": "phantom", "seed": seed},
             )
-        )  # fmt: skip
+        )
     return records
 
 
@@ -84,8 +88,14 @@ def test_learns_a_separable_task_and_reports_its_auc(trained):
 
 def test_predict_writes_one_row_per_test_case_with_the_models_probabilities(trained, tmp_path):
     workdir, result = trained
-    predict.main(["busgen predict", "--config=configs/classifier.py:predict",
-                  f"--workdir={tmp_path}", f"--config.export_dir={workdir / 'export'}"])  # fmt: skip
+    predict.main(
+        [
+            "busgen predict",
+            "--config=configs/classifier.py:predict",
+            f"--workdir={tmp_path}",
+            f"--config.export_dir={workdir / 'export'}",
+        ]
+    )
     rows = _read_csv(tmp_path / "predictions_test.csv")
     test = [
         r for r in bright_dark_records(80) if r["split"] == "test" and r["pathology"] != "normal"

@@ -10,21 +10,43 @@ import pytest
 @pytest.mark.slow
 def test_tiny_demo_runs_every_stage_and_writes_the_report(tmp_path):
     out = subprocess.run(
-        [sys.executable, "-m", "busgen_jax.cli", "demo", "--config=configs/demo.py:tiny",
-         f"--workdir={tmp_path}"],
-        capture_output=True, text=True, timeout=1500,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "busgen_jax.cli",
+            "demo",
+            "--config=configs/demo.py:tiny",
+            f"--workdir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1500,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"report: {tmp_path / 'report.html'}" in out.stdout
     timings = json.loads((tmp_path / "timings.json").read_text())
     assert list(timings) == [
-        "phantom", "pretrain", "adapt", "synthesize", "classifiers", "evaluate", "fidelity",
-        "scaling", "report",
-    ]  # fmt: skip
+        "phantom",
+        "pretrain",
+        "adapt",
+        "synthesize",
+        "classifiers",
+        "evaluate",
+        "fidelity",
+        "scaling",
+        "report",
+    ]
     html = (tmp_path / "report.html").read_text()
-    for heading in ("Quality gates", "Phantom data", "Synthesis and privacy audit",
-                    "Classifiers over seeds", "Evaluation", "SIMULATED reader study",
-                    "Generative fidelity", "Data scaling"):  # fmt: skip
+    for heading in (
+        "Quality gates",
+        "Phantom data",
+        "Synthesis and privacy audit",
+        "Classifiers over seeds",
+        "Evaluation",
+        "SIMULATED reader study",
+        "Generative fidelity",
+        "Data scaling",
+    ):
         assert heading in html
     # The gates are measured by the shipped oracle and printed as well as reported.
     gates = json.loads((tmp_path / "gates.json").read_text())
@@ -44,8 +66,16 @@ def test_tiny_demo_runs_every_stage_and_writes_the_report(tmp_path):
     assert html.count("data:image/png;base64") >= 7
     # Started again, it finds every stage done and only rebuilds the report.
     again = subprocess.run(
-        [sys.executable, "-m", "busgen_jax.cli", "demo", "--config=configs/demo.py:tiny",
-         f"--workdir={tmp_path}"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "busgen_jax.cli",
+            "demo",
+            "--config=configs/demo.py:tiny",
+            f"--workdir={tmp_path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert again.returncode == 0 and again.stdout.count("done already") == 8

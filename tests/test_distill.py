@@ -65,9 +65,12 @@ def _sample(model, spec, **overrides):
     """Samples as `busgen synthesize` does: the spec's settings, overridden where asked."""
     how = generator.sampling_settings(spec, overrides)
     sample_fn = generator.make_sample_fn(
-        spec, sampler=how["sampler"], steps=how["steps"], skip=how["skip"],
+        spec,
+        sampler=how["sampler"],
+        steps=how["steps"],
+        skip=how["skip"],
         guidance_weight=how["guidance_weight"],
-    )  # fmt: skip
+    )
     return np.asarray(sample_fn(model, jax.random.key(7), *_conditions(spec)))
 
 
@@ -90,13 +93,13 @@ def test_student_is_a_generator_sampled_in_its_steps_one_pass_each(distilled):
     w = jnp.full((BATCH,), spec.sampling["guidance_weight"])
     steps = spec.sampling["steps"]
     for k in range(steps):
-        t, s = (jnp.full((BATCH,), distillation.grid_time(schedule, f / steps))
-                for f in (k, k + 1))  # fmt: skip
+        t, s = (jnp.full((BATCH,), distillation.grid_time(schedule, f / steps)) for f in (k, k + 1))
         a_t, s_t = schedules.alpha(schedule, t), schedules.sigma(schedule, t)
         out = student(x, t, classes, devices, masks, guidance_weight=w)
         x0 = losses.to_x0(out, x, a_t, s_t, spec.prediction)
-        x = distillation.ddim_step(x, x0, a_t, s_t, schedules.alpha(schedule, s),
-                                   schedules.sigma(schedule, s))  # fmt: skip
+        x = distillation.ddim_step(
+            x, x0, a_t, s_t, schedules.alpha(schedule, s), schedules.sigma(schedule, s)
+        )
     np.testing.assert_allclose(images, np.clip(np.asarray(x), -1, 1), atol=2e-4)
 
 
@@ -104,8 +107,13 @@ def _gaps_to_teacher(student, spec, teacher, teacher_spec, export):
     """RMS distance to the teacher's guided DDIM samples at the distillation's starting step count
     of (the trained student, the untrained one: the teacher's weights, zero w-embedding)."""
     start = spec.student["rounds"][0]["steps"]
-    reference = _sample(teacher, teacher_spec, sampler=distillation.STUDENT_SAMPLER, steps=start,
-                        skip=distillation.STUDENT_SKIP)  # fmt: skip
+    reference = _sample(
+        teacher,
+        teacher_spec,
+        sampler=distillation.STUDENT_SAMPLER,
+        steps=start,
+        skip=distillation.STUDENT_SKIP,
+    )
     untrained = distill.build_student(
         params_io.load_model_config(export), nnx.state(teacher, nnx.Param), 0
     )
@@ -181,8 +189,10 @@ def test_interrupted_run_resumes_to_the_same_student(inputs, distilled, tmp_path
     resumed = distill.run(_config(*inputs), str(tmp_path))
     assert resumed["history"].keys() == {"1_progressive_2"}  # only the unfinished round ran
     assert resumed["history"]["1_progressive_2"][0][0] > 8  # from its step-8 checkpoint
-    a, b = (nnx.state(generator.load_generator(d)[0], nnx.Param)
-            for d in (result["export"], resumed["export"]))  # fmt: skip
+    a, b = (
+        nnx.state(generator.load_generator(d)[0], nnx.Param)
+        for d in (result["export"], resumed["export"])
+    )
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
@@ -199,8 +209,14 @@ def test_interrupted_run_resumes_to_the_same_student(inputs, distilled, tmp_path
 def test_bad_config_is_one_error_line(inputs, tmp_path, capsys, override, message):
     eps_teacher = tiny_generator(tmp_path / "eps") if "EPS" in override else None
     override = override.replace("EPS", str(eps_teacher))
-    args = ["busgen distill", "--config=configs/distill.py:tiny", f"--workdir={tmp_path / 'w'}",
-            f"--config.teacher={inputs[0]}", f"--config.data.paths=('{inputs[1]}',)", override]  # fmt: skip
+    args = [
+        "busgen distill",
+        "--config=configs/distill.py:tiny",
+        f"--workdir={tmp_path / 'w'}",
+        f"--config.teacher={inputs[0]}",
+        f"--config.data.paths=('{inputs[1]}',)",
+        override,
+    ]
     with pytest.raises(SystemExit) as exit_info:
         distill.main(args)
     assert exit_info.value.code != 0

@@ -68,24 +68,35 @@ def setup(tmp_path_factory):
         _write_csv(paths[name][1], val_ids, val_path, val_scores[name])
     tiny = np.zeros((8, 8), np.uint8)
     records = [
-        schema.make_record(tiny, pathology=str(p), device="device-0", case_id=c,
-                           patient_id=f"p-{c}", split="test", provenance={"source": "phantom"},
-                           malignancy_score=float(s))
+        schema.make_record(
+            tiny,
+            pathology=str(p),
+            device="device-0",
+            case_id=c,
+            patient_id=f"p-{c}",
+            split="test",
+            provenance={"source": "phantom"},
+            malignancy_score=float(s),
+        )
         for c, p, s in zip(test_ids, test_path, latent, strict=True)
-    ]  # fmt: skip
+    ]
     shards.write_dataset(records, tmp / "data", name="mini")
     config = config_files.load("configs/evaluate.py:phantom")
     config.predictions = tuple(f"{n}={paths[n][0]}" for n in ("strong", "weak"))
     config.validation = tuple(f"{n}={paths[n][1]}" for n in ("strong", "weak"))
     config.bootstrap.n_boot = 200
-    config.reader_study.update(data_paths=(str(tmp / "data"),), n_readers=5,
-                               modalities=("unaided", "aided"), seed=3)  # fmt: skip
+    config.reader_study.update(
+        data_paths=(str(tmp / "data"),), n_readers=5, modalities=("unaided", "aided"), seed=3
+    )
     results = evaluate.run(config, str(tmp / "work"))
     return {
-        "tmp": tmp, "config": config, "results": results, "paths": paths,
+        "tmp": tmp,
+        "config": config,
+        "results": results,
+        "paths": paths,
         "test": (test_ids, latent, test_path, test_scores),
         "val": (val_ids, val_path, val_scores),
-    }  # fmt: skip
+    }
 
 
 def _truth(pathology):
@@ -97,8 +108,10 @@ def test_models_match_direct_statistics(setup):
     ids, latent, pathology, scores = setup["test"]
     y, strong, weak = _truth(pathology), scores["strong"], scores["weak"]
     assert results["cases"] == {
-        "n": len(y), "n_positive": int(y.sum()), "n_negative": int((1 - y).sum()),
-    }  # fmt: skip
+        "n": len(y),
+        "n_positive": int(y.sum()),
+        "n_negative": int((1 - y).sum()),
+    }
     for name, s in (("strong", strong), ("weak", weak)):
         model = results["models"][name]
         assert model["auc"] == statistics.roc_auc_ci(y, s).to_dict()
@@ -120,8 +133,11 @@ def test_threshold_is_chosen_on_validation(setup):
     model = setup["results"]["models"]["strong"]
     threshold = statistics.threshold_for_specificity(y_val, s_val, 0.9)
     assert model["threshold"] == {
-        "value": threshold, "rule": "target_specificity", "target": 0.9, "chosen_on": "validation"
-    }  # fmt: skip
+        "value": threshold,
+        "rule": "target_specificity",
+        "target": 0.9,
+        "chosen_on": "validation",
+    }
     assert model["operating_point"] == statistics.binary_metrics(y, s, threshold).to_dict()
     # Without validation predictions the threshold comes from the test set, and says so.
     preds = {"strong": prediction_io.read_predictions(setup["paths"]["strong"][0])}
@@ -137,9 +153,15 @@ def test_simulated_reader_study_matches_direct_calls(setup):
     ids, latent, pathology, scores = setup["test"]
     y, strong = _truth(pathology), scores["strong"]
     study = roe_metz.simulate_panel(
-        y, n_readers=5, seed=3, modalities=("unaided", "aided"), case_ids=ids,
-        case_score=latent, dcis=pathology == "dcis", params=roe_metz.RoeMetz(modality_gain=0.3),
-    )  # fmt: skip
+        y,
+        n_readers=5,
+        seed=3,
+        modalities=("unaided", "aided"),
+        case_ids=ids,
+        case_score=latent,
+        dcis=pathology == "dcis",
+        params=roe_metz.RoeMetz(modality_gain=0.3),
+    )
     assert study_results["simulated"] and "SIMULATED" in study_results["label"]
     assert study_results["compared_modality"] == "unaided"
     assert study_results["call_rule"] == "BI-RADS >= 4A"
@@ -207,8 +229,9 @@ def test_cli_reports_bad_input_in_one_line(setup, tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("case_id,label,probability\nc1,0,0.2\nc2,1,oops\n")
     with pytest.raises(SystemExit) as exit_info:
-        evaluate.main(["busgen evaluate", f"--workdir={tmp_path}",
-                       f"--config.predictions=('m={bad}',)"])  # fmt: skip
+        evaluate.main(
+            ["busgen evaluate", f"--workdir={tmp_path}", f"--config.predictions=('m={bad}',)"]
+        )
     assert exit_info.value.code == 2
     assert f"{bad}:3: field 'probability' 'oops' is not a finite number" in capsys.readouterr().err
 
@@ -274,8 +297,9 @@ def test_numeric_reads_and_a_model_listed_as_a_reader(setup, tmp_path):
     reads = tmp_path / "reads.csv"
     reads.write_text("\n".join(rows) + "\n")
     config = setup["config"].copy_and_resolve_references()
-    config.reader_study.update(simulate=False, csv=str(reads), rating_scale="numeric",
-                               threshold="20")  # fmt: skip
+    config.reader_study.update(
+        simulate=False, csv=str(reads), rating_scale="numeric", threshold="20"
+    )
     config.bootstrap.n_boot = 10
     with pytest.raises(errors.JobError, match=r"model\(s\) \['strong'\] are also listed among"):
         evaluate.run(config, str(tmp_path))

@@ -129,8 +129,9 @@ def test_conditioning_accuracy_by_hand():
     # Correct calls: benign 0.2 yes, 0.7 no; malignant 0.9 yes, 0.4 no, 0.6 yes; normal left out.
     assert result["accuracy"] == pytest.approx(3 / 5) and result["n_left_out"] == 1
     assert result["per_class"] == {
-        "benign": {"accuracy": 0.5, "n": 2}, "malignant": {"accuracy": 2 / 3, "n": 3}
-    }  # fmt: skip
+        "benign": {"accuracy": 0.5, "n": 2},
+        "malignant": {"accuracy": 2 / 3, "n": 3},
+    }
     assert result["per_device"] == {
         "x": {"accuracy": 1.0, "n": 2},
         "y": {"accuracy": 1 / 3, "n": 3},
@@ -142,20 +143,37 @@ def test_evaluate_fidelity_composes_the_parts(trained):
     images, masks, boxes = _blobs(4, 40)
     devices = np.array(["a", "b"] * 20)
     pathology = np.array(["benign"] * 20 + ["malignant"] * 20)
-    real = {"image": images, "box_mask": boxes, "device": devices, "pathology": pathology,
-            "case_id": [f"r{i}" for i in range(40)]}  # fmt: skip
+    real = {
+        "image": images,
+        "box_mask": boxes,
+        "device": devices,
+        "pathology": pathology,
+        "case_id": [f"r{i}" for i in range(40)],
+    }
     syn_images, _, syn_boxes = _blobs(5, 30)
-    synthetic = {"image": syn_images, "box_mask": syn_boxes, "device": devices[:30],
-                 "pathology": pathology[5:35], "case_id": [f"s{i}" for i in range(30)]}  # fmt: skip
+    synthetic = {
+        "image": syn_images,
+        "box_mask": syn_boxes,
+        "device": devices[:30],
+        "pathology": pathology[5:35],
+        "case_id": [f"s{i}" for i in range(30)],
+    }
     # Simple feature maps: pooled intensity statistics, and a device-revealing variant.
     pooled = lambda x: np.stack([x.mean((1, 2)), x.std((1, 2)), (x > 0).mean((1, 2))], axis=1)
     leaky = lambda x: np.concatenate([pooled(x), (np.arange(len(x)) % 2)[:, None] * 1.0], axis=1)
     results = fidelity.evaluate_fidelity(
-        real, synthetic, features={"real": pooled, "leaky": leaky},
-        probabilities=lambda x: (x > 0).mean((1, 2)) * 10, negative=("benign",),
-        positive=("malignant",), seg_model=model, seed=0,
-        real_masks={f"r{i}": masks[i] for i in range(40)}, kid_subsets=5, kid_subset_size=10,
-    )  # fmt: skip
+        real,
+        synthetic,
+        features={"real": pooled, "leaky": leaky},
+        probabilities=lambda x: (x > 0).mean((1, 2)) * 10,
+        negative=("benign",),
+        positive=("malignant",),
+        seg_model=model,
+        seed=0,
+        real_masks={f"r{i}": masks[i] for i in range(40)},
+        kid_subsets=5,
+        kid_subset_size=10,
+    )
     direct = generative.compare_feature_sets(
         pooled(images), pooled(syn_images), seed=0, kid_subsets=5, kid_subset_size=10
     )

@@ -38,11 +38,17 @@ def _free_port() -> int:
 
 def _command(data_dir, workdir, *, steps=STEPS, every=STEPS, extra=()) -> list[str]:
     return [
-        sys.executable, "-m", "busgen_jax.jobs.pretrain", "--config=configs/pretrain.py:tiny",
-        f"--workdir={workdir}", f"--config.data.paths=('{data_dir}',)",
-        f"--config.train.steps={steps}", f"--config.checkpoint.every_steps={every}",
-        f"--config.sample.every_steps={steps}", *extra,
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "busgen_jax.jobs.pretrain",
+        "--config=configs/pretrain.py:tiny",
+        f"--workdir={workdir}",
+        f"--config.data.paths=('{data_dir}',)",
+        f"--config.train.steps={steps}",
+        f"--config.checkpoint.every_steps={every}",
+        f"--config.sample.every_steps={steps}",
+        *extra,
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -78,7 +84,7 @@ def _two_processes(
                     env=env,
                     stdout=files[-1],
                     stderr=files[-1],
-                )  # fmt: skip
+                )
             )
         deadline = time.monotonic() + TIMEOUT_S
         while any(w.poll() is None for w in workers) and time.monotonic() < deadline:

@@ -62,11 +62,13 @@ def test_too_few_images_leave_the_frechet_distance_out(phantom):
 def _oracle_result(benign, dcis, ratio):
     cell = lambda a: {"accuracy": a, "n": 10}  # noqa: E731
     return {
-        "synthetic": {"class": {"benign": cell(benign), "dcis": cell(dcis)},
-                      "device": {"A": cell(0.9)}},
+        "synthetic": {
+            "class": {"benign": cell(benign), "dcis": cell(dcis)},
+            "device": {"A": cell(0.9)},
+        },
         "real": {"class": {"benign": cell(0.8), "dcis": cell(0.7)}, "device": {"A": cell(0.95)}},
         "frechet": {"synthetic": ratio, "real_floor": 1.0, "ratio": ratio, "n_per_class": 5},
-    }  # fmt: skip
+    }
 
 
 def test_gates_hold_or_fail_at_their_targets():

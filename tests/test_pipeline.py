@@ -191,8 +191,12 @@ def two_sources(tmp_path_factory):
 
 @pytest.mark.parametrize("weights", [(0.25, 0.75), (0.5, 0.5), (1.0, 0.0)])
 def test_mix_weights_set_the_share_of_each_source(two_sources, weights):
-    config = _config(two_sources[0], paths=tuple(two_sources), mix_weights=weights,
-                     class_names=("benign", "malignant"))  # fmt: skip
+    config = _config(
+        two_sources[0],
+        paths=tuple(two_sources),
+        mix_weights=weights,
+        class_names=("benign", "malignant"),
+    )
     stream = iter(pipeline.make_dataset(config, split="train", seed=0))
     classes = np.concatenate([next(stream)["class_id"] for _ in range(10)])
     share_a = np.mean(classes == 1)

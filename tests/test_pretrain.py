@@ -162,10 +162,15 @@ def test_tiny_run_learns_and_writes_samples_and_export(reference_run):
 
 def _command(workdir: pathlib.Path, data_dir: pathlib.Path) -> list[str]:
     return [
-        sys.executable, "-m", "busgen_jax.jobs.pretrain", "--config=configs/pretrain.py:tiny",
-        f"--workdir={workdir}", f"--config.data.paths=('{data_dir}',)",
-        f"--config.train.steps={STEPS}", f"--config.checkpoint.every_steps={EVERY}",
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "busgen_jax.jobs.pretrain",
+        "--config=configs/pretrain.py:tiny",
+        f"--workdir={workdir}",
+        f"--config.data.paths=('{data_dir}',)",
+        f"--config.train.steps={STEPS}",
+        f"--config.checkpoint.every_steps={EVERY}",
+    ]
 
 
 def _restore_pure(path: pathlib.Path):
@@ -179,10 +184,12 @@ def test_sigkilled_run_resumes_bit_exactly(reference_run, data_dir, tmp_path):
     # there: after that save and before the next one, every time.
     marker = tmp_path / "paused"
     first = subprocess.Popen(
-        _command(tmp_path / "run", data_dir), cwd=ROOT,
+        _command(tmp_path / "run", data_dir),
+        cwd=ROOT,
         env=pause_points.env("checkpoint_confirmed", marker, env),
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         pause_points.wait_until_paused(first, marker)
     finally:

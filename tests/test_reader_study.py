@@ -22,10 +22,17 @@ def _write(path, text):
 def small_study(tmp_path):
     truth = {"c1": 1, "c2": 1, "c3": 0, "c4": 0, "c5": 0}
     rows = [
-        ("c1", "r1", "5"), ("c2", "r1", "4a"), ("c3", "r1", "3"), ("c4", "r1", "4B"),
-        ("c5", "r1", "2"), ("c1", "r2", "4C"), ("c2", "r2", "3"), ("c3", "r2", "1"),
-        ("c4", "r2", "2"), ("c5", "r2", "4A"),
-    ]  # fmt: skip
+        ("c1", "r1", "5"),
+        ("c2", "r1", "4a"),
+        ("c3", "r1", "3"),
+        ("c4", "r1", "4B"),
+        ("c5", "r1", "2"),
+        ("c1", "r2", "4C"),
+        ("c2", "r2", "3"),
+        ("c3", "r2", "1"),
+        ("c4", "r2", "2"),
+        ("c5", "r2", "4A"),
+    ]
     text = "case_id,reader_id,birads\n" + "".join(f"{c},{r},{b}\n" for c, r, b in rows)
     return reader_io.load_long_table(_write(tmp_path / "reads.csv", text), truth)
 
@@ -95,8 +102,10 @@ def test_numeric_scales_either_direction_and_missing_reads(tmp_path):
     assert (r1.sensitivity.estimate, r1.specificity.estimate) == (0.5, 0.5)
     assert r2.n_cases == 3 and (r2.sensitivity.estimate, r2.specificity.estimate) == (1.0, 1.0)
     # Reversed: a rank where 1 is the most suspicious; a rank <= 2 is a positive call.
-    ranks = _write(tmp_path / "ranks.csv", "case_id,reader_id,rating,truth\n"
-                   "c1,r1,1,1\nc2,r1,3,1\nc3,r1,4,0\nc4,r1,2,0\n")  # fmt: skip
+    ranks = _write(
+        tmp_path / "ranks.csv",
+        "case_id,reader_id,rating,truth\nc1,r1,1,1\nc2,r1,3,1\nc3,r1,4,0\nc4,r1,2,0\n",
+    )
     reversed_scale = reader_study.RatingScale("numeric", higher_is_malignant=False, threshold=2)
     ranked = reader_io.load_long_table(ranks, scale=reversed_scale)
     (performance,) = reader_study.reader_performance(ranked)
@@ -157,22 +166,33 @@ def _write_xlsx(path, folder):
             xml_rows.append(f'<row r="{i}">{"".join(cells)}</row>')
         sheets.append((csv_path.stem.upper(), f"rId{k}", "".join(xml_rows)))
     with zipfile.ZipFile(path, "w") as book:
-        book.writestr("xl/workbook.xml", f'<workbook xmlns="{main}" xmlns:r="{rel}"><sheets>'
-                      + "".join(f'<sheet name="{n}" sheetId="{i + 1}" r:id="{r}"/>'
-                                for i, (n, r, _) in enumerate(sheets))
-                      + "</sheets></workbook>")  # fmt: skip
+        book.writestr(
+            "xl/workbook.xml",
+            f'<workbook xmlns="{main}" xmlns:r="{rel}"><sheets>'
+            + "".join(
+                f'<sheet name="{n}" sheetId="{i + 1}" r:id="{r}"/>'
+                for i, (n, r, _) in enumerate(sheets)
+            )
+            + "</sheets></workbook>",
+        )
         book.writestr(
             "xl/_rels/workbook.xml.rels",
             '<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
-            + "".join(f'<Relationship Id="{r}" Target="worksheets/sheet{i + 1}.xml"/>'
-                      for i, (_, r, _) in enumerate(sheets))
+            + "".join(
+                f'<Relationship Id="{r}" Target="worksheets/sheet{i + 1}.xml"/>'
+                for i, (_, r, _) in enumerate(sheets)
+            )
             + "</Relationships>",
-        )  # fmt: skip
-        book.writestr("xl/sharedStrings.xml", f'<sst xmlns="{main}">'
-                      + "".join(f"<si><t>{t}</t></si>" for t in strings) + "</sst>")  # fmt: skip
+        )
+        book.writestr(
+            "xl/sharedStrings.xml",
+            f'<sst xmlns="{main}">' + "".join(f"<si><t>{t}</t></si>" for t in strings) + "</sst>",
+        )
         for i, (_, _, rows) in enumerate(sheets):
-            book.writestr(f"xl/worksheets/sheet{i + 1}.xml",
-                          f'<worksheet xmlns="{main}"><sheetData>{rows}</sheetData></worksheet>')  # fmt: skip
+            book.writestr(
+                f"xl/worksheets/sheet{i + 1}.xml",
+                f'<worksheet xmlns="{main}"><sheetData>{rows}</sheetData></worksheet>',
+            )
     return path
 
 
@@ -322,9 +342,13 @@ def test_model_vs_readers_brute_force():
     assert result.mean_sensitivity_gain == pytest.approx(np.mean(gains))
     # The p-value is the OR MRMC test of the sensitivities at the matched thresholds.
     or_test = mrmc.or_model_vs_readers(
-        truth, model, study.scores[0], fom="sensitivity", reader_thresholds=4,
+        truth,
+        model,
+        study.scores[0],
+        fom="sensitivity",
+        reader_thresholds=4,
         model_thresholds=[c.threshold_at_spec for c in result.readers],
-    )  # fmt: skip
+    )
     assert result.sensitivity_gain_p == pytest.approx(or_test.rrrc.p_value)
     assert result.sensitivity_gain_ci == pytest.approx((or_test.rrrc.ci_low, or_test.rrrc.ci_high))
     assert np.isfinite(result.sensitivity_gain_p) and 0 < result.sensitivity_gain_p < 1
@@ -340,9 +364,13 @@ def test_model_vs_readers_with_missing_reads_uses_each_readers_cases():
     model = study.scores[0].mean(axis=0) + rng.normal(size=200)
     result = reader_study.compare_model_to_readers(partial, model, mcnemar_method="corrected")
     alone = reader_study.ReaderStudy(
-        study.case_ids[60:], study.reader_ids[1:2], study.modalities, study.scores[:, 1:2, 60:],
-        study.truth[60:], True,
-    )  # fmt: skip
+        study.case_ids[60:],
+        study.reader_ids[1:2],
+        study.modalities,
+        study.scores[:, 1:2, 60:],
+        study.truth[60:],
+        True,
+    )
     expected = reader_study.compare_model_to_readers(alone, model[60:], mcnemar_method="corrected")
     assert result.readers[1] == expected.readers[0]
     assert "continuity correction" in result.mcnemar_method

@@ -20,9 +20,13 @@ def files(tmp_path):
     latent = np.clip(0.25 + 0.5 * truth + rng.normal(0, 0.2, 60), 0.01, 0.99)
     cases = [f"c{i:02d}" for i in range(60)]
     study = roe_metz.simulate_panel(
-        truth, n_readers=4, seed=1, modalities=("unaided", "aided"), case_ids=cases,
+        truth,
+        n_readers=4,
+        seed=1,
+        modalities=("unaided", "aided"),
+        case_ids=cases,
         case_score=latent,
-    )  # fmt: skip
+    )
     study.write_csv(tmp_path / "reads.csv")
     with open(tmp_path / "truth.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
@@ -66,16 +70,25 @@ def test_three_modalities_from_an_imrmc_file_with_numeric_scores(tmp_path):
     lines += [f"-1,{k},0,{t}" for k, t in enumerate(truth)]
     lines += [
         f"reader{j},{k},{m},{scores[i, j, k]}"
-        for i, m in enumerate("ABC") for j in range(3) for k in range(50)
-    ]  # fmt: skip
+        for i, m in enumerate("ABC")
+        for j in range(3)
+        for k in range(50)
+    ]
     (tmp_path / "study.imrmc").write_text("\n".join(lines) + "\n")
     config = config_files.load("configs/reader_study.py:default")
-    config.update(reads=str(tmp_path / "study.imrmc"), format="imrmc", rating_scale="numeric",
-                  threshold="", foms=("auc", "pauc"), fixed_reader_test="f")  # fmt: skip
+    config.update(
+        reads=str(tmp_path / "study.imrmc"),
+        format="imrmc",
+        rating_scale="numeric",
+        threshold="",
+        foms=("auc", "pauc"),
+        fixed_reader_test="f",
+    )
     results = reader_study_job.run(config, str(tmp_path / "out"))
     assert results["readers"] is None and set(results["modality_comparison"]) == {
-        "auc", "pAUC (FPR <= 0.2)"
-    }  # fmt: skip
+        "auc",
+        "pAUC (FPR <= 0.2)",
+    }
     direct = mrmc.or_modalities(truth, scores, modalities="ABC", fixed_reader_test="f")
     auc = results["modality_comparison"]["auc"]
     assert auc["overall"]["rrrc"]["p_value"] == pytest.approx(direct.overall["rrrc"].p_value)

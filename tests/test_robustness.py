@@ -37,8 +37,13 @@ def _busgen(*args, file_size_kib: int | None = None, timeout=600) -> subprocess.
     command = [sys.executable, "-m", "busgen_jax.cli", *map(str, args)]
     if file_size_kib is not None:
         # The limit is set by a shell in the child, not by a preexec_fn in this threaded process.
-        command = ["bash", "-c", f"trap '' XFSZ; ulimit -f {file_size_kib}; exec \"$@\"", "-",
-                   *command]  # fmt: skip
+        command = [
+            "bash",
+            "-c",
+            f"trap '' XFSZ; ulimit -f {file_size_kib}; exec \"$@\"",
+            "-",
+            *command,
+        ]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
@@ -52,10 +57,18 @@ def test_a_second_job_on_a_busy_workdir_is_refused_naming_the_first(tmp_path):
     # The first job stops once it holds the workdir, and holds it until it is killed.
     run, marker = tmp_path / "run", tmp_path / "paused"
     first = subprocess.Popen(
-        [sys.executable, "-m", "busgen_jax.cli", "phantom", "--config=configs/phantom.py:tiny",
-         f"--workdir={run}"],
-        cwd=ROOT, stderr=subprocess.DEVNULL, env=pause_points.env("workdir_locked", marker),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "busgen_jax.cli",
+            "phantom",
+            "--config=configs/phantom.py:tiny",
+            f"--workdir={run}",
+        ],
+        cwd=ROOT,
+        stderr=subprocess.DEVNULL,
+        env=pause_points.env("workdir_locked", marker),
+    )
     try:
         pause_points.wait_until_paused(first, marker)
         holder = json.loads((run / workdir.META_DIR / workdir.LOCK_FILE).read_text())
@@ -190,8 +203,11 @@ def test_safe_fields_change_only_with_the_flag_and_secrets_are_not_stored(tmp_pa
     stored = (tmp_path / workdir.META_DIR / "j.config.json").read_text()
     assert "secret" not in stored and "sha256:" in stored
     longer = _config(train={"steps": 20}, log_every_steps=10)
-    with pytest.raises(workdir.WorkdirError, match=r"config.log_every_steps 5 -> 10, "
-                       r"config.train.steps 10 -> 20 \(pass --allow_config_change"):  # fmt: skip
+    with pytest.raises(
+        workdir.WorkdirError,
+        match=r"config.log_every_steps 5 -> 10, "
+        r"config.train.steps 10 -> 20 \(pass --allow_config_change",
+    ):
         workdir.check_config(tmp_path, "j", longer)
     assert not workdir.check_config(tmp_path, "j", longer, allow_safe_changes=True)
     with pytest.raises(workdir.WorkdirError, match=r"changed: config.salt \(start a new"):
@@ -250,13 +266,17 @@ def test_a_run_that_failed_before_writing_does_not_pin_its_config(tmp_path, caps
 @pytest.mark.parametrize(
     "error, message",
     [
-        (OSError(errno.ENOSPC, "No space left on device", "/w/x.bin"),
-         "error: /w/x.bin: No space left on device"),
-        (PermissionError(errno.EACCES, "Permission denied", "/w/y"),
-         "error: /w/y: Permission denied"),
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/w/x.bin"),
+            "error: /w/x.bin: No space left on device",
+        ),
+        (
+            PermissionError(errno.EACCES, "Permission denied", "/w/y"),
+            "error: /w/y: Permission denied",
+        ),
         (OSError(errno.EROFS, "Read-only file system"), "error: Read-only file system"),
     ],
-)  # fmt: skip
+)
 def test_disk_and_permission_errors_are_one_line(tmp_path, capsys, error, message):
     def fail(config, path):
         raise error
@@ -291,14 +311,17 @@ def test_a_workdir_below_a_file_is_one_line(tmp_path, capsys):
 
 def test_an_unknown_field_is_named_readably(tmp_path, capsys):
     err = _refused(_fake_job(tmp_path, print), tmp_path, "--config.seeed=1", capsys=capsys)
-    assert err == ("error: --config.seeed: no such field (config has class_probs, devices, "
-                   "image_size, label_map, name, num_images, records_per_shard, seed, "
-                   "split_fractions)")  # fmt: skip
+    assert err == (
+        "error: --config.seeed: no such field (config has class_probs, devices, "
+        "image_size, label_map, name, num_images, records_per_shard, seed, "
+        "split_fractions)"
+    )
 
 
 def test_a_full_disk_while_writing_a_dataset_is_one_line(tmp_path):
-    out = _busgen("phantom", "--config=configs/phantom.py:tiny", f"--workdir={tmp_path}",
-                  file_size_kib=20)  # fmt: skip
+    out = _busgen(
+        "phantom", "--config=configs/phantom.py:tiny", f"--workdir={tmp_path}", file_size_kib=20
+    )
     line = _last_line(out)
     assert line.startswith(f"error: {tmp_path}/data/phantom/") and "File too large" in line, line
     # Neither a shard nor the (empty) output folders stay behind.
@@ -310,11 +333,16 @@ def test_a_full_disk_during_a_checkpoint_save_stops_pretraining_at_once(tmp_path
     data = phantom_dataset(tmp_path / "data", num=24)
     run = tmp_path / "run"
     out = _busgen(
-        "pretrain", "--config=configs/pretrain.py:tiny", f"--workdir={run}",
-        f"--config.data.paths=('{data}',)", "--config.train.steps=400",
-        "--config.checkpoint.every_steps=2", "--config.sample.every_steps=1000",
-        file_size_kib=32, timeout=1800,  # compiling on a busy 2-core machine takes minutes
-    )  # fmt: skip
+        "pretrain",
+        "--config=configs/pretrain.py:tiny",
+        f"--workdir={run}",
+        f"--config.data.paths=('{data}',)",
+        "--config.train.steps=400",
+        "--config.checkpoint.every_steps=2",
+        "--config.sample.every_steps=1000",
+        file_size_kib=32,
+        timeout=1800,  # compiling on a busy 2-core machine takes minutes
+    )
     line = _last_line(out)
     assert "saving checkpoint step 2 failed: File too large" in line, out.stderr[-3000:]
     assert line.startswith(f"error: {run}/checkpoints"), line
@@ -332,9 +360,13 @@ def generator_dir(tmp_path_factory):
 def _synthesize(tmp_path, capsys, *overrides) -> str:
     with pytest.raises(SystemExit) as exit_info:
         synthesize.main(
-            ["busgen synthesize", "--config=configs/synthesize.py:tiny", f"--workdir={tmp_path}",
-             *overrides]
-        )  # fmt: skip
+            [
+                "busgen synthesize",
+                "--config=configs/synthesize.py:tiny",
+                f"--workdir={tmp_path}",
+                *overrides,
+            ]
+        )
     assert exit_info.value.code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1
@@ -358,9 +390,12 @@ def test_synthesis_refuses_an_unknown_class_before_reading_the_audit_data(
 ):
     # The audit data does not exist: had it been read first, the error would name it.
     err = _synthesize(
-        tmp_path, capsys, f"--config.generator={generator_dir}",
-        f"--config.audit.train_paths=('{tmp_path / 'nowhere'}',)", "--config.classes={'fibroma': 1.0}",
-    )  # fmt: skip
+        tmp_path,
+        capsys,
+        f"--config.generator={generator_dir}",
+        f"--config.audit.train_paths=('{tmp_path / 'nowhere'}',)",
+        "--config.classes={'fibroma': 1.0}",
+    )
     assert "['fibroma'] not known to this generator" in err, err
 
 
@@ -368,14 +403,22 @@ def test_synthesis_refuses_an_adapter_of_another_generator(tmp_path, capsys, gen
     other, _ = generator.load_generator(tiny_generator(tmp_path / "other", seed=1))
     adapter = tmp_path / "adapter"
     adapter.mkdir()
-    (adapter / lora.ADAPTER_FILE).write_text(json.dumps({
-        "base_fingerprint": lora.params_fingerprint(other), "base_generator": "other/export",
-    }))  # fmt: skip
+    (adapter / lora.ADAPTER_FILE).write_text(
+        json.dumps(
+            {
+                "base_fingerprint": lora.params_fingerprint(other),
+                "base_generator": "other/export",
+            }
+        )
+    )
     data = phantom_dataset(tmp_path / "data", num=16)
     err = _synthesize(
-        tmp_path / "run", capsys, f"--config.generator={generator_dir}",
-        f"--config.adapter={adapter}", f"--config.audit.train_paths=('{data}',)",
-    )  # fmt: skip
+        tmp_path / "run",
+        capsys,
+        f"--config.generator={generator_dir}",
+        f"--config.adapter={adapter}",
+        f"--config.audit.train_paths=('{data}',)",
+    )
     assert "adapter was trained on the base generator other/export" in err, err
 
 
@@ -384,9 +427,15 @@ def test_an_import_error_is_one_line_naming_the_file(tmp_path, capsys):
     csv_path.parent.mkdir()
     csv_path.write_bytes("image_path,pathology\nb\u00e9.png,benign\n".encode("latin-1"))
     with pytest.raises(SystemExit) as exit_info:
-        import_data.main(["busgen import", "--config=configs/import_data.py:table",
-                          f"--workdir={tmp_path / 'run'}", f"--config.source={csv_path}",
-                          "--config.salt=s"])  # fmt: skip
+        import_data.main(
+            [
+                "busgen import",
+                "--config=configs/import_data.py:table",
+                f"--workdir={tmp_path / 'run'}",
+                f"--config.source={csv_path}",
+                "--config.salt=s",
+            ]
+        )
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.strip() == (
         f"error: {csv_path} line 2: not UTF-8 text (byte 0xe9); save the CSV as UTF-8"
@@ -399,10 +448,13 @@ def test_a_full_disk_during_synthesis_is_one_line_and_leaves_no_output(tmp_path,
     data = phantom_dataset(tmp_path / "data", num=24)
     run = tmp_path / "run"
     out = _busgen(
-        "synthesize", "--config=configs/synthesize.py:tiny", f"--workdir={run}",
-        f"--config.generator={generator_dir}", f"--config.audit.train_paths=('{data}',)",
+        "synthesize",
+        "--config=configs/synthesize.py:tiny",
+        f"--workdir={run}",
+        f"--config.generator={generator_dir}",
+        f"--config.audit.train_paths=('{data}',)",
         file_size_kib=6,
-    )  # fmt: skip
+    )
     line = _last_line(out)
     assert line.startswith(f"error: {run / layout.SYNTHETIC}/"), line
     assert "File too large" in line, line

@@ -194,8 +194,14 @@ def _exact_eps_np(x: np.ndarray, index: np.ndarray) -> np.ndarray:
 def _published_grid_run(sampler: str, steps: int, key: int = 11) -> tuple[np.ndarray, np.ndarray]:
     """(samples, start noise) of `sampler` on the time-uniform grid, 512 Gaussian samples."""
     shape = (512, 3)
-    out = samplers.sample(_exact_model("linear", "eps"), shape, jax.random.key(key),
-                          _schedule("linear"), sampler=sampler, steps=steps)  # fmt: skip
+    out = samplers.sample(
+        _exact_model("linear", "eps"),
+        shape,
+        jax.random.key(key),
+        _schedule("linear"),
+        sampler=sampler,
+        steps=steps,
+    )
     noise = jax.random.normal(jax.random.split(jax.random.key(key))[0], shape)
     return np.asarray(out, np.float64), np.asarray(noise, np.float64)
 

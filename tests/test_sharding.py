@@ -76,10 +76,11 @@ def test_rules_first_match_wins_and_paths_include_optimizer_state():
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), tree)
     mesh = jax.make_mesh((1, 1), mesh_lib.AXES, axis_types=(jax.sharding.AxisType.Auto,) * 2)
     specs = {
-        partition.path_to_str(path): partition.leaf_spec(partition.path_to_str(path), leaf.shape,
-                                                         rules, _FakeMesh(4), 0)
+        partition.path_to_str(path): partition.leaf_spec(
+            partition.path_to_str(path), leaf.shape, rules, _FakeMesh(4), 0
+        )
         for path, leaf in jax.tree_util.tree_leaves_with_path(abstract)
-    }  # fmt: skip
+    }
     assert specs == {
         "params/conv/kernel": P(None, None, None, "fsdp"),
         "params/conv/bias": P(None),
@@ -145,8 +146,12 @@ def test_one_step_on_eight_devices_matches_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
     result = subprocess.run(
         [sys.executable, "-c", _EIGHT_DEVICE_SCRIPT],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["devices"] == 8

@@ -167,8 +167,11 @@ shards.write_dataset(make_records(40), sys.argv[1], name="full")
 def test_a_full_disk_is_one_error_naming_the_shard(tmp_path):
     out = subprocess.run(
         [sys.executable, "-c", _FULL_DISK_WRITER, str(tmp_path / "ds")],
-        cwd=pathlib.Path(__file__).parent.parent, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=pathlib.Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("busgen_jax.data.shards.DatasetError: "), out.stderr[-2000:]
     assert str(tmp_path / "ds") in last and "File too large" in last

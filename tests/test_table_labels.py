@@ -98,9 +98,16 @@ def test_clean_label_values_pass_the_check():
 def test_the_import_job_reports_it_as_one_error_line(tmp_path, capsys):
     csv = _table(tmp_path, {"birth_date": ["1960-01-01", "1970-02-02", "1980-03-03"]})
     with pytest.raises(SystemExit) as exit_info:
-        import_data.main(["busgen import", "--config=configs/import_data.py:table",
-                          f"--workdir={tmp_path / 'run'}", f"--config.source={csv}",
-                          "--config.salt=s", "--config.label_columns=('birth_date',)"])  # fmt: skip
+        import_data.main(
+            [
+                "busgen import",
+                "--config=configs/import_data.py:table",
+                f"--workdir={tmp_path / 'run'}",
+                f"--config.source={csv}",
+                "--config.salt=s",
+                "--config.label_columns=('birth_date',)",
+            ]
+        )
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and "birth_date" in err

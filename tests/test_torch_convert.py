@@ -157,8 +157,16 @@ def test_params_export_round_trip_and_command(torch_reference, tmp_path, monkeyp
     torch.save(net.state_dict(), tmp_path / "ckpt.pt")
     # The command only offers the published presets; point it at the small layout.
     monkeypatch.setattr(presets, "model_config", lambda name: _small_config())
-    convert_weights.main(["--checkpoint", str(tmp_path / "ckpt.pt"), "--preset", "busgen_toy",
-                        "--out", str(tmp_path / "export")])  # fmt: skip
+    convert_weights.main(
+        [
+            "--checkpoint",
+            str(tmp_path / "ckpt.pt"),
+            "--preset",
+            "busgen_toy",
+            "--out",
+            str(tmp_path / "export"),
+        ]
+    )
     restored_config = params_io.load_model_config(tmp_path / "export")
     assert restored_config.channel_mults == list(config.channel_mults)
     model = params_io.load_params(_abstract(restored_config), tmp_path / "export")
@@ -263,13 +271,20 @@ def test_converter_errors_are_one_line_naming_the_file_or_tensor(
     wrong = dict(state_dict, **{"tail.2.bias": np.zeros(4, np.float32)})
     from torch_reference_unet import TorchUNet
 
-    other_layout = TorchUNet(ch=32, ch_mult=(1, 2), num_res_blocks=1, num_timesteps=50, groups=8,
-                             n_devices=20).state_dict()  # fmt: skip
-    files = {"renamed": renamed, "lacking": lacking, "extra": extra, "wrong": wrong,
-             "other": other_layout}  # fmt: skip
+    other_layout = TorchUNet(
+        ch=32, ch_mult=(1, 2), num_res_blocks=1, num_timesteps=50, groups=8, n_devices=20
+    ).state_dict()
+    files = {
+        "renamed": renamed,
+        "lacking": lacking,
+        "extra": extra,
+        "wrong": wrong,
+        "other": other_layout,
+    }
     for name, tensors in files.items():
-        torch.save({k: torch.as_tensor(np.asarray(v)) for k, v in tensors.items()},
-                   tmp_path / f"{name}.pt")  # fmt: skip
+        torch.save(
+            {k: torch.as_tensor(np.asarray(v)) for k, v in tensors.items()}, tmp_path / f"{name}.pt"
+        )
     out = ["--out", str(tmp_path / "out")]
     cases = {
         "empty.pt": ("busgen_toy", r"empty\.pt: empty file"),
@@ -290,8 +305,9 @@ def test_converter_errors_are_one_line_naming_the_file_or_tensor(
         err = _convert(argv, capsys)
         assert err.count("\n") == 1 and err.startswith("error: "), (file, err)
         assert re.search(pattern, err), (file, err)
-    err = _convert(["--checkpoint", str(good), "--preset", "busgen_toy", "--key", "ema", *out],
-                   capsys)  # fmt: skip
+    err = _convert(
+        ["--checkpoint", str(good), "--preset", "busgen_toy", "--key", "ema", *out], capsys
+    )
     assert err.startswith("error: ") and "no entry 'ema'" in err and "net_model" in err
     assert not (tmp_path / "out").exists()
 
@@ -306,8 +322,16 @@ def published_export(torch_reference, tmp_path_factory):
     torch.save({"net_model": net.state_dict(), "epoch": 70}, directory / "ckpt_70_.pt")
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(presets, "model_config", lambda name: _small_config())
-        convert_weights.main(["--checkpoint", str(directory / "ckpt_70_.pt"),
-                            "--preset", "busgen_toy", "--out", str(directory / "export")])  # fmt: skip
+        convert_weights.main(
+            [
+                "--checkpoint",
+                str(directory / "ckpt_70_.pt"),
+                "--preset",
+                "busgen_toy",
+                "--out",
+                str(directory / "export"),
+            ]
+        )
     return directory / "export"
 
 
@@ -342,9 +366,13 @@ def _sample(directory, classes, devices, key, **overrides):
         [box_priors.box_mask([b] if b else [], 32, 32, how["box_raster"]) for b in _BOXES]
     )
     sample_fn = generator.make_sample_fn(
-        spec, sampler=how["sampler"], steps=_STEPS, guidance_weight=how["guidance_weight"],
-        skip=how["skip"], **overrides,
-    )  # fmt: skip
+        spec,
+        sampler=how["sampler"],
+        steps=_STEPS,
+        guidance_weight=how["guidance_weight"],
+        skip=how["skip"],
+        **overrides,
+    )
     return masks, np.asarray(sample_fn(model, key, classes, devices, masks), np.float64)
 
 

@@ -23,12 +23,14 @@ class _State:
 
 
 def _config(steps: int, log_every: int, save_every: int) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "train": {"steps": steps},
-        "log_every_steps": log_every,
-        "data": {"batch_size": 2},
-        "checkpoint": {"every_steps": save_every},
-    })  # fmt: skip
+    return ml_collections.ConfigDict(
+        {
+            "train": {"steps": steps},
+            "log_every_steps": log_every,
+            "data": {"batch_size": 2},
+            "checkpoint": {"every_steps": save_every},
+        }
+    )
 
 
 def _run(tmp_path, config, nan_from: int | None):
@@ -53,10 +55,15 @@ def _run(tmp_path, config, nan_from: int | None):
     manager = checkpoints.make_manager(tmp_path / "checkpoints", max_to_keep=10)
     try:
         result = train_loop.run(
-            state, counted, iter(data.to_iter_dataset()), config=config, mesh=mesh,
-            manager=manager, writer=metric_writers.create_default_writer(just_logging=True),
+            state,
+            counted,
+            iter(data.to_iter_dataset()),
+            config=config,
+            mesh=mesh,
+            manager=manager,
+            writer=metric_writers.create_default_writer(just_logging=True),
             rng=jax.random.key(0),
-        )  # fmt: skip
+        )
     finally:
         manager.close()
     return result, len(calls), manager

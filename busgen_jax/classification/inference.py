@@ -54,8 +54,9 @@ def _batched(fn: Callable[[jax.Array], jax.Array], images: np.ndarray, batch_siz
     outputs = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
-        padded = np.concatenate([chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]),
-                                                 np.float32)])  # fmt: skip
+        padded = np.concatenate(
+            [chunk, np.zeros((batch_size - len(chunk), *chunk.shape[1:]), np.float32)]
+        )
         outputs.append(np.asarray(fn(padded))[: len(chunk)])
     return np.concatenate(outputs)
 

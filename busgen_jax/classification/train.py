@@ -73,11 +73,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("task.negative", len(task.negative) > 0, "must name at least one class"),
         ("task.positive", len(task.positive) > 0, "must name at least one class"),
         ("task.positive", not overlap, f"shares {sorted(overlap)} with task.negative"),
-        ("task.negative", not unknown, f"has {unknown}, not pathologies {schema.PATHOLOGIES} "
-         "(set task.label_field for other labels)"),
+        (
+            "task.negative",
+            not unknown,
+            f"has {unknown}, not pathologies {schema.PATHOLOGIES} "
+            "(set task.label_field for other labels)",
+        ),
         ("data.paths", len(data.paths) > 0, "must name at least one dataset directory"),
-        ("data.image_size", data.image_size == model.image_size,
-         f"must equal model.image_size={model.image_size}"),
+        (
+            "data.image_size",
+            data.image_size == model.image_size,
+            f"must equal model.image_size={model.image_size}",
+        ),
         ("data.batch_size", data.batch_size >= 1, "must be >= 1"),
         ("model.num_outputs", model.num_outputs == 1, "must be 1 (one logit for a binary task)"),
         ("eval.split", config.eval.split in schema.SPLITS, f"must be one of {schema.SPLITS}"),
@@ -90,7 +97,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ("train.contrast", 0.0 <= train.contrast < 1.0, "must be in [0, 1)"),
         ("checkpoint.every_steps", config.checkpoint.every_steps >= 1, "must be >= 1"),
         ("checkpoint.max_to_keep", config.checkpoint.max_to_keep >= 1, "must be >= 1"),
-    ]  # fmt: skip
+    ]
     config_files.check_fields(config, checks)
     classifier.validate_config(model)
     partition.validate_rules(config.partition.rules)
@@ -207,8 +214,9 @@ def evaluate(state: train_state.TrainState, config: ml_collections.ConfigDict, w
     """Scores the eval split with the EMA model; writes the CSV and the AUC JSON (process 0)."""
     model = state.model(state.ema_params)
     split = config.eval.split
-    rows = inference.predict_split(model, config, list(config.eval.paths), split,
-                                 config.eval.batch_size)  # fmt: skip
+    rows = inference.predict_split(
+        model, config, list(config.eval.paths), split, config.eval.batch_size
+    )
     auc = statistics.roc_auc_ci(rows["label"], rows["probability"])
     result = {"split": split, "num_cases": len(rows["label"]), **auc.to_dict()}
     if jax.process_index() == 0:
@@ -264,17 +272,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     writer = train_loop.make_writer(workdir)
     task = Task.from_config(config.task)
     state, history = train_loop.run(
-        state, train_step_fn, data_iter, config=config, mesh=mesh, manager=manager,
-        writer=writer, rng=jax.random.key(config.train.seed, impl=PRNG_IMPL),
+        state,
+        train_step_fn,
+        data_iter,
+        config=config,
+        mesh=mesh,
+        manager=manager,
+        writer=writer,
+        rng=jax.random.key(config.train.seed, impl=PRNG_IMPL),
         prepare=lambda batch: model_batch(batch, task),
-    )  # fmt: skip
+    )
     step = int(state.step)
     result = evaluate(state, config, workdir)
     writer.write_scalars(step, {f"{config.eval.split}_auc": result["auc"]})
     writer.flush()
     export(state, config, workdir / layout.EXPORT)
-    logging.info("%s AUC %.3f (95%% CI %.3f-%.3f) on %d cases", config.eval.split,
-                 result["auc"], result["ci_low"], result["ci_high"], result["num_cases"])  # fmt: skip
+    logging.info(
+        "%s AUC %.3f (95%% CI %.3f-%.3f) on %d cases",
+        config.eval.split,
+        result["auc"],
+        result["ci_low"],
+        result["ci_high"],
+        result["num_cases"],
+    )
     return {"state": state, "history": history, "eval": result}
 
 

@@ -211,8 +211,10 @@ def _train_view(
 
 def check_weights(config: ml_collections.ConfigDict) -> None:
     """Raises ValueError naming `mix_weights` / `class_weights` if they do not fit the config."""
-    for field, count, of in (("mix_weights", len(config.paths), "paths"),
-                             ("class_weights", len(config.class_names), "class_names")):  # fmt: skip
+    for field, count, of in (
+        ("mix_weights", len(config.paths), "paths"),
+        ("class_weights", len(config.class_names), "class_names"),
+    ):
         weights = list(config[field])
         if weights and (len(weights) != count or min(weights) < 0 or sum(weights) <= 0):
             raise ValueError(
@@ -256,8 +258,10 @@ def make_dataset(
         dataset = grain.MapDataset.range(len(kept)).map(_Take(source, kept))
     elif config.mix_weights:
         weighted = [(p, w) for p, w in zip(config.paths, config.mix_weights, strict=True) if w > 0]
-        parts = [_train_view(config, [p], split, seed + 7919 * i, num_epochs)
-                 for i, (p, _) in enumerate(weighted)]  # fmt: skip
+        parts = [
+            _train_view(config, [p], split, seed + 7919 * i, num_epochs)
+            for i, (p, _) in enumerate(weighted)
+        ]
         dataset = grain.MapDataset.mix(parts, [w for _, w in weighted])
     else:
         dataset = _train_view(config, config.paths, split, seed, num_epochs)

@@ -60,9 +60,10 @@ def remove_stale_staging(directory: str | os.PathLike) -> list[str]:
     returns their names. Only for a directory this process alone writes."""
     directory = pathlib.Path(directory)
     stale = [
-        p for p in (directory.iterdir() if directory.is_dir() else [])
+        p
+        for p in (directory.iterdir() if directory.is_dir() else [])
         if p.name.startswith(_STAGING_PREFIX) or (p.name.startswith(".") and _TMP_MARK in p.name)
-    ]  # fmt: skip
+    ]
     for path in stale:
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

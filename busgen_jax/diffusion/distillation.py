@@ -131,8 +131,9 @@ def distill_step(
     size = x0.shape[0]
     j = jax.random.randint(j_rng, (size,), 0, cfg.steps).astype(jnp.float32)
     t, t_mid, t_next = (grid_time(schedule, (j + f) / cfg.steps) for f in (0.0, 0.5, 1.0))
-    w = jax.random.uniform(w_rng, (size,), minval=cfg.guidance_range[0],
-                           maxval=cfg.guidance_range[1])  # fmt: skip
+    w = jax.random.uniform(
+        w_rng, (size,), minval=cfg.guidance_range[0], maxval=cfg.guidance_range[1]
+    )
     noise = jax.random.normal(noise_rng, x0.shape, x0.dtype)
     x_t = losses.q_sample(schedule, x0, t, noise)
     a_t, s_t = schedules.alpha(schedule, t), schedules.sigma(schedule, t)
@@ -150,8 +151,9 @@ def distill_step(
 
     def loss_fn(params):
         student = nnx.merge(state.graphdef, params, state.rest)
-        out = student(x_t, t, batch["class_id"], batch["device_id"], batch["box_mask"],
-                      guidance_weight=w)  # fmt: skip
+        out = student(
+            x_t, t, batch["class_id"], batch["device_id"], batch["box_mask"], guidance_weight=w
+        )
         x0_hat = losses.to_x0(out, x_t, a_t, s_t, cfg.prediction)
         return truncated_snr_loss(x0_hat, target, a_t, s_t)
 
@@ -159,10 +161,14 @@ def distill_step(
     updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = optax.incremental_update(params, state.ema_params, 1.0 - cfg.ema_decay)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads),
-               "learning_rate": cfg.learning_rate(state.step)}  # fmt: skip
-    return state.replace(step=state.step + 1, params=params, ema_params=ema_params,
-                         opt_state=opt_state), metrics  # fmt: skip
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": cfg.learning_rate(state.step),
+    }
+    return state.replace(
+        step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state
+    ), metrics
 
 
 def _teacher_x0(teacher, cfg: RoundConfig, schedule, x, t, batch, w) -> jax.Array:
@@ -175,13 +181,15 @@ def _teacher_x0(teacher, cfg: RoundConfig, schedule, x, t, batch, w) -> jax.Arra
     else:
         null_masks = jnp.zeros_like(masks) if cfg.drop_box_mask else masks
         both = teacher(
-            jnp.concatenate([x, x]), jnp.concatenate([t, t]),
+            jnp.concatenate([x, x]),
+            jnp.concatenate([t, t]),
             jnp.concatenate([classes, jnp.full_like(classes, guidance.NULL_ID)]),
             jnp.concatenate([devices, jnp.full_like(devices, guidance.NULL_ID)]),
             jnp.concatenate([masks, null_masks]),
-        )  # fmt: skip
+        )
         cond, uncond = jnp.split(both, 2)
         out = guidance.combine(cond, uncond, _b(w, cond))
-    x0 = losses.to_x0(out, x, schedules.alpha(schedule, t), schedules.sigma(schedule, t),
-                      cfg.prediction)  # fmt: skip
+    x0 = losses.to_x0(
+        out, x, schedules.alpha(schedule, t), schedules.sigma(schedule, t), cfg.prediction
+    )
     return jnp.clip(x0, -1.0, 1.0) if cfg.clip_x0 else x0

@@ -171,8 +171,11 @@ def training_facts(pretrain_workdir: str, train_seconds: float) -> dict:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores",
     }
     if pretrain_workdir:
-        steps = [int(p.name) for p in (pathlib.Path(pretrain_workdir) / "checkpoints").iterdir()
-                 if p.name.isdigit()]  # fmt: skip
+        steps = [
+            int(p.name)
+            for p in (pathlib.Path(pretrain_workdir) / "checkpoints").iterdir()
+            if p.name.isdigit()
+        ]
         facts["steps trained"] = max(steps, default=0)
     if train_seconds:
         facts["training wall time"] = f"{train_seconds / 60:.0f} min"

@@ -60,54 +60,87 @@ def conditioning_gates(oracle: Mapping[str, Any]) -> list[dict[str, Any]]:
     for kind in ("class", "device"):
         for label, got in oracle["synthetic"][kind].items():
             ceiling = oracle["real"][kind].get(label, {}).get("accuracy")
-            rows.append(_gate(
-                f"synthetic images of {kind} {label} that the oracle calls {label}",
-                f">= {CONDITIONING_MIN:.0%}",
-                got["accuracy"], got["accuracy"] >= CONDITIONING_MIN,
-                n=got["n"], real_ceiling=ceiling,
-            ))  # fmt: skip
+            rows.append(
+                _gate(
+                    f"synthetic images of {kind} {label} that the oracle calls {label}",
+                    f">= {CONDITIONING_MIN:.0%}",
+                    got["accuracy"],
+                    got["accuracy"] >= CONDITIONING_MIN,
+                    n=got["n"],
+                    real_ceiling=ceiling,
+                )
+            )
     return rows
 
 
-def failure_gates(manifest: Mapping[str, Any], audit: Mapping[str, Any] | None,
-                  in_dataset: int | None) -> list[dict[str, Any]]:  # fmt: skip
+def failure_gates(
+    manifest: Mapping[str, Any], audit: Mapping[str, Any] | None, in_dataset: int | None
+) -> list[dict[str, Any]]:
     failed = manifest.get("extra", {}).get("failed_samples")
     rows = []
     if failed is not None and audit:
         # Candidates include the redrawn ones, and the kept ones of a run that did not redraw.
         rate = (failed["redrawn"] + (in_dataset or 0)) / max(audit["num_candidates"], 1)
-        rows.append(_gate("noise-like candidates before redraw", f"<= {FAILED_MAX:.0%}",
-                          rate, rate <= FAILED_MAX, n=audit["num_candidates"]))  # fmt: skip
+        rows.append(
+            _gate(
+                "noise-like candidates before redraw",
+                f"<= {FAILED_MAX:.0%}",
+                rate,
+                rate <= FAILED_MAX,
+                n=audit["num_candidates"],
+            )
+        )
     if in_dataset is not None:
-        rows.append(_gate("noise-like images in the written dataset", "0", in_dataset,
-                          in_dataset == 0))  # fmt: skip
+        rows.append(
+            _gate("noise-like images in the written dataset", "0", in_dataset, in_dataset == 0)
+        )
     return rows
 
 
 def frechet_gate(oracle: Mapping[str, Any]) -> dict[str, Any]:
     fd = oracle["frechet"]
     return _gate(
-        "Fréchet distance in oracle features, x real-vs-real floor", f"<= {FRECHET_MAX_RATIO}x",
-        fd["ratio"], fd["ratio"] <= FRECHET_MAX_RATIO,
-        fd=fd["synthetic"], floor=fd["real_floor"], n_per_class=fd["n_per_class"],
-    )  # fmt: skip
+        "Fréchet distance in oracle features, x real-vs-real floor",
+        f"<= {FRECHET_MAX_RATIO}x",
+        fd["ratio"],
+        fd["ratio"] <= FRECHET_MAX_RATIO,
+        fd=fd["synthetic"],
+        floor=fd["real_floor"],
+        n_per_class=fd["n_per_class"],
+    )
 
 
 def auc_gates(seeds: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     mean = {source: s["mean"] for source, s in seeds.items()}
     rows = []
     if {"synthetic", "fewshot"} <= set(mean):
-        rows.append(_gate("few-shot regime: synthetic-only AUC - few-shot real AUC", "> 0",
-                          mean["synthetic"] - mean["fewshot"],
-                          mean["synthetic"] > mean["fewshot"]))  # fmt: skip
+        rows.append(
+            _gate(
+                "few-shot regime: synthetic-only AUC - few-shot real AUC",
+                "> 0",
+                mean["synthetic"] - mean["fewshot"],
+                mean["synthetic"] > mean["fewshot"],
+            )
+        )
     if {"synthetic", "real"} <= set(mean):
         ratio = mean["synthetic"] / mean["real"]
-        rows.append(_gate("full regime: synthetic-only AUC / real-only AUC",
-                          f">= {FULL_SYNTHETIC_MIN_RATIO}", ratio,
-                          ratio >= FULL_SYNTHETIC_MIN_RATIO))  # fmt: skip
+        rows.append(
+            _gate(
+                "full regime: synthetic-only AUC / real-only AUC",
+                f">= {FULL_SYNTHETIC_MIN_RATIO}",
+                ratio,
+                ratio >= FULL_SYNTHETIC_MIN_RATIO,
+            )
+        )
     if {"mixed", "real"} <= set(mean):
-        rows.append(_gate("full regime: mixed AUC - real-only AUC", ">= 0",
-                          mean["mixed"] - mean["real"], mean["mixed"] >= mean["real"]))  # fmt: skip
+        rows.append(
+            _gate(
+                "full regime: mixed AUC - real-only AUC",
+                ">= 0",
+                mean["mixed"] - mean["real"],
+                mean["mixed"] >= mean["real"],
+            )
+        )
     return rows
 
 

@@ -173,9 +173,15 @@ def manifold_metrics(real: Any, fake: Any, *, k_pr: int = 3, k_dc: int = 5) -> M
 
 
 def feature_set_metrics(
-    real: Any, fake: Any, *, seed: int, kid_subsets: int = 100, kid_subset_size: int = 1000,
-    k_pr: int = 3, k_dc: int = 5,
-) -> dict[str, Any]:  # fmt: skip
+    real: Any,
+    fake: Any,
+    *,
+    seed: int,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    k_pr: int = 3,
+    k_dc: int = 5,
+) -> dict[str, Any]:
     """FD, KID, precision/recall and density/coverage of `fake` against `real`."""
     manifold = manifold_metrics(real, fake, k_pr=k_pr, k_dc=k_dc)
     kid = kernel_distance(

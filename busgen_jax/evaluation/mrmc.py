@@ -369,9 +369,13 @@ def or_modalities(
     theta, cov = fom_lib.estimates(truth, ratings, fom, thresholds, cov_method=cov_method)
     counts = _case_counts(truth, ratings)
     components, overall, contrasts = or_analysis(
-        theta, cov, modalities=names, alpha=alpha,
-        fixed_reader_test=fixed_reader_test, n_cases=counts["n_cases"],
-    )  # fmt: skip
+        theta,
+        cov,
+        modalities=names,
+        alpha=alpha,
+        fixed_reader_test=fixed_reader_test,
+        n_cases=counts["n_cases"],
+    )
     block = cov.reshape(t, r, t, r)
     ids = _reader_ids(reader_ids, r)
     first = contrasts[0]

@@ -135,10 +135,12 @@ def measure(
     frechet = None
     if per_class >= 2:  # else too few images of a class for two real sets and a synthetic one
         rng = np.random.default_rng(seed)
-        (fake,) = _balanced_draws(np.asarray(synthetic["pathology"])[in_task["synthetic"]],
-                                  per_class, rng, 1)  # fmt: skip
-        real_a, real_b = _balanced_draws(np.asarray(real_test["pathology"])[in_task["real"]],
-                                         per_class, rng, 2)  # fmt: skip
+        (fake,) = _balanced_draws(
+            np.asarray(synthetic["pathology"])[in_task["synthetic"]], per_class, rng, 1
+        )
+        real_a, real_b = _balanced_draws(
+            np.asarray(real_test["pathology"])[in_task["real"]], per_class, rng, 2
+        )
 
         def features(split, name, index):
             images = np.asarray(split["image"])[in_task[name]][index]
@@ -179,12 +181,20 @@ def record_test_auc(export_dir: str | pathlib.Path, data_paths: Sequence[str]) -
     model, config = inference.load_classifier(export_dir)
     rows = inference.predict_split(model, config, list(data_paths), "test")
     result = statistics.roc_auc_ci(rows["label"], rows["probability"])
-    return {"auc": result.auc, "ci_low": result.ci_low, "ci_high": result.ci_high,
-            "n": len(rows["label"]), "n_positive": int(np.sum(rows["label"]))}  # fmt: skip
+    return {
+        "auc": result.auc,
+        "ci_low": result.ci_low,
+        "ci_high": result.ci_high,
+        "n": len(rows["label"]),
+        "n_positive": int(np.sum(rows["label"])),
+    }
 
 
-def ship(classifier_workdir: str | pathlib.Path, facts: Mapping[str, Any],
-         destination: str | pathlib.Path = SHIPPED) -> pathlib.Path:  # fmt: skip
+def ship(
+    classifier_workdir: str | pathlib.Path,
+    facts: Mapping[str, Any],
+    destination: str | pathlib.Path = SHIPPED,
+) -> pathlib.Path:
     """Copies the classifier's export to `destination` with a model card and checksums."""
     export = pathlib.Path(classifier_workdir) / layout.EXPORT
     destination = pathlib.Path(destination)

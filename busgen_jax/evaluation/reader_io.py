@@ -267,8 +267,15 @@ def load_rjafroc(source: str | os.PathLike, scale: RatingScale | None = None) ->
                     f"{where}: needs ReaderID, ModalityID, CaseID and a *_Rating column"
                 )
             case = row["caseid"].strip()
-            reads.append((case, row["readerid"].strip(), row.get("modalityid", "1").strip(),
-                          rating, f"{where}:{line}"))  # fmt: skip
+            reads.append(
+                (
+                    case,
+                    row["readerid"].strip(),
+                    row.get("modalityid", "1").strip(),
+                    rating,
+                    f"{where}:{line}",
+                )
+            )
     return _build(str(source), reads, truth, scale)
 
 

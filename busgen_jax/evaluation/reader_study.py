@@ -326,13 +326,20 @@ def compare_model_to_readers(
         if len(study.reader_ids) < 2:
             # One reader: its gain, with no reader sample to test it over.
             gain = float(np.mean([_gain(c, name) for c in comparisons]))
-            gains[name] = mrmc.ORTest("RRRC", gain, math.nan, math.nan, math.nan, math.nan,
-                                      math.nan, math.nan)  # fmt: skip
+            gains[name] = mrmc.ORTest(
+                "RRRC", gain, math.nan, math.nan, math.nan, math.nan, math.nan, math.nan
+            )
             continue
         gains[name] = mrmc.or_model_vs_readers(
-            truth, scores, reader_scores, fom=name, reader_thresholds=study.scale.cut(threshold),
-            model_thresholds=model_thresholds, alpha=alpha, reader_ids=study.reader_ids,
-        ).rrrc  # fmt: skip
+            truth,
+            scores,
+            reader_scores,
+            fom=name,
+            reader_thresholds=study.scale.cut(threshold),
+            model_thresholds=model_thresholds,
+            alpha=alpha,
+            reader_ids=study.reader_ids,
+        ).rrrc
     sens, spec = gains["sensitivity"], gains["specificity"]
     return ModelVsReaders(
         modality=modality or study.modalities[0],

@@ -165,9 +165,14 @@ def simulate_panel(
     modalities = tuple(modalities or (DEFAULT_MODALITY,))
     rng = np.random.default_rng(seed)
     ratings = simulate_ratings(
-        rng, truth, params, n_readers=n_readers, n_modalities=len(modalities),
-        case_score=case_score, dcis=dcis,
-    )  # fmt: skip
+        rng,
+        truth,
+        params,
+        n_readers=n_readers,
+        n_modalities=len(modalities),
+        case_score=case_score,
+        dcis=dcis,
+    )
     scores = birads_categories(rng, ratings, params).astype(np.float64)
     cases = (
         tuple(case_ids)

@@ -51,17 +51,23 @@ def validate_config(config: ml_collections.ConfigDict) -> lora.LoRAConfig:
     checks = [
         ("generator", bool(config.generator), "must name an exported generator directory"),
         ("data.paths", len(config.data.paths) > 0, "must name at least one dataset directory"),
-        ("data.class_names", len(names) > 0 and len(set(names)) == len(names),
-         "must list distinct task classes"),
+        (
+            "data.class_names",
+            len(names) > 0 and len(set(names)) == len(names),
+            "must list distinct task classes",
+        ),
         ("shots", config.shots >= 1, "must be >= 1"),
         ("heldout_per_class", config.heldout_per_class >= 0, "must be >= 0 (0 keeps all)"),
         ("data.batch_size", config.data.batch_size >= 1, "must be >= 1"),
         ("train.steps", config.train.steps >= 1, "must be >= 1"),
-        ("train.warmup_steps", 0 <= config.train.warmup_steps <= config.train.steps,
-         "must be in [0, steps]"),
+        (
+            "train.warmup_steps",
+            0 <= config.train.warmup_steps <= config.train.steps,
+            "must be in [0, steps]",
+        ),
         ("train.ema_decay", 0.0 <= config.train.ema_decay < 1.0, "must be in [0, 1)"),
         ("checkpoint.every_steps", config.checkpoint.every_steps >= 1, "must be >= 1"),
-    ]  # fmt: skip
+    ]
     config_files.check_fields(config, checks)
     try:
         return lora.LoRAConfig.from_mapping(config.lora)
@@ -123,8 +129,10 @@ def heldout_records(config, class_names: Sequence[str], shot_records: list[dict]
     for k, name in enumerate(class_names):
         records = by_class[name]
         if not records:
-            raise errors.JobError(f"{list(config.data.paths)}: no '{config.heldout_split}' records "
-                               f"of class '{name}' from patients outside the k-shot set")  # fmt: skip
+            raise errors.JobError(
+                f"{list(config.data.paths)}: no '{config.heldout_split}' records "
+                f"of class '{name}' from patients outside the k-shot set"
+            )
         order = np.random.default_rng([config.seed, k, 1]).permutation(len(records))
         limit = config.heldout_per_class or len(records)
         out += [records[i] for i in sorted(order[:limit])]
@@ -143,8 +151,10 @@ def write_fewshot_dataset(config: ml_collections.ConfigDict, out_dir: pathlib.Pa
     multihost_utils.sync_global_devices("fewshot_data")  # other processes read what 0 wrote
     existing = [r["case_id"] for r in shards.read_records(out_dir, "train")]
     if existing != [r["case_id"] for r in shot_records]:
-        raise errors.JobError(f"{out_dir}: holds a k-shot set drawn with another config "
-                           "(data, classes, shots or seed); use a new workdir")  # fmt: skip
+        raise errors.JobError(
+            f"{out_dir}: holds a k-shot set drawn with another config "
+            "(data, classes, shots or seed); use a new workdir"
+        )
     return shot_records
 
 
@@ -154,11 +164,17 @@ def _write_fewshot(config, out_dir: pathlib.Path, shot_records: list[dict]) -> N
     heldout = heldout_records(config, class_names, shot_records)
     for record in heldout:
         record["split"] = "test"
-    extra = {"sources": list(config.data.paths), "shots": config.shots, "seed": config.seed,
-             "class_names": class_names, "heldout_split": config.heldout_split}  # fmt: skip
+    extra = {
+        "sources": list(config.data.paths),
+        "shots": config.shots,
+        "seed": config.seed,
+        "class_names": class_names,
+        "heldout_split": config.heldout_split,
+    }
     shards.write_dataset(shot_records + heldout, out_dir, name="fewshot", extra=extra)
-    logging.info("k-shot dataset %s: %d train, %d held-out", out_dir, len(shot_records),
-                 len(heldout))  # fmt: skip
+    logging.info(
+        "k-shot dataset %s: %d train, %d held-out", out_dir, len(shot_records), len(heldout)
+    )
 
 
 def task_devices(config, base_devices: Sequence[str], shot_records: list[dict]) -> list[str]:
@@ -201,10 +217,16 @@ def train(config, spec, data_config, model: nnx.Module, workdir: pathlib.Path) -
     if restored:
         state = state.replace(**restored[0])
     state, history = train_loop.run(
-        state, make_train_step(config, spec, mesh, shardings), data_iter, config=config,
-        mesh=mesh, manager=manager, writer=train_loop.make_writer(workdir),
-        rng=jax.random.key(config.train.seed), saved=_trained,
-    )  # fmt: skip
+        state,
+        make_train_step(config, spec, mesh, shardings),
+        data_iter,
+        config=config,
+        mesh=mesh,
+        manager=manager,
+        writer=train_loop.make_writer(workdir),
+        rng=jax.random.key(config.train.seed),
+        saved=_trained,
+    )
     return {"state": state, "history": history}
 
 
@@ -229,8 +251,11 @@ def sample_grid(config, adapter_dir: pathlib.Path, path: pathlib.Path) -> pathli
     per_class = config.sample.per_class
     cond = preview.grid_conditions(spec.class_names, spec.image_size, per_class)
     sample_fn = generator_lib.make_sample_fn(spec, **preview.sampler_settings(config.sample))
-    images = sample_fn(model, jax.random.key(config.sample.seed),
-                       *(cond[k] for k in ("class_id", "device_id", "box_mask")))  # fmt: skip
+    images = sample_fn(
+        model,
+        jax.random.key(config.sample.seed),
+        *(cond[k] for k in ("class_id", "device_id", "box_mask")),
+    )
     return preview.save_sample_grid(images, spec.class_names, per_class, path, column="adapted")
 
 
@@ -243,13 +268,18 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     except FileNotFoundError as e:
         raise errors.JobError(f"config.generator: {e}") from e
     if config.data.image_size not in (0, spec.image_size):
-        raise errors.JobError(f"config.data.image_size = {config.data.image_size} differs from "
-                           f"the generator's image size {spec.image_size}")  # fmt: skip
+        raise errors.JobError(
+            f"config.data.image_size = {config.data.image_size} differs from "
+            f"the generator's image size {spec.image_size}"
+        )
     shot_records = write_fewshot_dataset(config, workdir / layout.FEWSHOT)
     data_config = config.data.copy_and_resolve_references()
     data_config.unlock()
-    data_config.update(image_size=spec.image_size, paths=[str(workdir / layout.FEWSHOT)],
-                       device_names=task_devices(config, spec.device_names, shot_records))  # fmt: skip
+    data_config.update(
+        image_size=spec.image_size,
+        paths=[str(workdir / layout.FEWSHOT)],
+        device_names=task_devices(config, spec.device_names, shot_records),
+    )
     try:
         class_starts = lora.start_rows(
             data_config.class_names, spec.class_names, lora_config.new_row_from
@@ -271,24 +301,35 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         "steps": config.train.steps,
     }
     model = lora.adapted_model(base, info)
-    logging.info("adapting %s: %d adapter params vs %d in the base", lora.adapted_paths(model),
-                 lora.count_params(model), info["full_params"])  # fmt: skip
+    logging.info(
+        "adapting %s: %d adapter params vs %d in the base",
+        lora.adapted_paths(model),
+        lora.count_params(model),
+        info["full_params"],
+    )
     try:
         result = train(config, spec, data_config, model, workdir)
     except (ValueError, checkpoints.CheckpointError, FloatingPointError) as e:
         raise errors.JobError(str(e)) from e
     info = export_adapter(result["state"], info, workdir / layout.ADAPTER)
-    logging.info("adapter %s: %d params, %d bytes (full model: %d params, %d bytes, %.2f%%)",
-                 workdir / layout.ADAPTER, info["adapter_params"], info["adapter_bytes"],
-                 info["full_params"], info["full_bytes"],
-                 100 * info["adapter_bytes"] / info["full_bytes"])  # fmt: skip
+    logging.info(
+        "adapter %s: %d params, %d bytes (full model: %d params, %d bytes, %.2f%%)",
+        workdir / layout.ADAPTER,
+        info["adapter_params"],
+        info["adapter_bytes"],
+        info["full_params"],
+        info["full_bytes"],
+        100 * info["adapter_bytes"] / info["full_bytes"],
+    )
     grid = None
     if config.sample.per_class:
         grid = sample_grid(
             config, workdir / layout.ADAPTER, workdir / layout.SAMPLES / layout.ADAPTED_SAMPLES
         )
-    print(f"adapter: {workdir / layout.ADAPTER} ({info['adapter_params']:,} params, "
-          f"{info['adapter_bytes']:,} bytes); k-shot data: {workdir / layout.FEWSHOT}; grid: {grid}")  # fmt: skip
+    print(
+        f"adapter: {workdir / layout.ADAPTER} ({info['adapter_params']:,} params, "
+        f"{info['adapter_bytes']:,} bytes); k-shot data: {workdir / layout.FEWSHOT}; grid: {grid}"
+    )
     return {**result, "info": info, "grid": grid}
 
 

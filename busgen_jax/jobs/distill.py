@@ -47,17 +47,23 @@ def plan_rounds(config: ml_collections.ConfigDict) -> list[tuple[str, int, int]]
     lo, hi = d.guidance_range
     checks = [
         ("distill.start_steps", d.start_steps >= 1, "must be >= 1"),
-        ("distill.final_steps", d.final_steps >= 1 and d.final_steps << halvings == d.start_steps,
-         f"must be start_steps={d.start_steps} halved 0 or more times"),
-        ("distill.round_steps", len(d.round_steps) == 1 + halvings and min(d.round_steps) >= 1,
-         f"must list {1 + halvings} positive step counts (the guidance round, then one per "
-         "halving)"),
+        (
+            "distill.final_steps",
+            d.final_steps >= 1 and d.final_steps << halvings == d.start_steps,
+            f"must be start_steps={d.start_steps} halved 0 or more times",
+        ),
+        (
+            "distill.round_steps",
+            len(d.round_steps) == 1 + halvings and min(d.round_steps) >= 1,
+            f"must list {1 + halvings} positive step counts (the guidance round, then one per "
+            "halving)",
+        ),
         ("distill.guidance_range", 0.0 <= lo <= hi, "must be (low, high) with 0 <= low <= high"),
         ("data.batch_size", config.data.batch_size >= 1, "must be >= 1"),
         ("train.learning_rate", config.train.learning_rate > 0, "must be > 0"),
         ("train.ema_decay", 0.0 <= config.train.ema_decay < 1.0, "must be in [0, 1)"),
         ("checkpoint.every_steps", config.checkpoint.every_steps >= 1, "must be >= 1"),
-    ]  # fmt: skip
+    ]
     config_files.check_fields(config, checks)
     kinds = ["guidance"] + ["progressive"] * halvings
     steps = [d.start_steps >> k for k in [0, *range(1, halvings + 1)]]
@@ -78,19 +84,28 @@ def load_teacher(config: ml_collections.ConfigDict):
         # x0 = (x_t - sigma eps) / alpha amplifies a student's eps error 1/alpha-fold (30x at
         # the sampling start here) where few-step sampling needs x0 most (Salimans & Ho 2022,
         # sec. 4): the papers distil v- or x-predicting teachers.
-        raise errors.JobError(f"config.teacher = {directory!r} predicts eps; distillation needs a "
-                           "v- or x0-predicting teacher")  # fmt: skip
+        raise errors.JobError(
+            f"config.teacher = {directory!r} predicts eps; distillation needs a "
+            "v- or x0-predicting teacher"
+        )
     if spec.student:
-        raise errors.JobError(f"config.teacher = {directory!r} is itself a distilled student; "
-                           "distil its teacher with more rounds instead")  # fmt: skip
+        raise errors.JobError(
+            f"config.teacher = {directory!r} is itself a distilled student; "
+            "distil its teacher with more rounds instead"
+        )
     settings = generator.sampling_settings(spec, {})
     if settings["time_input"] != "interpolate":
-        raise errors.JobError(f"config.teacher = {directory!r} samples with time_input="
-                           f"{settings['time_input']!r}; distillation needs 'interpolate'")  # fmt: skip
+        raise errors.JobError(
+            f"config.teacher = {directory!r} samples with time_input="
+            f"{settings['time_input']!r}; distillation needs 'interpolate'"
+        )
     model_config = model_config.copy_and_resolve_references()
     with model_config.unlocked():
-        model_config.update(guidance_input=True, num_classes=len(spec.class_names),
-                            num_devices=len(spec.device_names))  # fmt: skip
+        model_config.update(
+            guidance_input=True,
+            num_classes=len(spec.class_names),
+            num_devices=len(spec.device_names),
+        )
     return teacher, spec, settings, model_config
 
 
@@ -100,20 +115,32 @@ def round_view(config, spec, train_steps: int) -> ml_collections.ConfigDict:
     view = config.copy_and_resolve_references()
     with view.unlocked():
         view.train.steps = train_steps
-        view.data.update(image_size=spec.image_size, class_names=tuple(spec.class_names),
-                         device_names=tuple(spec.device_names))  # fmt: skip
+        view.data.update(
+            image_size=spec.image_size,
+            class_names=tuple(spec.class_names),
+            device_names=tuple(spec.device_names),
+        )
     return view
 
 
 def student_spec(spec, settings, config, steps: int, done: list) -> generator.GeneratorSpec:
     """The teacher's spec, sampled by DDIM in `steps` single passes at the teacher's own w."""
     sampling = {k: v for k, v in settings.items() if k != "preset"}
-    sampling.update(sampler=distillation.STUDENT_SAMPLER, skip=distillation.STUDENT_SKIP,
-                    steps=steps, clip_x0=False)  # fmt: skip
+    sampling.update(
+        sampler=distillation.STUDENT_SAMPLER,
+        skip=distillation.STUDENT_SKIP,
+        steps=steps,
+        clip_x0=False,
+    )
     teacher = config.teacher or str(foundation.SHIPPED)
-    student = {"teacher": str(pathlib.Path(teacher).absolute()), "adapter": config.adapter,
-               "steps": steps, "guidance_input": True,
-               "guidance_range": list(config.distill.guidance_range), "rounds": done}  # fmt: skip
+    student = {
+        "teacher": str(pathlib.Path(teacher).absolute()),
+        "adapter": config.adapter,
+        "steps": steps,
+        "guidance_input": True,
+        "guidance_range": list(config.distill.guidance_range),
+        "rounds": done,
+    }
     return dataclasses.replace(spec, source="distill", sampling=sampling, student=student)
 
 
@@ -144,10 +171,15 @@ def train_round(view, cfg: distillation.RoundConfig, schedule, student_fn, teach
     )
     teacher_state = jax.device_put(teacher_state, teacher_shardings)
     return train_loop.run(
-        state, lambda s, b, r: step(s, b, r, teacher_state), data_iter, config=view, mesh=mesh,
-        manager=manager, writer=train_loop.make_writer(directory),
+        state,
+        lambda s, b, r: step(s, b, r, teacher_state),
+        data_iter,
+        config=view,
+        mesh=mesh,
+        manager=manager,
+        writer=train_loop.make_writer(directory),
         rng=jax.random.key(view.train.seed),
-    )  # fmt: skip
+    )
 
 
 def export_student(model, model_config, spec, directory: pathlib.Path) -> None:
@@ -174,24 +206,34 @@ def distill(config: ml_collections.ConfigDict, workdir: pathlib.Path) -> dict[st
         if not (directory / "student" / generator.SPEC_FILE).is_file():
             view = round_view(config, spec, train_steps)
             cfg = distillation.RoundConfig(
-                kind=kind, steps=steps, teacher_graphdef=nnx.graphdef(teacher),
+                kind=kind,
+                steps=steps,
+                teacher_graphdef=nnx.graphdef(teacher),
                 learning_rate=train_state.learning_rate_schedule(view.train),
                 guidance_range=tuple(config.distill.guidance_range),
                 prediction=spec.prediction,
                 # The original teacher's sampler clips its x0; the students' samplers do not.
                 clip_x0=kind == "guidance" and settings["clip_x0"],
-                drop_box_mask=settings["drop_box_mask"], ema_decay=config.train.ema_decay,
+                drop_box_mask=settings["drop_box_mask"],
+                ema_decay=config.train.ema_decay,
                 image_channels=model_config.image_channels,
-            )  # fmt: skip
+            )
             start = nnx.state(teacher, nnx.Param)
             student_fn = lambda start=start: build_student(model_config, start, config.train.seed)
             state, history = train_round(view, cfg, schedule, student_fn, teacher, directory)
             histories[directory.name] = history
-            record = {"kind": kind, "steps": steps, "train_steps": train_steps,
-                      "final_loss": history[-1][1]["loss"] if history else None}  # fmt: skip
-            export_student(state.model(state.ema_params), model_config,
-                           student_spec(spec, settings, config, steps, [*done, record]),
-                           directory / "student")  # fmt: skip
+            record = {
+                "kind": kind,
+                "steps": steps,
+                "train_steps": train_steps,
+                "final_loss": history[-1][1]["loss"] if history else None,
+            }
+            export_student(
+                state.model(state.ema_params),
+                model_config,
+                student_spec(spec, settings, config, steps, [*done, record]),
+                directory / "student",
+            )
         # The round's student, as exported, teaches the next round.
         teacher, student = generator.load_generator(directory / "student")
         done = student.student["rounds"]

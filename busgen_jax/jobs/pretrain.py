@@ -35,35 +35,65 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     model, data, diffusion, train = config.model, config.data, config.diffusion, config.train
     checks = [
         ("data.paths", len(data.paths) > 0, "must name at least one dataset directory"),
-        ("data.image_size", data.image_size == model.image_size, f"must equal model.image_size"
-         f"={model.image_size}"),
-        ("data.class_names", len(data.class_names) == model.num_classes,
-         f"must list model.num_classes={model.num_classes} classes"),
-        ("data.device_names", len(data.device_names) <= model.num_devices,
-         f"lists more devices than model.num_devices={model.num_devices}"),
+        (
+            "data.image_size",
+            data.image_size == model.image_size,
+            f"must equal model.image_size={model.image_size}",
+        ),
+        (
+            "data.class_names",
+            len(data.class_names) == model.num_classes,
+            f"must list model.num_classes={model.num_classes} classes",
+        ),
+        (
+            "data.device_names",
+            len(data.device_names) <= model.num_devices,
+            f"lists more devices than model.num_devices={model.num_devices}",
+        ),
         ("data.batch_size", data.batch_size >= 1, "must be >= 1"),
-        ("diffusion.num_timesteps", diffusion.num_timesteps == model.num_timesteps,
-         f"must equal model.num_timesteps={model.num_timesteps}"),
-        ("diffusion.prediction", diffusion.prediction in losses.PREDICTIONS,
-         f"must be one of {losses.PREDICTIONS}"),
-        ("diffusion.weighting", diffusion.weighting in losses.WEIGHTINGS,
-         f"must be one of {losses.WEIGHTINGS}"),
-        ("diffusion.reduction", diffusion.reduction in losses.REDUCTIONS,
-         f"must be one of {losses.REDUCTIONS}"),
+        (
+            "diffusion.num_timesteps",
+            diffusion.num_timesteps == model.num_timesteps,
+            f"must equal model.num_timesteps={model.num_timesteps}",
+        ),
+        (
+            "diffusion.prediction",
+            diffusion.prediction in losses.PREDICTIONS,
+            f"must be one of {losses.PREDICTIONS}",
+        ),
+        (
+            "diffusion.weighting",
+            diffusion.weighting in losses.WEIGHTINGS,
+            f"must be one of {losses.WEIGHTINGS}",
+        ),
+        (
+            "diffusion.reduction",
+            diffusion.reduction in losses.REDUCTIONS,
+            f"must be one of {losses.REDUCTIONS}",
+        ),
         ("train.steps", train.steps >= 1, "must be >= 1"),
         ("train.learning_rate", train.learning_rate > 0, "must be > 0"),
         ("train.warmup_steps", 0 <= train.warmup_steps <= train.steps, "must be in [0, steps]"),
         ("train.ema_decay", 0.0 <= train.ema_decay < 1.0, "must be in [0, 1)"),
         ("train.cond_drop_prob", 0.0 <= train.cond_drop_prob <= 1.0, "must be in [0, 1]"),
-        ("train.cond_drop_mode", train.cond_drop_mode in train_step.COND_DROP_MODES,
-         f"must be one of {train_step.COND_DROP_MODES}"),
-        ("train.compute_dtype", train.compute_dtype in train_step.COMPUTE_DTYPES,
-         f"must be one of {train_step.COMPUTE_DTYPES}"),
+        (
+            "train.cond_drop_mode",
+            train.cond_drop_mode in train_step.COND_DROP_MODES,
+            f"must be one of {train_step.COND_DROP_MODES}",
+        ),
+        (
+            "train.compute_dtype",
+            train.compute_dtype in train_step.COMPUTE_DTYPES,
+            f"must be one of {train_step.COMPUTE_DTYPES}",
+        ),
         ("checkpoint.every_steps", config.checkpoint.every_steps >= 1, "must be >= 1"),
         ("checkpoint.max_to_keep", config.checkpoint.max_to_keep >= 1, "must be >= 1"),
-        ("sample.sampler", config.sample.sampler in samplers.SAMPLERS,
-         f"must be one of {samplers.SAMPLERS}"),
-    ]  # fmt: skip
+        (
+            "sample.sampler",
+            config.sample.sampler in samplers.SAMPLERS,
+            f"must be one of {samplers.SAMPLERS}",
+        ),
+    ]
     config_files.check_fields(config, checks)
     partition.validate_rules(config.partition.rules)
     train_state.trainable_filter(config.train.trainable)
@@ -120,8 +150,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if step % config.sample.every_steps and step != config.train.steps:
             return
         images = np.asarray(jax.device_get(sample_fn(state, jax.random.key(config.sample.seed))))
-        writer.write_images(step, {"samples": visualize.tile_grid(
-            images, config.sample.per_class)[None, ..., None]})  # fmt: skip
+        writer.write_images(
+            step, {"samples": visualize.tile_grid(images, config.sample.per_class)[None, ..., None]}
+        )
         if jax.process_index() == 0:
             path = workdir / layout.SAMPLES / f"step_{step:07d}.png"
             preview.save_sample_grid(
@@ -133,10 +164,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
 
     state, history = train_loop.run(
-        state, train_step.make_pretrain_step(config, mesh, shardings), data_iter, config=config,
-        mesh=mesh, manager=manager, writer=writer, rng=jax.random.key(config.train.seed),
+        state,
+        train_step.make_pretrain_step(config, mesh, shardings),
+        data_iter,
+        config=config,
+        mesh=mesh,
+        manager=manager,
+        writer=writer,
+        rng=jax.random.key(config.train.seed),
         after_step=sample_grid,
-    )  # fmt: skip
+    )
     export_generator(state, config, workdir / layout.EXPORT)
     return {"state": state, "history": history}
 
@@ -146,8 +183,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         result = train_and_evaluate(config, workdir)
     except (ValueError, checkpoints.CheckpointError, FloatingPointError) as e:
         raise errors.JobError(str(e)) from e
-    print(f"pretrained to step {int(result['state'].step)}; generator: "
-          f"{pathlib.Path(workdir) / layout.EXPORT}")  # fmt: skip
+    print(
+        f"pretrained to step {int(result['state'].step)}; generator: "
+        f"{pathlib.Path(workdir) / layout.EXPORT}"
+    )
     return result
 
 

@@ -60,12 +60,16 @@ def _comparisons(study: reader_study.ReaderStudy, config: ml_collections.ConfigD
             continue
         figure = fom.FigureOfMerit(name, max_fpr=config.max_fpr)
         out[figure.label] = mrmc.or_modalities(
-            study.truth, study.scores, modalities=study.modalities, fom=figure,
+            study.truth,
+            study.scores,
+            modalities=study.modalities,
+            fom=figure,
             thresholds=study.scale.cut() if name in ("sensitivity", "specificity") else None,
             cov_method=config.cov_method if name == "auc" else "jackknife",
-            alpha=config.alpha, fixed_reader_test=config.fixed_reader_test,
+            alpha=config.alpha,
+            fixed_reader_test=config.fixed_reader_test,
             reader_ids=study.reader_ids,
-        ).to_dict()  # fmt: skip
+        ).to_dict()
     return out
 
 
@@ -89,9 +93,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     )
                 ]
                 for modality in study.modalities
-            } if study.scale.default_threshold is not None else None,
-            "modality_comparison": _comparisons(study, config) if len(study.modalities) > 1 else None,
-        }  # fmt: skip
+            }
+            if study.scale.default_threshold is not None
+            else None,
+            "modality_comparison": _comparisons(study, config)
+            if len(study.modalities) > 1
+            else None,
+        }
     except ValueError as e:
         raise errors.JobError(str(e)) from e
     out = pathlib.Path(workdir) / "reader_study"

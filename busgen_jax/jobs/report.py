@@ -271,10 +271,15 @@ def gates_section(paths) -> report.Section | None:
         return f"{value:.3f}" if isinstance(value, float) else value
 
     rows = [
-        [g["gate"], g["target"], shown(g["measured"]), shown(g.get("real_ceiling")) or "",
-         demo_gates.verdict(g)]
+        [
+            g["gate"],
+            g["target"],
+            shown(g["measured"]),
+            shown(g.get("real_ceiling")) or "",
+            demo_gates.verdict(g),
+        ]
         for g in gates
-    ]  # fmt: skip
+    ]
     missed = [g["gate"] for g in gates if not g["passed"]]
     oracle = _json(paths.fidelity / layout.ORACLE) or {}
     return report.Section(
@@ -292,7 +297,7 @@ def gates_section(paths) -> report.Section | None:
             report.Table(
                 "Quality gates", ["gate", "target", "measured", "real images", "verdict"], rows
             )
-        ],  # fmt: skip
+        ],
     )
 
 
@@ -301,10 +306,16 @@ def seeds_section(paths) -> report.Section | None:
     if not seeds:
         return None
     rows = [
-        [source, len(s["aucs"]), f"{s['mean']:.3f}", f"{s['sd']:.3f}",
-         f"{s['min']:.3f}-{s['max']:.3f}", ", ".join(f"{a:.3f}" for a in s["aucs"])]
+        [
+            source,
+            len(s["aucs"]),
+            f"{s['mean']:.3f}",
+            f"{s['sd']:.3f}",
+            f"{s['min']:.3f}-{s['max']:.3f}",
+            ", ".join(f"{a:.3f}" for a in s["aucs"]),
+        ]
         for source, s in seeds.items()
-    ]  # fmt: skip
+    ]
     return report.Section(
         "Classifiers over seeds",
         paragraphs=[
@@ -317,7 +328,7 @@ def seeds_section(paths) -> report.Section | None:
                 ["trained on", "seeds", "mean", "sd", "range", "per seed"],
                 rows,
             )
-        ],  # fmt: skip
+        ],
     )
 
 

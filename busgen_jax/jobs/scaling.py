@@ -57,8 +57,10 @@ def write_subset(
         if pipeline.record_class(r, label_field) in class_names
     ]
     if len(records) < n:
-        raise ValueError(f"{dataset_dir}: {len(records)} train records of classes "
-                         f"{list(class_names)}, fewer than n = {n}")  # fmt: skip
+        raise ValueError(
+            f"{dataset_dir}: {len(records)} train records of classes "
+            f"{list(class_names)}, fewer than n = {n}"
+        )
     order = stratified_order([pipeline.record_class(r, label_field) for r in records], seed)
     chosen = [records[i] for i in sorted(order[:n])]
     shards.write_dataset(chosen, out_dir, name=f"{out_dir.name}")
@@ -87,14 +89,20 @@ def run_point(config, source: str, n: int, workdir: pathlib.Path) -> dict[str, A
                 write_subset(
                     path, n, config.seed, workdir / "subsets" / f"{name}_{n}", names, field
                 )
-            )  # fmt: skip
+            )
             for name, path in (("real", config.real_path), ("synthetic", config.synthetic_path))
             if name == source or source == "mixed"
         }
         train.train_and_evaluate(run_config(config, source, paths), str(run_dir))
     result = json.loads(done.read_text())
-    return {"n": n, "source": source, **{k: result[k] for k in
-            ("auc", "ci_low", "ci_high", "num_cases", "n_positive", "n_negative")}}  # fmt: skip
+    return {
+        "n": n,
+        "source": source,
+        **{
+            k: result[k]
+            for k in ("auc", "ci_low", "ci_high", "num_cases", "n_positive", "n_negative")
+        },
+    }
 
 
 def plot(points: list[dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
@@ -114,8 +122,13 @@ def plot(points: list[dict[str, Any]], path: pathlib.Path) -> pathlib.Path:
         # A small sideways shift per source keeps equal points and their intervals visible.
         dodge = 1.0 + 0.03 * (index - 1)
         ax.errorbar(n * dodge, auc, yerr=err, marker="o", capsize=3, label=label)
-    ax.set(xscale="log", xlabel="training images per source (n)", ylabel="test AUC (95% CI)",
-           ylim=(0.0, 1.02), title="Classifier AUC on the real test split")  # fmt: skip
+    ax.set(
+        xscale="log",
+        xlabel="training images per source (n)",
+        ylabel="test AUC (95% CI)",
+        ylim=(0.0, 1.02),
+        title="Classifier AUC on the real test split",
+    )
     sizes = sorted({p["n"] for p in points})
     ax.set_xticks(sizes, labels=[str(n) for n in sizes])
     ax.minorticks_off()
@@ -131,11 +144,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     unknown = sorted(set(config.sources) - set(SOURCES))
     checks = [
         ("real_path", bool(config.real_path), "must name the real dataset"),
-        ("synthetic_path", bool(config.synthetic_path) or config.sources == ("real",),
-         "must name the synthetic dataset"),
+        (
+            "synthetic_path",
+            bool(config.synthetic_path) or config.sources == ("real",),
+            "must name the synthetic dataset",
+        ),
         ("sizes", len(config.sizes) > 0 and min(config.sizes) >= 1, "must be sizes >= 1"),
         ("sources", len(config.sources) > 0 and not unknown, f"must be among {SOURCES}"),
-    ]  # fmt: skip
+    ]
     config_files.check_fields(config, checks)
 
 

@@ -39,10 +39,19 @@ USER_ERRORS = (
     workdir_lib.WorkdirError,
 )
 # OS errors about the machine rather than the code: a full disk, a read-only or foreign folder.
-USER_ERRNOS = frozenset({
-    errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS,
-    errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG,
-})  # fmt: skip
+USER_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EFBIG,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENAMETOOLONG,
+    }
+)
 
 
 def is_user_error(error: BaseException) -> bool:

@@ -33,13 +33,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     test = oracle.record_test_auc(pathlib.Path(args.workdir) / layout.EXPORT, data)
     facts = foundation.training_facts("", args.train_seconds)
     facts["reproduce with"] = "make oracle (see busgen_jax/evaluation/oracle.py)"
-    facts.update({
-        "config": "configs/classifier.py:oracle (ResNet 16-32-64, 32 px, 1,200 steps, batch 32)",
-        "data": f"built-in phantom `benign_dcis`: {', '.join(config.data.paths)}",
-        "val AUC (DeLong 95% CI)": f"{val['auc']:.3f} ({val['ci_low']:.3f}-{val['ci_high']:.3f})",
-        "test AUC (DeLong 95% CI)": f"{test['auc']:.3f} ({test['ci_low']:.3f}-"
-        f"{test['ci_high']:.3f}), {test['n']} cases, {test['n_positive']} DCIS",
-    })  # fmt: skip
+    facts.update(
+        {
+            "config": "configs/classifier.py:oracle (ResNet 16-32-64, 32 px, 1,200 steps, batch 32)",
+            "data": f"built-in phantom `benign_dcis`: {', '.join(config.data.paths)}",
+            "val AUC (DeLong 95% CI)": f"{val['auc']:.3f} ({val['ci_low']:.3f}-{val['ci_high']:.3f})",
+            "test AUC (DeLong 95% CI)": f"{test['auc']:.3f} ({test['ci_low']:.3f}-"
+            f"{test['ci_high']:.3f}), {test['n']} cases, {test['n_positive']} DCIS",
+        }
+    )
     print(f"shipped phantom oracle: {oracle.ship(args.workdir, facts, args.destination)}")
 
 

@@ -29,9 +29,11 @@ from busgen_jax.jobs import layout, shell
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     result = train.train_and_evaluate(config, workdir)["eval"]
-    print(f"{result['split']} AUC {result['auc']:.3f} "
-          f"({result['ci_low']:.3f}-{result['ci_high']:.3f}) on {result['num_cases']} cases; "
-          f"export: {pathlib.Path(workdir) / layout.EXPORT}")  # fmt: skip
+    print(
+        f"{result['split']} AUC {result['auc']:.3f} "
+        f"({result['ci_low']:.3f}-{result['ci_high']:.3f}) on {result['num_cases']} cases; "
+        f"export: {pathlib.Path(workdir) / layout.EXPORT}"
+    )
     return result
 
 

@@ -32,8 +32,17 @@ from busgen_jax.models.attention import group_norm
 ENCODERS = ("resnet", "unet")
 # The U-Net parts the encoder keeps, under the U-Net's own attribute names, so that params
 # paths match one to one (`copy_unet_weights`).
-UNET_PARTS = ("time_table", "time_dense1", "time_dense2", "class_embed", "device_embed",
-              "cond_dense1", "cond_dense2", "head", "down")  # fmt: skip
+UNET_PARTS = (
+    "time_table",
+    "time_dense1",
+    "time_dense2",
+    "class_embed",
+    "device_embed",
+    "cond_dense1",
+    "cond_dense2",
+    "head",
+    "down",
+)
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -56,8 +65,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         checks.append(("unet", config.unet is not None, "the U-Net model config"))
     for name, ok, expected in checks:
         if not ok:
-            raise ValueError(f"classifier model field '{name}' must be {expected}, got "
-                             f"{config.get(name)!r}")  # fmt: skip
+            raise ValueError(
+                f"classifier model field '{name}' must be {expected}, got {config.get(name)!r}"
+            )
     if config.encoder == "unet":
         unet_lib.validate_config(config.unet)
 
@@ -202,8 +212,10 @@ def copy_unet_weights(model: Classifier, unet: unet_lib.UNet) -> Classifier:
         except (KeyError, IndexError, TypeError):
             raise ValueError(f"the U-Net has no parameter {'/'.join(map(str, keys))}") from None
         if value.shape != leaf.shape:
-            raise ValueError(f"U-Net parameter {'/'.join(map(str, keys))} has shape "
-                             f"{value.shape}, the encoder needs {leaf.shape}")  # fmt: skip
+            raise ValueError(
+                f"U-Net parameter {'/'.join(map(str, keys))} has shape "
+                f"{value.shape}, the encoder needs {leaf.shape}"
+            )
         return jnp.asarray(value)
 
     copied = jax.tree_util.tree_map_with_path(lookup, nnx.to_pure_dict(target))

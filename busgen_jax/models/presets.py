@@ -26,12 +26,26 @@ from busgen_jax.data.schema import PATHOLOGIES
 # Published device tables (index 0 is the null device, so it is not listed).
 BUSGEN_TOY_DEVICES = ("GE-LOGIQ-E9", "Mindray-M9", "Siemens-ACUSON-NX3-Elite")
 BUSGEN_DEVICES = (
-    "Siemens-ACUSON-Oxana", "GE-LOGIQ-E9", "Esaote-MyLab90", "Esaote-MyLabClassC",
-    "Philips-EPIQ7", "Sonoscape-S60", "GE-EDVoluson-E8-Expert", "Samsung-RS80A",
-    "Sonoscape-Clinic", "TOSHIBA-Aplio-i700", "Mindray-M9", "Canon-Aplio-i800",
-    "Siemens-ACUSON-NX3-Elite", "VINNO-G86", "Mindray-Resona-R9", "SonoScape-Clinic",
-    "Mindray-NuewaI9", "Mindray-Resona7", "Samsung-Heraw10",
-)  # fmt: skip
+    "Siemens-ACUSON-Oxana",
+    "GE-LOGIQ-E9",
+    "Esaote-MyLab90",
+    "Esaote-MyLabClassC",
+    "Philips-EPIQ7",
+    "Sonoscape-S60",
+    "GE-EDVoluson-E8-Expert",
+    "Samsung-RS80A",
+    "Sonoscape-Clinic",
+    "TOSHIBA-Aplio-i700",
+    "Mindray-M9",
+    "Canon-Aplio-i800",
+    "Siemens-ACUSON-NX3-Elite",
+    "VINNO-G86",
+    "Mindray-Resona-R9",
+    "SonoScape-Clinic",
+    "Mindray-NuewaI9",
+    "Mindray-Resona7",
+    "Samsung-Heraw10",
+)
 PRESETS = ("tiny", "small", "efficient", "busgen_toy", "busgen")
 # Each setting is one field of a sampling preset (and of configs/synthesize.py).
 SAMPLING_PRESETS = {

@@ -241,8 +241,12 @@ def write_published_spec(config: ml_collections.ConfigDict, directory: str | pat
     from busgen_jax.diffusion import generator  # the converter alone needs the diffusion stack
 
     spec = generator.GeneratorSpec(
-        schedule={"schedule": "linear", "num_timesteps": config.num_timesteps,
-                  "beta_start": 1e-4, "beta_end": 0.028},
+        schedule={
+            "schedule": "linear",
+            "num_timesteps": config.num_timesteps,
+            "beta_start": 1e-4,
+            "beta_end": 0.028,
+        },
         prediction="eps",
         class_names=tuple(config.class_names),
         # Layouts other than the published presets carry no device vocabulary: number them.
@@ -253,5 +257,5 @@ def write_published_spec(config: ml_collections.ConfigDict, directory: str | pat
         source="published BUSGen weights",
         sampling=sampling_preset("published"),
         image_channels=config.image_channels,
-    )  # fmt: skip
+    )
     (pathlib.Path(directory) / generator.SPEC_FILE).write_text(spec.to_json())

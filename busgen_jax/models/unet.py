@@ -31,11 +31,24 @@ from busgen_jax.models.attention import IMPLEMENTATIONS, SpatialAttention, group
 
 TIME_EMBEDDINGS = ("table", "sinusoidal")
 REQUIRED_FIELDS = (
-    "image_size", "image_channels", "base_channels", "channel_mults", "num_res_blocks",
-    "attention_levels", "attention_in_up_path", "middle_attention", "num_heads",
-    "attention_impl", "attention_chunk", "dropout", "norm_groups", "num_classes", "num_devices",
-    "num_timesteps", "time_embedding",
-)  # fmt: skip
+    "image_size",
+    "image_channels",
+    "base_channels",
+    "channel_mults",
+    "num_res_blocks",
+    "attention_levels",
+    "attention_in_up_path",
+    "middle_attention",
+    "num_heads",
+    "attention_impl",
+    "attention_chunk",
+    "dropout",
+    "norm_groups",
+    "num_classes",
+    "num_devices",
+    "num_timesteps",
+    "time_embedding",
+)
 _zeros = nnx.initializers.zeros_init()
 GUIDANCE_SCALE = 100.0  # w -> the argument of its sinusoidal embedding
 

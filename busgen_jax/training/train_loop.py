@@ -69,8 +69,10 @@ def make_mesh(config: ml_collections.ConfigDict) -> jax.sharding.Mesh:
     mesh = mesh_lib.make_mesh(config.mesh)
     shards = mesh_lib.num_batch_shards(mesh)
     if config.data.batch_size % shards:
-        raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by "
-                         f"the {shards} batch shards of the mesh")  # fmt: skip
+        raise ValueError(
+            f"config.data.batch_size={config.data.batch_size} is not divisible by "
+            f"the {shards} batch shards of the mesh"
+        )
     return mesh
 
 

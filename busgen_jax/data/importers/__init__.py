@@ -84,11 +84,19 @@ def import_dataset(
     if layout not in READERS:
         raise DatasetImportError(f"layout: unknown layout {layout!r}; choose from {list(READERS)}")
     records = READERS[layout](
-        source, salt=salt, seed=seed, split_fractions=split_fractions, device=device,
-        allowed_roots=allowed_roots, duplicates=duplicates, **scan_options,
-    )  # fmt: skip
+        source,
+        salt=salt,
+        seed=seed,
+        split_fractions=split_fractions,
+        device=device,
+        allowed_roots=allowed_roots,
+        duplicates=duplicates,
+        **scan_options,
+    )
     settings = {
-        "layout": layout, "seed": seed, "split_fractions": list(split_fractions),
+        "layout": layout,
+        "seed": seed,
+        "split_fractions": list(split_fractions),
         "duplicates": duplicates,
-    }  # fmt: skip
+    }
     return shards.write_dataset(records, out_dir, name=name or layout, extra={"importer": settings})
