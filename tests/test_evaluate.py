@@ -24,7 +24,7 @@ from busgen_jax.evaluation import (
     statistics,
 )
 from busgen_jax.jobs import evaluate
-from busgen_jax.jobs import report as demo_report
+from busgen_jax.reporting import demo_report
 
 N_TEST, N_VAL = 150, 120
 

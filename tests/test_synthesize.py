@@ -21,9 +21,8 @@ from generator_fixtures import phantom_dataset, tiny_generator
 from busgen_jax.core import config_files, errors
 from busgen_jax.data import box_priors, pipeline, schema, shards
 from busgen_jax.jobs import layout, synthesize
-from busgen_jax.jobs import report as demo_report
+from busgen_jax.reporting import demo_report, visualize
 from busgen_jax.reporting import html as html_report
-from busgen_jax.reporting import visualize
 from busgen_jax.synthesis import generate
 from busgen_jax.synthesis import plan as synthesis_plan
 

@@ -185,7 +185,7 @@ def stage_scaling(config, paths: layout.Paths) -> None:
 
 
 def stage_report(config, paths: layout.Paths) -> None:
-    from busgen_jax.jobs import report as demo_report
+    from busgen_jax.reporting import demo_report
 
     demo_report.write(paths, config)
 

@@ -1,7 +1,7 @@
 """A self-contained HTML report: sections of text, tables and PNG figures (inlined).
 
 The demo builds one from its stages' outputs; `busgen report --workdir=DIR` rebuilds it from a
-finished demo workdir (see `busgen_jax.jobs.report`). `reporting.markdown` renders the same
+finished demo workdir (see `busgen_jax.reporting.demo_report`). `reporting.markdown` renders the same
 sections as Markdown.
 """
 
