@@ -178,7 +178,7 @@ def mounted(text: str) -> str:
 def job_argv(
     job: str, workdir: str, config: str | None, overrides: Sequence[str], hosts: int
 ) -> list[str]:
-    """The command every worker runs: `python3 -m busgen_jax.<job> --config --workdir ...`,
+    """The command every worker runs: `python3 -m busgen_jax.jobs.<job> --config --workdir ...`,
     with gs:// URLs turned into their mount paths."""
     module = resolve_job(job)
     if not workdir:

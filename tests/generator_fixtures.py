@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -52,3 +53,19 @@ def phantom_dataset(directory: pathlib.Path, num: int = 64, seed: int = 0, size:
     """A small phantom dataset (all splits) written as shards."""
     shards.write_dataset(phantom.phantom_records(num, seed, size), directory, name="phantom")
     return directory
+
+
+def pretrain_command(data_dir, workdir, *, steps: int, every: int, extra=()) -> list[str]:
+    """`python -m busgen_jax.jobs.pretrain` on the tiny preset, for tests that run it as a
+    separate process (to kill it, or to run two processes of one job)."""
+    return [
+        sys.executable,
+        "-m",
+        "busgen_jax.jobs.pretrain",
+        "--config=configs/pretrain.py:tiny",
+        f"--workdir={workdir}",
+        f"--config.data.paths=('{data_dir}',)",
+        f"--config.train.steps={steps}",
+        f"--config.checkpoint.every_steps={every}",
+        *extra,
+    ]

@@ -7,21 +7,25 @@ import sys
 import pytest
 
 
-@pytest.mark.slow
-def test_tiny_demo_runs_every_stage_and_writes_the_report(tmp_path):
-    out = subprocess.run(
+def _run_tiny_demo(workdir, timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run(
         [
             sys.executable,
             "-m",
             "busgen_jax.cli",
             "demo",
             "--config=configs/demo.py:tiny",
-            f"--workdir={tmp_path}",
+            f"--workdir={workdir}",
         ],
         capture_output=True,
         text=True,
-        timeout=1500,
+        timeout=timeout,
     )
+
+
+@pytest.mark.slow
+def test_tiny_demo_runs_every_stage_and_writes_the_report(tmp_path):
+    out = _run_tiny_demo(tmp_path, timeout=1500)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"report: {tmp_path / 'report.html'}" in out.stdout
     timings = json.loads((tmp_path / "timings.json").read_text())
@@ -65,17 +69,5 @@ def test_tiny_demo_runs_every_stage_and_writes_the_report(tmp_path):
     # Phantom and synthetic grids, audit and evaluation figures; no training pictures (privacy).
     assert html.count("data:image/png;base64") >= 7
     # Started again, it finds every stage done and only rebuilds the report.
-    again = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "busgen_jax.cli",
-            "demo",
-            "--config=configs/demo.py:tiny",
-            f"--workdir={tmp_path}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    again = _run_tiny_demo(tmp_path, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done already") == 8

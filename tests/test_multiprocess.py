@@ -20,7 +20,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from generator_fixtures import phantom_dataset
+from generator_fixtures import phantom_dataset, pretrain_command
 
 from busgen_jax.jobs import workdir as workdir_lib
 
@@ -37,18 +37,8 @@ def _free_port() -> int:
 
 
 def _command(data_dir, workdir, *, steps=STEPS, every=STEPS, extra=()) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "busgen_jax.jobs.pretrain",
-        "--config=configs/pretrain.py:tiny",
-        f"--workdir={workdir}",
-        f"--config.data.paths=('{data_dir}',)",
-        f"--config.train.steps={steps}",
-        f"--config.checkpoint.every_steps={every}",
-        f"--config.sample.every_steps={steps}",
-        *extra,
-    ]
+    sample = f"--config.sample.every_steps={steps}"
+    return pretrain_command(data_dir, workdir, steps=steps, every=every, extra=(sample, *extra))
 
 
 def _env() -> dict[str, str]:

@@ -12,7 +12,6 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +19,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pause_points
 import pytest
+from generator_fixtures import pretrain_command
 from PIL import Image
 from records import make_records
 
@@ -161,16 +161,7 @@ def test_tiny_run_learns_and_writes_samples_and_export(reference_run):
 
 
 def _command(workdir: pathlib.Path, data_dir: pathlib.Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "busgen_jax.jobs.pretrain",
-        "--config=configs/pretrain.py:tiny",
-        f"--workdir={workdir}",
-        f"--config.data.paths=('{data_dir}',)",
-        f"--config.train.steps={STEPS}",
-        f"--config.checkpoint.every_steps={EVERY}",
-    ]
+    return pretrain_command(data_dir, workdir, steps=STEPS, every=EVERY)
 
 
 def _restore_pure(path: pathlib.Path):

@@ -87,7 +87,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         ),
         ("data.batch_size", data.batch_size >= 1, "must be >= 1"),
         ("model.num_outputs", model.num_outputs == 1, "must be 1 (one logit for a binary task)"),
-        ("eval.split", config.eval.split in schema.SPLITS, f"must be one of {schema.SPLITS}"),
+        config_files.one_of("eval.split", config.eval.split, schema.SPLITS),
         ("eval.batch_size", config.eval.batch_size >= 1, "must be >= 1"),
         ("train.steps", train.steps >= 1, "must be >= 1"),
         ("train.learning_rate", train.learning_rate > 0, "must be > 0"),
@@ -136,18 +136,10 @@ def train_step(
         return optax.sigmoid_binary_cross_entropy(logits, labels).mean(), logits
 
     (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - cfg.ema_decay)
-    metrics = {
-        "loss": loss,
-        "accuracy": jnp.mean((logits > 0) == (labels > 0.5)),
-        "grad_norm": optax.global_norm(grads),
-        "learning_rate": cfg.learning_rate(state.step),
-    }
-    new_state = state.replace(
-        step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state
+    new_state, metrics = train_state.apply_gradients(
+        state, loss, grads, cfg.ema_decay, cfg.learning_rate
     )
+    metrics["accuracy"] = jnp.mean((logits > 0) == (labels > 0.5))
     return new_state, metrics
 
 

@@ -31,6 +31,11 @@ def check_fields(
             raise errors.ConfigError(f"config.{field} = {value!r} {requirement}")
 
 
+def one_of(field: str, value: object, choices: Sequence[object]) -> tuple[str, bool, str]:
+    """The `check_fields` check that `field` (holding `value`) is one of `choices`."""
+    return field, value in choices, f"must be one of {tuple(choices)}"
+
+
 def resolve_path(spec: str) -> str:
     """Lets `configs/x.py:preset` work from any directory when the repo checkout is installed."""
     path, _, preset = spec.partition(":")

@@ -158,17 +158,7 @@ def distill_step(
         return truncated_snr_loss(x0_hat, target, a_t, s_t)
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - cfg.ema_decay)
-    metrics = {
-        "loss": loss,
-        "grad_norm": optax.global_norm(grads),
-        "learning_rate": cfg.learning_rate(state.step),
-    }
-    return state.replace(
-        step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state
-    ), metrics
+    return train_state.apply_gradients(state, loss, grads, cfg.ema_decay, cfg.learning_rate)
 
 
 def _teacher_x0(teacher, cfg: RoundConfig, schedule, x, t, batch, w) -> jax.Array:

@@ -21,7 +21,7 @@ from flax import nnx
 from busgen_jax.diffusion import losses, schedules
 from busgen_jax.models import unet
 from busgen_jax.parallel import mesh as mesh_lib
-from busgen_jax.training.train_state import TrainState, learning_rate_schedule
+from busgen_jax.training.train_state import TrainState, apply_gradients, learning_rate_schedule
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 BATCH_NDIMS = {"image": 4, "box_mask": 4, "class_id": 1, "device_id": 1}
@@ -136,18 +136,7 @@ def train_step(
         )
 
     loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - cfg.ema_decay)
-    metrics = {
-        "loss": loss,
-        "grad_norm": optax.global_norm(grads),
-        "learning_rate": cfg.learning_rate(state.step),
-    }
-    new_state = state.replace(
-        step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state
-    )
-    return new_state, metrics
+    return apply_gradients(state, loss, grads, cfg.ema_decay, cfg.learning_rate)
 
 
 def unet_fn(config: ml_collections.ConfigDict) -> Callable[[], unet.UNet]:

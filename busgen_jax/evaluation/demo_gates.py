@@ -110,37 +110,26 @@ def frechet_gate(oracle: Mapping[str, Any]) -> dict[str, Any]:
     )
 
 
+FEWSHOT_GATE = "few-shot regime: synthetic-only AUC - few-shot real AUC"
+FULL_GATE = "full regime: synthetic-only AUC / real-only AUC"
+MIXED_GATE = "full regime: mixed AUC - real-only AUC"
+
+
 def auc_gates(seeds: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
     mean = {source: s["mean"] for source, s in seeds.items()}
+    # (gate, the two sources compared, by difference or ratio, the bound it must pass).
+    comparisons = [
+        (FEWSHOT_GATE, "synthetic", "fewshot", "difference", ">", 0.0),
+        (FULL_GATE, "synthetic", "real", "ratio", ">=", FULL_SYNTHETIC_MIN_RATIO),
+        (MIXED_GATE, "mixed", "real", "difference", ">=", 0.0),
+    ]
     rows = []
-    if {"synthetic", "fewshot"} <= set(mean):
-        rows.append(
-            _gate(
-                "few-shot regime: synthetic-only AUC - few-shot real AUC",
-                "> 0",
-                mean["synthetic"] - mean["fewshot"],
-                mean["synthetic"] > mean["fewshot"],
-            )
-        )
-    if {"synthetic", "real"} <= set(mean):
-        ratio = mean["synthetic"] / mean["real"]
-        rows.append(
-            _gate(
-                "full regime: synthetic-only AUC / real-only AUC",
-                f">= {FULL_SYNTHETIC_MIN_RATIO}",
-                ratio,
-                ratio >= FULL_SYNTHETIC_MIN_RATIO,
-            )
-        )
-    if {"mixed", "real"} <= set(mean):
-        rows.append(
-            _gate(
-                "full regime: mixed AUC - real-only AUC",
-                ">= 0",
-                mean["mixed"] - mean["real"],
-                mean["mixed"] >= mean["real"],
-            )
-        )
+    for name, first, second, how, sign, bound in comparisons:
+        if {first, second} <= set(mean):
+            a, b = mean[first], mean[second]
+            value = a / b if how == "ratio" else a - b
+            passed = value > bound if sign == ">" else value >= bound
+            rows.append(_gate(name, f"{sign} {bound:g}", value, passed))
     return rows
 
 

@@ -56,43 +56,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             diffusion.num_timesteps == model.num_timesteps,
             f"must equal model.num_timesteps={model.num_timesteps}",
         ),
-        (
-            "diffusion.prediction",
-            diffusion.prediction in losses.PREDICTIONS,
-            f"must be one of {losses.PREDICTIONS}",
-        ),
-        (
-            "diffusion.weighting",
-            diffusion.weighting in losses.WEIGHTINGS,
-            f"must be one of {losses.WEIGHTINGS}",
-        ),
-        (
-            "diffusion.reduction",
-            diffusion.reduction in losses.REDUCTIONS,
-            f"must be one of {losses.REDUCTIONS}",
-        ),
+        config_files.one_of("diffusion.prediction", diffusion.prediction, losses.PREDICTIONS),
+        config_files.one_of("diffusion.weighting", diffusion.weighting, losses.WEIGHTINGS),
+        config_files.one_of("diffusion.reduction", diffusion.reduction, losses.REDUCTIONS),
         ("train.steps", train.steps >= 1, "must be >= 1"),
         ("train.learning_rate", train.learning_rate > 0, "must be > 0"),
         ("train.warmup_steps", 0 <= train.warmup_steps <= train.steps, "must be in [0, steps]"),
         ("train.ema_decay", 0.0 <= train.ema_decay < 1.0, "must be in [0, 1)"),
         ("train.cond_drop_prob", 0.0 <= train.cond_drop_prob <= 1.0, "must be in [0, 1]"),
-        (
-            "train.cond_drop_mode",
-            train.cond_drop_mode in train_step.COND_DROP_MODES,
-            f"must be one of {train_step.COND_DROP_MODES}",
+        config_files.one_of(
+            "train.cond_drop_mode", train.cond_drop_mode, train_step.COND_DROP_MODES
         ),
-        (
-            "train.compute_dtype",
-            train.compute_dtype in train_step.COMPUTE_DTYPES,
-            f"must be one of {train_step.COMPUTE_DTYPES}",
-        ),
+        config_files.one_of("train.compute_dtype", train.compute_dtype, train_step.COMPUTE_DTYPES),
         ("checkpoint.every_steps", config.checkpoint.every_steps >= 1, "must be >= 1"),
         ("checkpoint.max_to_keep", config.checkpoint.max_to_keep >= 1, "must be >= 1"),
-        (
-            "sample.sampler",
-            config.sample.sampler in samplers.SAMPLERS,
-            f"must be one of {samplers.SAMPLERS}",
-        ),
+        config_files.one_of("sample.sampler", config.sample.sampler, samplers.SAMPLERS),
     ]
     config_files.check_fields(config, checks)
     partition.validate_rules(config.partition.rules)
@@ -183,10 +161,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         result = train_and_evaluate(config, workdir)
     except (ValueError, checkpoints.CheckpointError, FloatingPointError) as e:
         raise errors.JobError(str(e)) from e
-    print(
-        f"pretrained to step {int(result['state'].step)}; generator: "
-        f"{pathlib.Path(workdir) / layout.EXPORT}"
-    )
+    export = pathlib.Path(workdir) / layout.EXPORT
+    print(f"pretrained to step {int(result['state'].step)}; generator: {export}")
     return result
 
 

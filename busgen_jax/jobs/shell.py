@@ -2,7 +2,7 @@
 
 A job module defines `run(config, workdir)` and ends with `main = shell.command(run, default)`.
 `busgen <job> --config=configs/x.py:preset --workdir=DIR --config.some.field=value` and
-`python -m busgen_jax.<job> ...` both end up here. Before `run` starts, the workdir is checked to
+`python -m busgen_jax.jobs.<job> ...` both end up here. Before `run` starts, the workdir is checked to
 be a writable directory, locked for this job (one writer at a time; process 0 of a multi-host
 job) and its config compared with the one it was started with (`busgen_jax.jobs.workdir`).
 """
@@ -158,7 +158,7 @@ def command(run: Callable[[ml_collections.ConfigDict, str], Any], default_config
 
 def _job_name(run: Callable) -> str:
     module = run.__module__
-    if module == "__main__":  # python -m busgen_jax.<job>
+    if module == "__main__":  # python -m busgen_jax.jobs.<job>
         spec = getattr(sys.modules["__main__"], "__spec__", None)
         module = spec.name if spec else "main"
     return module.rsplit(".", 1)[-1]
@@ -288,5 +288,5 @@ def _fail(error: Exception | str) -> None:
 
 
 def run_main(main: Callable[[Sequence[str]], None]) -> None:
-    """Entry point for `python -m busgen_jax.<job>`: the same as `busgen <job>`."""
+    """Entry point for `python -m busgen_jax.jobs.<job>`: the same as `busgen <job>`."""
     main(sys.argv)

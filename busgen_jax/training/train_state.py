@@ -100,6 +100,29 @@ def init_train_state(
     )
 
 
+def apply_gradients(
+    state: TrainState,
+    loss: jax.Array,
+    grads: Any,
+    ema_decay: float,
+    learning_rate: optax.Schedule,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update and EMA step of `state`; the step's metrics (loss, gradient norm,
+    learning rate), as every train step reports them."""
+    updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - ema_decay)
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": learning_rate(state.step),
+    }
+    new_state = state.replace(
+        step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state
+    )
+    return new_state, metrics
+
+
 def abstract_state_and_shardings(
     config: ml_collections.ConfigDict,
     mesh: jax.sharding.Mesh,
