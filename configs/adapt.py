@@ -74,9 +74,16 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
         {"every_steps": 250, "max_to_keep": 2, "async_save": True}
     )
     config.log_every_steps = 50
-    # Samples per task class drawn from the saved adapter after training (0: no grid).
+    # Samples per task class drawn from the saved adapter after training (0: no grid); a cheap
+    # sampler, at the guidance weight of the generator's spec unless set.
     config.sample = ml_collections.ConfigDict(
-        {"per_class": 4, "sampler": "ddim", "steps": 25, "guidance_weight": 1.8, "seed": 0}
+        {
+            "per_class": 4,
+            "sampler": "ddim",
+            "steps": 25,
+            "guidance_weight": ml_collections.config_dict.placeholder(float),
+            "seed": 0,
+        }
     )
     if preset == "tiny":
         config.shots = 4

@@ -87,7 +87,8 @@ def _base(preset: str) -> ml_collections.ConfigDict:
             "per_class": 4,
             "sampler": "ddim",
             "steps": 25,
-            "guidance_weight": 1.8,
+            # Unset: the guidance weight of the sampling preset the export names.
+            "guidance_weight": ml_collections.config_dict.placeholder(float),
             "seed": 0,
         }
     )
@@ -178,6 +179,6 @@ def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
             cond_drop_prob=0.1,
             cond_drop_mode="batch",
         )
-        config.sample.update(sampler="dpm_solver_3s", steps=50, guidance_weight=1.8)
+        config.sample.update(sampler="dpm_solver_3s", steps=50)
         config.data.paths = (builtin.phantom_path("default"),)
     return config

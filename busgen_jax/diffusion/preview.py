@@ -36,13 +36,12 @@ def grid_conditions(
     }
 
 
-def sampler_settings(sample: ml_collections.ConfigDict) -> dict:
-    """The `generator.sample_images` settings of a job's `sample` config section."""
-    return {
-        "sampler": sample.sampler,
-        "steps": sample.steps,
-        "guidance_weight": sample.guidance_weight,
-    }
+def sampler_settings(spec: generator.GeneratorSpec, sample: ml_collections.ConfigDict) -> dict:
+    """The `generator.sample_images` settings of a job's `sample` config section; what it leaves
+    unset (the guidance weight, by default) is the spec's."""
+    names = ("sampler", "steps", "guidance_weight")
+    settings = generator.sampling_settings(spec, {name: sample[name] for name in names})
+    return {name: settings[name] for name in names}
 
 
 def make_sample_fn(
@@ -51,10 +50,11 @@ def make_sample_fn(
     """Jitted (state, rng) -> grid samples [classes * per_class, H, W, 1] from the EMA params."""
     cond = grid_conditions(spec.class_names, spec.image_size, sample.per_class)
     inputs = [jnp.asarray(cond[k]) for k in ("class_id", "device_id", "box_mask")]
+    settings = sampler_settings(spec, sample)
 
     def sample_fn(state: train_state.TrainState, rng: jax.Array) -> jax.Array:
         model = state.model(state.ema_params)
-        return generator.sample_images(model, spec, rng, *inputs, **sampler_settings(sample))
+        return generator.sample_images(model, spec, rng, *inputs, **settings)
 
     # Replicated output: every process can read the whole grid.
     return jax.jit(sample_fn, out_shardings=mesh_lib.replicated(mesh))

@@ -250,7 +250,7 @@ def sample_grid(config, adapter_dir: pathlib.Path, path: pathlib.Path) -> pathli
     model, spec = generator_lib.load_generator(config.generator, adapter=adapter_dir)
     per_class = config.sample.per_class
     cond = preview.grid_conditions(spec.class_names, spec.image_size, per_class)
-    sample_fn = generator_lib.make_sample_fn(spec, **preview.sampler_settings(config.sample))
+    sample_fn = generator_lib.make_sample_fn(spec, **preview.sampler_settings(spec, config.sample))
     images = sample_fn(
         model,
         jax.random.key(config.sample.seed),
