@@ -10,7 +10,7 @@ import pytest
 
 from busgen_jax.core import config_files, errors
 from busgen_jax.evaluation import mrmc, roe_metz
-from busgen_jax.jobs import reader_study as reader_study_job
+from busgen_jax.jobs import reader_study
 
 
 @pytest.fixture()
@@ -39,7 +39,7 @@ def test_job_reports_readers_and_the_modality_comparison(files):
     tmp_path, study = files
     config = config_files.load("configs/reader_study.py:default")
     config.reads, config.truth = str(tmp_path / "reads.csv"), str(tmp_path / "truth.csv")
-    results = reader_study_job.run(config, str(tmp_path / "out"))
+    results = reader_study.run(config, str(tmp_path / "out"))
     assert results["n_readers"] == 4 and results["modalities"] == ["unaided", "aided"]
     direct = mrmc.or_modalities(study.truth, study.scores, modalities=study.modalities).to_dict()
     assert results["modality_comparison"]["auc"]["rrrc"] == pytest.approx(direct["rrrc"])
@@ -57,7 +57,7 @@ def test_bad_truth_names_the_line(files):
     tmp_path, _ = files
     (tmp_path / "truth.csv").write_text("case_id,truth\nc00,yes\n")
     with pytest.raises(errors.JobError, match=r"truth.csv line 2: truth must be 0 or 1"):
-        reader_study_job.read_truth(str(tmp_path / "truth.csv"))
+        reader_study.read_truth(str(tmp_path / "truth.csv"))
 
 
 def test_three_modalities_from_an_imrmc_file_with_numeric_scores(tmp_path):
@@ -84,7 +84,7 @@ def test_three_modalities_from_an_imrmc_file_with_numeric_scores(tmp_path):
         foms=("auc", "pauc"),
         fixed_reader_test="f",
     )
-    results = reader_study_job.run(config, str(tmp_path / "out"))
+    results = reader_study.run(config, str(tmp_path / "out"))
     assert results["readers"] is None and set(results["modality_comparison"]) == {
         "auc",
         "pAUC (FPR <= 0.2)",
@@ -113,4 +113,4 @@ def test_bad_config_is_one_error(files, change, message):
     config.reads, config.truth = str(tmp_path / "reads.csv"), str(tmp_path / "truth.csv")
     config.update(change)
     with pytest.raises(errors.JobError, match=re.escape(message)):
-        reader_study_job.run(config, str(tmp_path / "out"))
+        reader_study.run(config, str(tmp_path / "out"))

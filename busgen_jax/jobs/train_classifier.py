@@ -3,13 +3,13 @@
     busgen train-classifier --config=configs/classifier.py:default --workdir=DIR \
         --config.data.paths="('/data/real',)"
 
-`train_and_evaluate` is the pretraining job's structure with a classification loss: mesh,
+`classification.train.train_and_evaluate` is the pretraining job's structure with a classification loss: mesh,
 sharded state (or the newest readable checkpoint with the input iterator), the jitted
 `train_step` (sigmoid cross-entropy of the task's positive class, AdamW with warm-up and
 cosine decay, EMA), clu metrics and progress, periodic checkpoints, a stop on a non-finite
 loss. At the end the EMA model scores `eval.split` of `eval.paths` (default `data.paths`):
 DIR/predictions_<split>.csv and DIR/eval_<split>.json (ROC AUC with its DeLong interval), and
-is exported to DIR/export/ (see `predict.py`).
+is exported to DIR/export/ (see `busgen_jax.classification.inference`).
 
 The task (`config.task`) is binary: records whose class (pathology, or `labels[label_field]`)
 is in `task.negative` are 0, in `task.positive` 1, others are not read. Classes are balanced
