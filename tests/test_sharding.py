@@ -100,8 +100,9 @@ _EIGHT_DEVICE_SCRIPT = """
 import json, os
 import jax, numpy as np
 from configs import pretrain as pretrain_config
-from busgen_jax.jobs import pretrain
+from busgen_jax.diffusion import train_step
 from busgen_jax.parallel import mesh as mesh_lib, partition
+from busgen_jax.training import train_state
 
 config = pretrain_config.get_config("tiny")
 config.data.paths = ["unused"]
@@ -116,7 +117,8 @@ batch = {
 }
 
 def one_step(mesh):
-    init_fn, _, shardings = train_state.abstract_state_and_shardings(config, mesh, train_step.unet_fn(config))
+    unet_fn = train_step.unet_fn(config)
+    init_fn, _, shardings = train_state.abstract_state_and_shardings(config, mesh, unet_fn)
     state = jax.jit(init_fn, out_shardings=shardings)()
     step = train_step.make_pretrain_step(config, mesh, shardings)
     state, metrics = step(state, mesh_lib.host_batch_to_global(batch, mesh), jax.random.key(0))
