@@ -62,7 +62,7 @@ ABLATIONS = (
 EMA_DECAY = 0.999
 
 
-def _config(model: str, batch_size: int, ablation: str):
+def make_config(model: str, batch_size: int, ablation: str):
     from configs import pretrain as pretrain_config
 
     config = pretrain_config.get_config(MODELS[model])
@@ -72,7 +72,7 @@ def _config(model: str, batch_size: int, ablation: str):
     return config
 
 
-def _batch(config):
+def make_batch(config):
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -135,7 +135,7 @@ def jax_worker(
     from busgen_jax.training import train_state
 
     _ablate_jax(ablation)
-    config = _config(model, batch_size, ablation)
+    config = make_config(model, batch_size, ablation)
     if attention:
         config.model.attention_impl = attention
     mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
@@ -143,7 +143,7 @@ def jax_worker(
         config, mesh, train_step.unet_fn(config)
     )
     state = jax.jit(init_fn, out_shardings=shardings)()
-    batch = mesh_lib.host_batch_to_global(_batch(config), mesh)
+    batch = mesh_lib.host_batch_to_global(make_batch(config), mesh)
     rng = jax.random.key(0)
     out = {}
     if ablation == "forward_only":
@@ -195,19 +195,17 @@ def _ablate_torch(ablation: str) -> None:
         reference.UpSample.forward = lambda self, x, temb, cemb: self.c(upsample(x))
 
 
-def torch_worker(
-    model: str, batch_size: int, steps: int, warmup: int, ablation: str, limit_gib: float
-) -> dict:
+def torch_step(model: str, batch_size: int, ablation: str):
+    """One train step of the PyTorch twin (forward, backward, clipping, AdamW, EMA), as a
+    closure over its state: what `torch_worker` times and the profile records."""
     import torch
 
-    limit = int(limit_gib * 2**30)
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     sys.path.insert(0, str(ROOT / "tests"))
     from torch_reference_unet import twin
 
     _ablate_torch(ablation)
-    config = _config(model, batch_size, ablation)
-    batch = {k: torch.as_tensor(v) for k, v in _batch(config).items()}
+    config = make_config(model, batch_size, ablation)
+    batch = {k: torch.as_tensor(v) for k, v in make_batch(config).items()}
     torch.manual_seed(0)
     net = twin(config.model)
     net.train()
@@ -233,8 +231,16 @@ def torch_worker(
             with torch.no_grad():
                 torch._foreach_lerp_(ema, params, 1.0 - EMA_DECAY)
 
+    return step
+
+
+def torch_worker(
+    model: str, batch_size: int, steps: int, warmup: int, ablation: str, limit_gib: float
+) -> dict:
+    limit = int(limit_gib * 2**30)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     try:
-        seconds = _timed(step, steps, warmup)
+        seconds = _timed(torch_step(model, batch_size, ablation), steps, warmup)
     except RuntimeError as e:  # an allocation over the limit
         request = re.search(r"allocate (\d+) bytes", str(e))
         if not request:
