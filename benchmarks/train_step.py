@@ -34,7 +34,13 @@ at batch 1 is 1.25x PyTorch's speed. Not yet at parity: the `efficient` preset (
 the suspect, not yet isolated) and the 32 px demo model (0.70x; its forward pass is at parity, so
 the difference is in the backward pass and the update; the ablations differ by less than the
 +-20% spread between fresh processes at 0.1 s per step, and an earlier profile put the time in
-~460 convolution fusions and ~900 small per-parameter update kernels).
+~460 convolution fusions and ~900 small per-parameter update kernels). The op-by-op profile
+(`benchmarks.train_step_profile`, BENCHMARKS.md "Train step profile") names the costs: in the
+demo model the convolutions are at parity with PyTorch's and the difference is layout copies
+and transposes around them (12 against 1.3 ms a step), the backward pass's elementwise ops and
+reductions (15 against 4 ms) and the host's jitted call, which flattens the state's ~875 leaves
+and rebuilds its ~870 NNX Variable objects on every step (20 ms; a state of plain arrays would
+not pay it); in `efficient` at batch 1, XLA's convolutions themselves take twice PyTorch's time.
 """
 
 from __future__ import annotations
