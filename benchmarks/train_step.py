@@ -39,8 +39,10 @@ the difference is in the backward pass and the update; the ablations differ by l
 demo model the convolutions are at parity with PyTorch's and the difference is layout copies
 and transposes around them (12 against 1.3 ms a step), the backward pass's elementwise ops and
 reductions (15 against 4 ms) and the host's jitted call, which flattens the state's ~875 leaves
-and rebuilds its ~870 NNX Variable objects on every step (20 ms; a state of plain arrays would
-not pay it); in `efficient` at batch 1, XLA's convolutions themselves take twice PyTorch's time.
+and rebuilds its ~870 NNX Variable objects on every step (20 ms; a jitted call over this state
+took 15.8 ms with NNX Variables and 8.1 ms with the same arrays as plain dicts, so a state of
+plain arrays would save about 8 ms of a 113 ms step); in `efficient` at batch 1, XLA's
+convolutions themselves take twice PyTorch's time.
 """
 
 from __future__ import annotations
