@@ -1,6 +1,9 @@
 """The adaptation job end to end on a tiny generator and phantom data: the k-shot set, frozen
 base, adapter size and round trip through `load_generator`, resume after a stop."""
 
+import json
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -156,6 +159,19 @@ def test_resume_after_a_stop_gives_the_uninterrupted_adapter(
     full = dict(nnx.to_flat_state(adapted["state"].ema_params))
     for path, value in nnx.to_flat_state(resumed["state"].ema_params):
         np.testing.assert_allclose(np.asarray(value[...]), np.asarray(full[path][...]), atol=1e-6)
+
+
+def test_a_distilled_student_is_refused_by_name(inputs, tmp_path):
+    """A student samples in a few fixed steps at its own guidance input; adapters belong on its
+    teacher, which is then distilled again."""
+    student = tmp_path / "student"
+    shutil.copytree(inputs["generator"], student)
+    spec_path = student / generator.SPEC_FILE
+    spec = json.loads(spec_path.read_text())
+    spec["student"] = {"teacher": "/runs/teacher", "steps": 4, "guidance_input": True}
+    spec_path.write_text(json.dumps(spec))
+    with pytest.raises(errors.JobError, match=r"config.generator: .*student \(of /runs/teacher\)"):
+        adapt.run(_config(inputs, generator=str(student)), str(tmp_path / "run"))
 
 
 def test_bad_inputs_fail_with_one_clear_line(inputs, adapted, tmp_path):

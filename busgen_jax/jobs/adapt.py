@@ -267,6 +267,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         base, spec = generator_lib.load_generator(config.generator)
     except FileNotFoundError as e:
         raise errors.JobError(f"config.generator: {e}") from e
+    if spec.student is not None:
+        raise errors.ConfigError(
+            f"config.generator: {config.generator} is a distilled student (of "
+            f"{spec.student.get('teacher')}); adapt its teacher, then distil the adapted teacher "
+            "(busgen distill --config.adapter=ADAPTER)"
+        )
     if config.data.image_size not in (0, spec.image_size):
         raise errors.JobError(
             f"config.data.image_size = {config.data.image_size} differs from "
