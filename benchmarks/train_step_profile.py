@@ -13,8 +13,9 @@ process, profiled over `--steps` steps after `--warmup`:
 Both are grouped into the same categories (convolutions, layout copies and transposes, the rest
 of the forward and backward passes, the optimizer update with EMA, the host's call) as
 milliseconds of op time per step; profiling slows the JAX step (thousands of trace events), so
-the categories, not the wall time, are what compare. Op time sums over threads, so it can exceed the wall time
-of a step run on two cores; the table's wall times are the profiled steps' own.
+the categories, not the wall time, are what compare. Op time sums over threads, so it can
+exceed the wall time of a step run on two cores. PyTorch's host time between ops is not an op
+and is not counted: its row for the jitted call is 0.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ _FIELD = re.compile(r'(\w+)="([^"]*)"')
 
 
 def hlo_metadata(hlo_text: str) -> dict[str, dict[str, str]]:
-    """Instruction name -> its metadata fields (op_name, source_file, ...) and `root`, the opcode
+    """Instruction name -> its metadata fields (op_name, ...) and `root`, the opcode
     of what it computes. A fusion without metadata of its own (the runtime's convolution
     fusions) takes that of the computation it calls: its root's, else its first instruction's
     that has any."""
