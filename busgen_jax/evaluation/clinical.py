@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 from sklearn import metrics
 
-from busgen_jax.core import errors
+from busgen_jax.core import config_files, errors
 from busgen_jax.evaluation import (
     prediction_io,
     reader_evaluation,
@@ -175,37 +175,36 @@ def evaluate_predictions(
 def validate_config(config: ml_collections.ConfigDict) -> None:
     """Raises JobError with one line naming the first bad field."""
     if not config.predictions:
-        raise errors.JobError(
+        raise errors.ConfigError(
             "config.predictions is empty: name at least one 'model=predictions.csv'"
         )
-    if config.threshold.rule not in THRESHOLD_RULES:
-        raise errors.JobError(
-            f"config.threshold.rule = {config.threshold.rule!r} is not one of {THRESHOLD_RULES}"
-        )
     study = config.reader_study
-    if study.csv and study.simulate:
-        raise errors.JobError("config.reader_study: give either csv or simulate=True, not both")
-    if study.simulate and not study.data_paths:
-        raise errors.JobError(
-            "config.reader_study.data_paths is empty: a simulated study needs the "
-            "dataset holding the latent malignancy scores"
-        )
-    if config.bootstrap.method not in statistics.BOOTSTRAP_METHODS:
-        raise errors.JobError(
-            f"config.bootstrap.method = {config.bootstrap.method!r} is not one of "
-            f"{sorted(statistics.BOOTSTRAP_METHODS)}"
-        )
-    if study.format not in reader_io.FORMATS:
-        raise errors.JobError(
-            f"config.reader_study.format = {study.format!r} is not one of {reader_io.FORMATS}"
-        )
-    if study.mcnemar not in statistics.MCNEMAR_METHODS:
-        raise errors.JobError(
-            f"config.reader_study.mcnemar = {study.mcnemar!r} is not one of "
-            f"{statistics.MCNEMAR_METHODS}"
-        )
-    if study.simulate and study.n_readers < 2:
-        raise errors.JobError(f"config.reader_study.n_readers = {study.n_readers}: at least 2")
+    config_files.check_fields(
+        config,
+        [
+            config_files.one_of("threshold.rule", config.threshold.rule, THRESHOLD_RULES),
+            (
+                "reader_study.csv",
+                not (study.csv and study.simulate),
+                "with simulate=True: not both",
+            ),
+            (
+                "reader_study.data_paths",
+                bool(study.data_paths) or not study.simulate,
+                "is empty: a simulated study needs the dataset with the latent malignancy scores",
+            ),
+            config_files.one_of(
+                "bootstrap.method", config.bootstrap.method, statistics.BOOTSTRAP_METHODS
+            ),
+            config_files.one_of("reader_study.format", study.format, reader_io.FORMATS),
+            config_files.one_of("reader_study.mcnemar", study.mcnemar, statistics.MCNEMAR_METHODS),
+            (
+                "reader_study.n_readers",
+                study.n_readers >= 2 or not study.simulate,
+                "must be at least 2 for a simulated study",
+            ),
+        ],
+    )
     reader_evaluation.rating_scale(study)
     try:
         statistics.check_alpha(config.alpha)
