@@ -88,6 +88,18 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     else:
         config.synthesize.update(num_images=512, batch_size=64, records_per_shard=128)
 
+    # Over-generation with a label filter (busgen_jax/synthesis/label_filter.py): the seed-0
+    # classifier of this source, trained before synthesis, redraws candidates it does not assign
+    # to their requested class. '' is off; 'fewshot' uses only the adapter's k-shot images (fair
+    # to the few-shot regime); 'real' the whole real training split (the full regime's data).
+    config.label_filter_source = "fewshot" if tiny else ""
+    # Guidance chosen by validation AUC: per weight, `num_images` synthetic images train a
+    # classifier scored on the real validation split; synthesis uses the best. Empty: the
+    # generator spec's weight.
+    config.guidance_search = ml_collections.ConfigDict(
+        {"weights": (1.0, 3.0) if tiny else (), "num_images": 32 if tiny else 256}
+    )
+
     config.classifier = config_files.load(
         "configs/classifier.py:tiny" if tiny else "configs/classifier.py:default"
     )

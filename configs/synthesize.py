@@ -58,6 +58,14 @@ def get_config(preset: str = "default") -> ml_collections.ConfigDict:
     # Redraw noise-like samples (high-frequency energy far above real images'; see
     # busgen_jax/evaluation/sample_failures.py) like privacy rejections, and count them.
     config.redraw_failed = True
+    # Over-generation with a label filter (busgen_jax/synthesis/label_filter.py): an exported
+    # classifier trained on the real data at hand (`busgen train-classifier`'s export/; empty:
+    # off) judges each candidate; one whose probability of its requested class is below
+    # `min_probability` is redrawn, in the first `rounds` rounds (fewer than audit.max_rounds).
+    config.label_filter = ml_collections.ConfigDict()
+    config.label_filter.classifier = ""
+    config.label_filter.min_probability = 0.5
+    config.label_filter.rounds = 3
     config.batch_size = 16
     config.records_per_shard = 256
     # Lesion boxes: a saved prior (.npz), else fitted to the train split of these datasets

@@ -33,6 +33,7 @@ def test_tiny_demo_runs_every_stage_and_writes_the_report(tmp_path):
         "phantom",
         "pretrain",
         "adapt",
+        "guidance",
         "synthesize",
         "classifiers",
         "evaluate",
@@ -66,8 +67,18 @@ def test_tiny_demo_runs_every_stage_and_writes_the_report(tmp_path):
     # The full regime's real classifier, the few-shot regime's (the adapter's k-shot images), and
     # the synthetic and mixed ones.
     assert set(results["models"]) == {"real", "fewshot", "synthetic", "mixed"}
+    # The tiny preset chooses its guidance weight by validation AUC and filters its candidates
+    # with the few-shot classifier; both are recorded and reported.
+    choice = json.loads((tmp_path / "guidance" / "guidance.json").read_text())
+    assert set(choice["val_auc"]) == {"1", "3"} and choice["chosen"] in (1.0, 3.0)
+    manifest = json.loads((tmp_path / "synthesize" / "synthetic" / "manifest.json").read_text())
+    provenance = manifest["extra"]["provenance"]
+    assert provenance["guidance"] == choice["chosen"]
+    assert provenance["label_filter"]["classifier"].endswith("classifiers/fewshot/export")
+    assert manifest["extra"]["off_label_redrawn"] >= 0
+    assert "Guidance weight chosen by validation AUC" in html and "Label filter" in html
     # Phantom and synthetic grids, audit and evaluation figures; no training pictures (privacy).
     assert html.count("data:image/png;base64") >= 7
     # Started again, it finds every stage done and only rebuilds the report.
     again = _run_tiny_demo(tmp_path, timeout=600)
-    assert again.returncode == 0 and again.stdout.count("done already") == 8
+    assert again.returncode == 0 and again.stdout.count("done already") == 9

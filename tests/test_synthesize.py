@@ -18,12 +18,14 @@ import pytest
 import scipy.ndimage
 from generator_fixtures import phantom_dataset, tiny_generator
 
+from busgen_jax.classification import inference
 from busgen_jax.core import config_files, errors
 from busgen_jax.data import box_priors, pipeline, schema, shards
+from busgen_jax.evaluation import oracle
 from busgen_jax.jobs import layout, synthesize
 from busgen_jax.reporting import demo_report, visualize
 from busgen_jax.reporting import html as html_report
-from busgen_jax.synthesis import generate
+from busgen_jax.synthesis import generate, label_filter
 from busgen_jax.synthesis import plan as synthesis_plan
 
 
@@ -156,6 +158,70 @@ def test_the_loop_fails_clearly_on_a_sampler_that_always_copies(toy_reference):
     with pytest.raises(errors.JobError, match="12 candidates stayed above the privacy thresholds"):
         generate.generate_shard(ctx, 0)
     assert calls == [12, 12, 12]
+
+
+def test_the_loop_redraws_off_label_draws_for_its_label_rounds_then_keeps_them(toy_reference):
+    """Over-generation: a draw the label check calls off-label is redrawn in the first
+    `label_rounds` rounds; afterwards a record keeps its draw. Judged draws are counted apart from
+    privacy rejections."""
+    judged, called_off = [], []
+
+    def bright_is_benign(images, pathologies):
+        judged.append(len(images))
+        assert list(pathologies) == ["benign"] * len(images)
+        on = images.mean(axis=(1, 2, 3)) > 0
+        called_off.append(int((~on).sum()))
+        return on
+
+    calls = []
+
+    def sampler(draws, key):
+        calls.append(len(draws))
+        return _textures(len(draws), seed=200 + len(calls))
+
+    ctx = _toy_context(sampler, toy_reference, label_check=bright_is_benign, label_rounds=2)
+    records, sidecar = generate.generate_shard(ctx, 0)
+    assert len(records) == 12 and judged == calls[:2]
+    assert sidecar["off_label"] == sum(called_off) > 0
+    # Every draw is kept, redrawn as off-label or rejected by the audit, counted once.
+    assert sum(calls) == 12 + sidecar["off_label"] + sidecar["rejected"]
+    for record in records:
+        image = schema.decode_png(record["image"]).astype(np.float32) / 127.5 - 1.0
+        if record["provenance"]["attempt"] < 2:
+            assert image.mean() > 0
+    # Without a check nothing is judged, whatever the rounds say.
+    plain, plain_sidecar = generate.generate_shard(_toy_context(sampler, toy_reference), 0)
+    assert len(plain) == 12 and plain_sidecar["off_label"] == 0
+
+
+def test_the_label_filter_judges_a_candidate_as_the_pipeline_reads_it():
+    """The shipped oracle as the filter's classifier: benign and DCIS verdicts are complementary,
+    classes outside its task pass, other sizes are read at its own, and bad settings are named."""
+    check = label_filter.load(oracle.SHIPPED, min_probability=0.5)
+    assert check.task.class_names == ("benign", "dcis") and check.image_size == 32
+    images = _textures(16, seed=3)
+    p = check.probabilities(images)
+    quantized = visualize.to_uint8(images[..., 0]).astype(np.float32) / 127.5 - 1.0
+    model, _ = inference.load_classifier(oracle.SHIPPED)
+    assert p == pytest.approx(inference.probabilities(model, quantized), abs=1e-6)
+    as_benign = check.on_label(images, ["benign"] * 16)
+    as_dcis = check.on_label(images, ["dcis"] * 16)
+    assert (as_benign == (p <= 0.5)).all() and (as_dcis == (p >= 0.5)).all()
+    assert check.on_label(images, ["normal"] * 16).all()
+    larger = check.probabilities(_textures(4, seed=3, size=64))
+    assert larger.shape == (4,) and np.isfinite(larger).all()
+    with pytest.raises(ValueError, match="min_probability"):
+        label_filter.load(oracle.SHIPPED, min_probability=1.0)
+
+
+def test_label_filter_settings_are_checked_before_any_work(inputs, tmp_path):
+    config = _config(inputs)
+    config.label_filter.update(classifier=str(oracle.SHIPPED), rounds=config.audit.max_rounds)
+    with pytest.raises(errors.JobError, match=r"label_filter.rounds must be in \[1, "):
+        synthesize.run(config, str(tmp_path))
+    config.label_filter.update(classifier=str(tmp_path / "nowhere"), rounds=2)
+    with pytest.raises(errors.JobError, match="label_filter.classifier: .*nowhere"):
+        synthesize.run(config, str(tmp_path))
 
 
 def test_synthesis_writes_exactly_the_planned_audited_dataset(inputs, tmp_path):

@@ -3,7 +3,8 @@
     busgen demo --config=configs/demo.py:default --workdir=workdir/demo
 
 Stages: phantom dataset -> diffusion pretraining -> few-shot LoRA adaptation (benign vs DCIS) ->
-audited synthesis -> classifiers on real, synthetic and mixed data -> evaluation against a
+guidance weight chosen by validation AUC (when configured) -> audited synthesis (optionally with
+a label filter) -> classifiers on real, synthetic and mixed data -> evaluation against a
 simulated reader study -> generative fidelity -> data scaling -> report. Every stage works in its
 own folder of the workdir and is marked done when it finishes, so a stopped demo started again
 resumes at the stage it was in (and that stage resumes from its checkpoints). The numbers in the
@@ -21,6 +22,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
+from busgen_jax.core import config_files
 from busgen_jax.diffusion import foundation
 from busgen_jax.evaluation import demo_gates
 from busgen_jax.jobs import layout, shell
@@ -65,16 +67,81 @@ def stage_adapt(config, paths: layout.Paths) -> None:
     adapt.run(adapt_config, str(paths.adapt))
 
 
-def stage_synthesize(config, paths: layout.Paths) -> None:
-    from busgen_jax.jobs import synthesize
-
-    synth_config = stage_config(
+def synthesis_config(config, paths: layout.Paths, **fields: Any) -> ml_collections.ConfigDict:
+    """The synthesis stage's config: the adapted generator, audited against its few-shot images,
+    judged by the label filter's classifier when one is configured (trained here if needed)."""
+    source = config.label_filter_source
+    if source:
+        train_source_classifier(config, paths, source, seed=0)
+        fields["label_filter.classifier"] = str(paths.classifier(source) / layout.EXPORT)
+    return stage_config(
         config.synthesize,
         generator=str(paths.generator),
         adapter=str(paths.adapter),
         **{"audit.train_paths": (str(paths.fewshot),)},
+        **fields,
     )
-    synthesize.run(synth_config, str(paths.synthesize))
+
+
+def stage_guidance(config, paths: layout.Paths) -> None:
+    """Guidance chosen by validation AUC: a small synthetic set per candidate weight, a
+    classifier trained on each, scored on the real validation split; the best weight is the one
+    the synthesis stage uses. The test split is never looked at."""
+    search = config.guidance_search
+    if not search.weights:
+        print("   guidance weight: the generator spec's (no search configured)")
+        return
+    from busgen_jax.jobs import synthesize, train_classifier
+
+    val_auc = {}
+    for weight in search.weights:
+        workdir = paths.guidance / f"w{weight:g}"
+        synthesize.run(
+            synthesis_config(
+                config,
+                paths,
+                guidance_weight=float(weight),
+                num_images=search.num_images,
+                **{"audit.membership_draws": 0},
+            ),
+            str(workdir / "synthesize"),
+        )
+        result = train_classifier.run(
+            stage_config(
+                config.classifier,
+                **{
+                    "data.paths": (str(workdir / "synthesize" / layout.SYNTHETIC),),
+                    "data.mix_weights": (),
+                    "eval.paths": (str(paths.data),),
+                    "eval.split": "val",
+                    "train.seed": config.seed,
+                },
+            ),
+            str(workdir / "classifier"),
+        )
+        val_auc[float(weight)] = result["auc"]
+        print(f"   guidance {weight:g}: validation AUC {result['auc']:.3f}")
+    chosen = max(val_auc, key=val_auc.get)
+    (paths.guidance / layout.GUIDANCE_CHOICE).write_text(
+        json.dumps({"val_auc": {f"{w:g}": a for w, a in val_auc.items()}, "chosen": chosen})
+    )
+    print(f"   guidance weight {chosen:g} chosen by validation AUC")
+
+
+def chosen_guidance(paths: layout.Paths) -> dict[str, float]:
+    """The guidance search's choice as a synthesis config field; none if it did not run."""
+    path = paths.guidance / layout.GUIDANCE_CHOICE
+    return {"guidance_weight": json.loads(path.read_text())["chosen"]} if path.exists() else {}
+
+
+def stage_synthesize(config, paths: layout.Paths) -> None:
+    from busgen_jax.jobs import synthesize
+
+    synthesize.run(synthesis_config(config, paths, **chosen_guidance(paths)), str(paths.synthesize))
+
+
+# The classifier sources trained on real images only: what a label filter may be.
+REAL_SOURCES = ("real", "fewshot")
 
 
 def classifier_sources(config, paths: layout.Paths) -> dict[str, dict[str, Any]]:
@@ -89,26 +156,32 @@ def classifier_sources(config, paths: layout.Paths) -> dict[str, dict[str, Any]]
     return {name: sources[name] for name in config.classifier_sources}
 
 
-def stage_classifiers(config, paths: layout.Paths) -> None:
-    """Each source's classifiers over the seeds. A classifier job scores the real test split
-    (its predictions_test.csv is what the evaluation reads); seed 0's export then scores the
-    validation split, on which the evaluation chooses its thresholds."""
-    from busgen_jax.classification import inference
+def train_source_classifier(config, paths: layout.Paths, source: str, seed: int) -> dict:
+    """Trains (or, trained already, re-scores) one demo classifier in
+    `paths.classifier(source, seed)`; returns its evaluation on the real test split, whose
+    predictions_test.csv is what the evaluation stage reads."""
     from busgen_jax.jobs import train_classifier
 
+    return train_classifier.run(
+        stage_config(
+            config.classifier,
+            **classifier_sources(config, paths)[source],
+            **{"eval.paths": (str(paths.data),), "eval.split": "test", "train.seed": seed},
+        ),
+        str(paths.classifier(source, seed)),
+    )
+
+
+def stage_classifiers(config, paths: layout.Paths) -> None:
+    """Each source's classifiers over the seeds; seed 0's export then scores the validation
+    split, on which the evaluation chooses its thresholds."""
+    from busgen_jax.classification import inference
+
     aucs: dict[str, list[float]] = {}
-    for source, fields in classifier_sources(config, paths).items():
+    for source in config.classifier_sources:
         for seed in config.classifier_seeds:
             print(f"   classifier trained on {source} data, seed {seed}")
-            workdir = paths.classifier(source, seed)
-            result = train_classifier.run(
-                stage_config(
-                    config.classifier,
-                    **fields,
-                    **{"eval.paths": (str(paths.data),), "eval.split": "test", "train.seed": seed},
-                ),
-                str(workdir),
-            )
+            result = train_source_classifier(config, paths, source, seed)
             aucs.setdefault(source, []).append(result["auc"])
         model, trained = inference.load_classifier(paths.classifier(source) / layout.EXPORT)
         rows = inference.predict_split(model, trained, [str(paths.data)], "val")
@@ -194,6 +267,7 @@ STAGES: tuple[tuple[str, Callable[[ml_collections.ConfigDict, layout.Paths], Non
     ("phantom", stage_phantom),
     ("pretrain", stage_pretrain),
     ("adapt", stage_adapt),
+    ("guidance", stage_guidance),
     ("synthesize", stage_synthesize),
     ("classifiers", stage_classifiers),
     ("evaluate", stage_evaluate),
@@ -204,6 +278,16 @@ STAGES: tuple[tuple[str, Callable[[ml_collections.ConfigDict, layout.Paths], Non
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> pathlib.Path:
+    config_files.check_fields(
+        config,
+        [
+            config_files.one_of(
+                "label_filter_source",
+                config.label_filter_source,
+                ("", *(s for s in config.classifier_sources if s in REAL_SOURCES)),
+            )
+        ],
+    )
     paths = layout.Paths(workdir, config)
     paths.root.mkdir(parents=True, exist_ok=True)
     timings_path = paths.root / layout.TIMINGS

@@ -34,6 +34,8 @@ EVALUATION_MARKDOWN = "evaluation.md"
 # The demo: how long each stage took; the classifiers' test AUC over seeds; the generative
 # fidelity and the oracle's measurements, and the recount of noise-like images in the dataset.
 TIMINGS = "timings.json"
+# The demo's guidance search: validation AUC per weight and the chosen weight.
+GUIDANCE_CHOICE = "guidance.json"
 SEEDS = "seeds.json"
 FIDELITY = "fidelity.json"
 ORACLE = "oracle.json"
@@ -63,6 +65,7 @@ class Paths:
             self.pretrain / EXPORT if config.pretrain_from_scratch else foundation.SHIPPED
         )
         self.adapt = self.root / "adapt"
+        self.guidance = self.root / "guidance"
         self.synthesize = self.root / "synthesize"
         self.classifiers = self.root / "classifiers"
         self.evaluation = self.root / EVALUATION

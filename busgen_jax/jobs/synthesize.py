@@ -43,7 +43,7 @@ from busgen_jax.models import presets
 from busgen_jax.parallel import mesh as mesh_lib
 from busgen_jax.privacy import audit, cpsample, membership
 from busgen_jax.privacy import report as privacy_report
-from busgen_jax.synthesis import generate
+from busgen_jax.synthesis import generate, label_filter
 from busgen_jax.synthesis import plan as synthesis_plan
 from busgen_jax.synthesis import sampler as sampler_lib
 
@@ -123,6 +123,7 @@ def make_context(
         )
     except ValueError as e:
         raise errors.JobError(f"config: {e}") from e
+    label_check = load_label_check(config)
     reference = _audit_reference(config, spec)
     protect_fn, protection = copy_protection(config.cpsample, spec, reference.train["image"])
     mesh = mesh_lib.make_mesh(dict(config.mesh))
@@ -153,7 +154,25 @@ def make_context(
         failure_limit=failure_limit,
         redraw_failed=config.redraw_failed,
         provenance=_provenance(config, sampling, protection),
+        label_check=label_check.on_label if label_check else None,
+        label_rounds=config.label_filter.rounds if label_check else 0,
     )
+
+
+def load_label_check(config: ml_collections.ConfigDict) -> label_filter.LabelCheck | None:
+    """The configured label filter's check, or None when it is off."""
+    settings = config.label_filter
+    if not settings.classifier:
+        return None
+    if not 0 < settings.rounds < config.audit.max_rounds:
+        raise errors.JobError(
+            f"label_filter.rounds must be in [1, audit.max_rounds = {config.audit.max_rounds}), "
+            f"got {settings.rounds}: the rounds after it keep what the filter would redraw"
+        )
+    try:
+        return label_filter.load(settings.classifier, settings.min_probability)
+    except (FileNotFoundError, ValueError) as e:
+        raise errors.JobError(f"label_filter.classifier: {e}") from e
 
 
 def _provenance(config, sampling: dict[str, Any], protection: dict | None) -> dict[str, Any]:
@@ -169,6 +188,7 @@ def _provenance(config, sampling: dict[str, Any], protection: dict | None) -> di
         "skip": sampling["skip"],
         "sampling": sampling,
         "cpsample": protection,
+        "label_filter": config.label_filter.to_dict() if config.label_filter.classifier else None,
     }
 
 
@@ -222,14 +242,15 @@ def write_dataset(
         rate = made / (time.perf_counter() - start)
         left = sum(len(ctx.records_of(k)) for k in todo[n:])
         logging.info(
-            "shard %d/%d written (%.2f images/s, %d of %d candidates rejected, %d of them "
-            "noise-like, ETA %.0f s)",
+            "shard %d/%d written (%.2f images/s; of %d candidates, %d rejected by the audit, "
+            "%d noise-like and %d off-label redrawn; ETA %.0f s)",
             n,
             len(todo),
             rate,
-            sidecar["rejected"],
             len(sidecar["candidate_sims"]["ncc"]),
+            sidecar["rejected"],
             sidecar["failed"],
+            sidecar["off_label"],
             left / max(rate, 1e-9),
         )
     if jax.process_index() != 0:
@@ -284,6 +305,8 @@ def finalize(
         "redrawn": sum(d.get("failed", 0) for d in done),
         "limit": ctx.failure_limit,
     }
+    # Candidates the label filter judged off-label and redrew: none of them is in the dataset.
+    manifest["extra"]["off_label_redrawn"] = sum(d.get("off_label", 0) for d in done)
     accepted = {m: np.concatenate([d["accepted_sims"][m] for d in done]) for m in audit.MEASURES}
     verdict = audit.copying_verdict(accepted, ctx.reference.heldout_sims, alpha=FAIL_ALPHA)
     if verdict["copying"]:

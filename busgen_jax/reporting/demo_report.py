@@ -154,6 +154,7 @@ def synthesis_section(paths) -> report.Section:
                 ],
             )
         )
+    tables += _selection_tables(paths)
     # Training images never enter the report: the audit names neighbours by case id only.
     private = audit.get("private_pictures")
     where = (
@@ -177,6 +178,45 @@ def synthesis_section(paths) -> report.Section:
             ),
         ],
     )
+
+
+def _selection_tables(paths) -> list[report.Table]:
+    """How the synthetic set was selected: the guidance search's validation AUCs and the label
+    filter's redraws (each only when configured)."""
+    tables = []
+    choice = _json(paths.guidance / layout.GUIDANCE_CHOICE)
+    if choice:
+        tables.append(
+            report.Table(
+                "Guidance weight chosen by validation AUC (classifier trained on a small synthetic "
+                "set per weight, scored on the real validation split)",
+                ["guidance weight", "validation AUC", "chosen"],
+                [
+                    [weight, f"{auc:.3f}", "yes" if float(weight) == choice["chosen"] else ""]
+                    for weight, auc in choice["val_auc"].items()
+                ],
+            )
+        )
+    written = (paths.synthetic / shards.MANIFEST).exists()
+    extra = shards.read_manifest(paths.synthetic)["extra"] if written else {}
+    settings = extra.get("provenance", {}).get("label_filter")
+    if settings:
+        tables.append(
+            report.Table(
+                "Label filter (over-generation: candidates the classifier does not assign to "
+                "their requested class are redrawn)",
+                ["classifier", "min probability", "rounds", "off-label candidates redrawn"],
+                [
+                    [
+                        settings["classifier"],
+                        settings["min_probability"],
+                        settings["rounds"],
+                        extra.get("off_label_redrawn", 0),
+                    ]
+                ],
+            )
+        )
+    return tables
 
 
 def _membership_cell(result) -> str:

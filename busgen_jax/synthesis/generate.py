@@ -7,7 +7,9 @@ from `(seed, i, attempt)`, its key from `(seed, shard, attempt)` (the sampler fo
 index), so a shard drawn again gives the same bytes. Every candidate is compared with the
 generator's training images (`privacy.audit.search`: NCC and a shift/crop/rotation-tolerant
 windowed NCC); one above either threshold is rejected and drawn again with a new key and boxes,
-as is a noise-like one (`evaluation.sample_failures`) when the context says so. If a shard's own
+as is a noise-like one (`evaluation.sample_failures`) when the context says so, and, in the
+first `label_rounds` rounds, one that the context's label check (`synthesis.label_filter`) does
+not assign to its requested class. If a shard's own
 candidates test as copying (`audit.copying_verdict`), its thresholds tighten to the strict ones
 and what it had accepted is checked again. Rejected candidates never leave this module.
 
@@ -18,7 +20,7 @@ tests pass toy samplers.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -85,6 +87,10 @@ class Context:
     redraw_failed: bool
     # Every record's provenance, before its own index, attempt and similarities.
     provenance: Mapping[str, Any]
+    # (images, requested pathologies) -> bool, True where a candidate shows its class; in the
+    # first `label_rounds` rounds the others are redrawn (over-generation), later ones are kept.
+    label_check: Callable[[np.ndarray, Sequence[str]], np.ndarray] | None = None
+    label_rounds: int = 0
 
     @property
     def num_shards(self) -> int:
@@ -118,6 +124,7 @@ class _Progress:
     )
     closest: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     failed: int = 0
+    off_label: int = 0
 
 
 def generate_shard(ctx: Context, shard: int) -> tuple[list[dict], dict]:
@@ -138,7 +145,8 @@ def generate_shard(ctx: Context, shard: int) -> tuple[list[dict], dict]:
     if progress.pending:
         raise errors.JobError(
             f"shard {shard}: {len(progress.pending)} candidates stayed above the privacy "
-            f"thresholds {progress.thresholds} or noise-like ({progress.failed} failed draws) "
+            f"thresholds {progress.thresholds}, noise-like ({progress.failed} failed draws) or "
+            f"off-label ({progress.off_label} draws) "
             f"after {ctx.max_rounds} rounds; the generator may be memorizing its training "
             "images (see audit settings) or its sampler may be unstable"
         )
@@ -160,9 +168,14 @@ def _draw_round(ctx: Context, shard: int, attempt: int, progress: _Progress) -> 
         else np.zeros(len(images), bool)
     )
     progress.failed += int(failed.sum())
-    still = [d.index for d, f in zip(draws, failed, strict=True) if f]
+    redraw = failed.copy()
+    if ctx.label_check is not None and attempt < ctx.label_rounds:
+        on_label = np.asarray(ctx.label_check(images, [d.pathology for d in draws]), bool)
+        progress.off_label += int((~on_label & ~failed).sum())
+        redraw |= ~on_label
+    still = [d.index for d, r in zip(draws, redraw, strict=True) if r]
     for j, draw in enumerate(draws):
-        if failed[j]:
+        if redraw[j]:
             continue
         sim = {m: float(sims[m][j]) for m in audit.MEASURES}
         neighbour = train["case_id"][nearest["windowed"][j]]
@@ -249,7 +262,12 @@ def _sidecar(ctx: Context, progress: _Progress) -> dict[str, Any]:
         "accepted_sims": {
             m: [accepted[i].sim[m] for i in sorted(accepted)] for m in audit.MEASURES
         },
-        "rejected": len(progress.candidate_sims["ncc"]) - len(accepted),
+        # Privacy rejections: candidates neither kept nor redrawn as noise-like or off-label.
+        "rejected": len(progress.candidate_sims["ncc"])
+        - len(accepted)
+        - progress.failed
+        - progress.off_label,
         "failed": progress.failed,
+        "off_label": progress.off_label,
         "closest": progress.closest,
     }
