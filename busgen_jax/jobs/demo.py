@@ -86,26 +86,33 @@ def synthesis_config(config, paths: layout.Paths, **fields: Any) -> ml_collectio
 def stage_guidance(config, paths: layout.Paths) -> None:
     """Guidance chosen by validation AUC: a small synthetic set per candidate weight, a
     classifier trained on each, scored on the real validation split; the best weight is the one
-    the synthesis stage uses. The test split is never looked at."""
+    the synthesis stage uses. A weight whose set the privacy audit refuses is out of the running.
+    The test split is never looked at."""
     search = config.guidance_search
     if not search.weights:
         print("   guidance weight: the generator spec's (no search configured)")
         return
+    from busgen_jax.core import errors
     from busgen_jax.jobs import synthesize, train_classifier
 
-    val_auc = {}
+    val_auc, refused = {}, {}
     for weight in search.weights:
         workdir = paths.guidance / f"w{weight:g}"
-        synthesize.run(
-            synthesis_config(
-                config,
-                paths,
-                guidance_weight=float(weight),
-                num_images=search.num_images,
-                **{"audit.membership_draws": 0},
-            ),
-            str(workdir / "synthesize"),
-        )
+        try:
+            synthesize.run(
+                synthesis_config(
+                    config,
+                    paths,
+                    guidance_weight=float(weight),
+                    num_images=search.num_images,
+                    **{"audit.membership_draws": 0},
+                ),
+                str(workdir / "synthesize"),
+            )
+        except errors.JobError as e:
+            refused[f"{weight:g}"] = str(e)
+            print(f"   guidance {weight:g}: refused by the privacy audit ({e})")
+            continue
         result = train_classifier.run(
             stage_config(
                 config.classifier,
@@ -121,9 +128,17 @@ def stage_guidance(config, paths: layout.Paths) -> None:
         )
         val_auc[float(weight)] = result["auc"]
         print(f"   guidance {weight:g}: validation AUC {result['auc']:.3f}")
+    if not val_auc:
+        raise errors.JobError(f"guidance search: the privacy audit refused every weight: {refused}")
     chosen = max(val_auc, key=val_auc.get)
     (paths.guidance / layout.GUIDANCE_CHOICE).write_text(
-        json.dumps({"val_auc": {f"{w:g}": a for w, a in val_auc.items()}, "chosen": chosen})
+        json.dumps(
+            {
+                "val_auc": {f"{w:g}": a for w, a in val_auc.items()},
+                "refused": refused,
+                "chosen": chosen,
+            }
+        )
     )
     print(f"   guidance weight {chosen:g} chosen by validation AUC")
 

@@ -194,6 +194,10 @@ def _selection_tables(paths) -> list[report.Table]:
                 [
                     [weight, f"{auc:.3f}", "yes" if float(weight) == choice["chosen"] else ""]
                     for weight, auc in choice["val_auc"].items()
+                ]
+                + [
+                    [weight, "refused by the privacy audit", ""]
+                    for weight in choice.get("refused", {})
                 ],
             )
         )
