@@ -82,3 +82,42 @@ def test_tiny_demo_runs_every_stage_and_writes_the_report(tmp_path):
     # Started again, it finds every stage done and only rebuilds the report.
     again = _run_tiny_demo(tmp_path, timeout=600)
     assert again.returncode == 0 and again.stdout.count("done already") == 9
+
+
+def test_guidance_search_picks_the_best_validation_auc_and_drops_refused_weights(
+    tmp_path, monkeypatch
+):
+    """The search's choice is the validation-AUC argmax over the weights the privacy audit let
+    through; when it refuses them all, the stage fails naming the search."""
+    from busgen_jax.core import config_files, errors
+    from busgen_jax.jobs import demo, layout, synthesize, train_classifier
+
+    config = config_files.load("configs/demo.py:tiny")
+    config.label_filter_source = ""
+    config.guidance_search.weights = (1.0, 2.0, 4.0)
+    paths = layout.Paths(tmp_path, config)
+    val_auc = {1.0: 0.61, 2.0: 0.66, 4.0: 0.9}
+    drawn = []
+
+    def fake_synthesis(synth_config, workdir):
+        drawn.append(synth_config.guidance_weight)
+        assert synth_config.num_images == config.guidance_search.num_images
+        if synth_config.guidance_weight == 4.0:
+            raise errors.JobError("the accepted images test as copying")
+
+    def fake_classifier(classifier_config, workdir):
+        assert classifier_config.eval.split == "val"
+        weight = float(workdir.split("/w")[-1].split("/")[0])
+        return {"auc": val_auc[weight]}
+
+    monkeypatch.setattr(synthesize, "run", fake_synthesis)
+    monkeypatch.setattr(train_classifier, "run", fake_classifier)
+    demo.stage_guidance(config, paths)
+    choice = json.loads((paths.guidance / layout.GUIDANCE_CHOICE).read_text())
+    assert drawn == [1.0, 2.0, 4.0]
+    assert choice["chosen"] == 2.0 and set(choice["refused"]) == {"4"}
+    assert demo.chosen_guidance(paths) == {"guidance_weight": 2.0}
+    val_auc.clear()
+    config.guidance_search.weights = (4.0,)
+    with pytest.raises(errors.JobError, match="refused every weight"):
+        demo.stage_guidance(config, layout.Paths(tmp_path / "again", config))

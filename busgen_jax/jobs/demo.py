@@ -95,6 +95,7 @@ def stage_guidance(config, paths: layout.Paths) -> None:
     from busgen_jax.core import errors
     from busgen_jax.jobs import synthesize, train_classifier
 
+    paths.guidance.mkdir(parents=True, exist_ok=True)
     val_auc, refused = {}, {}
     for weight in search.weights:
         workdir = paths.guidance / f"w{weight:g}"
