@@ -90,11 +90,10 @@ def main() -> None:
     args = parser.parse_args()
     base, out = pathlib.Path(args.base), pathlib.Path(args.out)
     variants = dict(v.split("=", 1) for v in args.variant)
-    rows = [row("default", base)]
-    for name, flags in variants.items():
-        if not args.existing:
+    if not args.existing:
+        for name, flags in variants.items():
             run_variant(base, out / name, shlex.split(flags))
-        rows.append(row(name, out / name))
+    rows = [row("default", base)] + [row(name, out / name) for name in variants]
     report(
         "Demo synthesis variants: quality gates on one adapted generator",
         "configs/demo.py:default; base "
