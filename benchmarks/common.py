@@ -1,4 +1,5 @@
-"""Shared reporting for benchmark scripts: print a table and append it to BENCHMARKS.md."""
+"""Shared helpers for benchmark scripts: the demo's command line; print a table and append it
+to BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import pathlib
 import platform
 import subprocess
+import sys
 
 import jax
 
@@ -70,3 +72,16 @@ def report(
     with BENCHMARKS_MD.open("a") as f:
         f.write(section)
     return section
+
+
+def demo_command(workdir, *flags: str) -> list[str]:
+    """The command line of `busgen demo` on the default config (what `make demo` runs)."""
+    return [
+        sys.executable,
+        "-m",
+        "busgen_jax.cli",
+        "demo",
+        "--config=configs/demo.py:default",
+        f"--workdir={workdir}",
+        *flags,
+    ]

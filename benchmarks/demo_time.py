@@ -14,11 +14,10 @@ import os
 import pathlib
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 
-from benchmarks.common import report
+from benchmarks.common import demo_command, report
 
 
 def run_demo(workdir: pathlib.Path) -> float:
@@ -30,18 +29,7 @@ def run_demo(workdir: pathlib.Path) -> float:
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
     }
     start = time.perf_counter()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "busgen_jax.cli",
-            "demo",
-            "--config=configs/demo.py:default",
-            f"--workdir={workdir}",
-        ],
-        check=True,
-        env=env,
-    )
+    subprocess.run(demo_command(workdir), check=True, env=env)
     return time.perf_counter() - start
 
 

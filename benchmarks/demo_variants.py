@@ -20,9 +20,8 @@ import pathlib
 import shlex
 import shutil
 import subprocess
-import sys
 
-from benchmarks.common import report
+from benchmarks.common import demo_command, report
 
 # The demo stages a variant reuses from the base run: its data and its adapter.
 REUSED_STAGES = ("phantom", "pretrain", "adapt")
@@ -41,18 +40,7 @@ def run_variant(base: pathlib.Path, workdir: pathlib.Path, flags: list[str]) -> 
     )
     for stage in REUSED_STAGES:
         (workdir / f".{stage}.done").touch()
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "busgen_jax.cli",
-            "demo",
-            "--config=configs/demo.py:default",
-            f"--workdir={workdir}",
-            *flags,
-        ],
-        check=True,
-    )
+    subprocess.run(demo_command(workdir, *flags), check=True)
 
 
 def row(name: str, workdir: pathlib.Path) -> list[object]:
