@@ -40,9 +40,13 @@ demo model the convolutions are at parity with PyTorch's and the difference is l
 and transposes around them (12 against 1.3 ms a step), the backward pass's elementwise ops and
 reductions (15 against 4 ms) and the host's jitted call, which flattens the state's ~875 leaves
 and rebuilds its ~870 NNX Variable objects on every step (20 ms; a jitted call over this state
-took 15.8 ms with NNX Variables and 8.1 ms with the same arrays as plain dicts, so a state of
-plain arrays would save about 8 ms of a 113 ms step); in `efficient` at batch 1, XLA's
-convolutions themselves take twice PyTorch's time.
+took 15.8 ms with NNX Variables and 8.1 ms with the same arrays as plain dicts); in `efficient`
+at batch 1, XLA's convolutions themselves take twice PyTorch's time. A training loop that
+carried the state between steps as the list of its arrays was then timed beside the call on the
+state (BENCHMARKS.md, the 16:17 UTC table of 2026-12-03): no faster (148.7 against 151.8
+img/s), so the host's handling of the state is not what the demo model's step waits on, and the
+remaining difference is XLA:CPU's code around its convolutions (layout copies, backward
+elementwise ops), which the model cannot change.
 """
 
 from __future__ import annotations
