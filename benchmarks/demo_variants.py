@@ -8,7 +8,7 @@ Each variant is the default demo (`configs/demo.py:default`) with its flags, run
 `--out/<name>` from the base demo's finished phantom and adaptation stages (copied, so every
 variant synthesizes from the same adapter and is judged on the same real data), then the
 stages from guidance on. `--existing` reports variants already run. The base demo itself is the
-row `default`. Reported per variant: the gates' measurements, the classifiers' mean test AUC over
+first row (`--base_name`). Reported per variant: the gates' measurements, the classifiers' mean test AUC over
 seeds, and how the synthetic set was selected (guidance weight, candidates redrawn).
 """
 
@@ -70,6 +70,7 @@ def row(name: str, workdir: pathlib.Path) -> list[object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--base", required=True, help="a finished default demo workdir")
+    parser.add_argument("--base_name", default="default", help="the base run's row name")
     parser.add_argument("--out", default="workdir/demo_variants")
     parser.add_argument(
         "--variant", action="append", default=[], help="NAME=FLAGS (demo config overrides)"
@@ -81,7 +82,7 @@ def main() -> None:
     if not args.existing:
         for name, flags in variants.items():
             run_variant(base, out / name, shlex.split(flags))
-    rows = [row("default", base)] + [row(name, out / name) for name in variants]
+    rows = [row(args.base_name, base)] + [row(name, out / name) for name in variants]
     report(
         "Demo synthesis variants: quality gates on one adapted generator",
         "configs/demo.py:default; base "
