@@ -9,7 +9,8 @@ Each variant is the default demo (`configs/demo.py:default`) with its flags, run
 variant synthesizes from the same adapter and is judged on the same real data), then the
 stages from guidance on. `--existing` reports variants already run. The base demo itself is the
 first row (`--base_name`). Reported per variant: the gates' measurements, the classifiers' mean test AUC over
-seeds, and how the synthetic set was selected (guidance weight, candidates redrawn).
+seeds, and how the synthetic set was selected (the guidance search's validation AUCs, the
+weight used, candidates the label filter redrew).
 """
 
 from __future__ import annotations
@@ -54,8 +55,11 @@ def row(name: str, workdir: pathlib.Path) -> list[object]:
         return f"{gate['measured']:.3f}" + ("" if gate["passed"] else "*")
 
     devices = [g for name, g in gates.items() if "of device" in name]
+    search = workdir / "guidance" / "guidance.json"
+    searched = json.loads(search.read_text())["val_auc"] if search.exists() else {}
     return [
         name,
+        ", ".join(f"{w}: {auc:.3f}" for w, auc in searched.items()) or "-",
         extra["provenance"]["guidance"],
         extra.get("off_label_redrawn", 0),
         measured("synthetic images of class benign"),
@@ -89,6 +93,7 @@ def main() -> None:
         f"{base}; variants: " + "; ".join(f"{name}: {flags}" for name, flags in variants.items()),
         [
             "variant",
+            "guidance search: validation AUC per weight",
             "guidance",
             "off-label redrawn",
             "benign called benign",
