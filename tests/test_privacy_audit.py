@@ -202,3 +202,17 @@ def test_report_names_training_neighbours_by_id_and_holds_no_training_pixels(tmp
         with Image.open(tmp_path / name) as image:
             assert image.height >= min_height
             assert np.asarray(image.convert("L")).std() > 10  # not a blank canvas
+    # When every closest candidate was rejected, the picture still lists them, one row each.
+    rejected = [dict(pair, image=None, synthetic_case_id=None, flagged=True) for pair in closest]
+    report.write_audit_report(
+        tmp_path / "all_rejected",
+        candidate_sims=sims,
+        heldout_sims=heldout_sims,
+        thresholds=thresholds,
+        rejected_count=int(flags.sum()),
+        closest=rejected,
+        membership=membership,
+    )
+    with Image.open(tmp_path / "all_rejected" / "audit_closest_pairs.png") as image:
+        assert image.height >= 100 * len(rejected)
+        assert np.asarray(image.convert("L")).std() > 10

@@ -63,12 +63,23 @@ def _plot_histograms(path, sims: audit.Sims, heldout: audit.Sims, thresholds, ti
 
 
 def _plot_synthetic_with_ids(path, closest: Sequence[dict]) -> None:
-    shown = [c for c in closest if c.get("image") is not None]
-    fig = Figure(figsize=(6, 1.6 * max(len(shown), 1)))
-    axes = fig.subplots(max(len(shown), 1), 2, squeeze=False)
-    for row, pair in enumerate(shown):
-        axes[row, 0].imshow(_gray(pair["image"]), cmap="gray")
-        axes[row, 0].set_title(pair["synthetic_case_id"], fontsize=7)
+    """One row per closest candidate: the written image (or, for a rejected one, a note that it
+    was not written) beside its nearest training case id and similarities."""
+    fig = Figure(figsize=(6, 1.6 * max(len(closest), 1)))
+    axes = fig.subplots(max(len(closest), 1), 2, squeeze=False)
+    for row, pair in enumerate(closest):
+        if pair.get("image") is not None:
+            axes[row, 0].imshow(_gray(pair["image"]), cmap="gray")
+            axes[row, 0].set_title(pair["synthetic_case_id"], fontsize=7)
+        else:
+            axes[row, 0].text(
+                0.5,
+                0.5,
+                "rejected by the audit:\nnot written",
+                fontsize=8,
+                ha="center",
+                va="center",
+            )
         sims = ", ".join(f"{m} {pair['similarity'][m]:.3f}" for m in audit.MEASURES)
         text = f"nearest training case\n{pair['train_case_id']}\n{sims}"
         axes[row, 1].text(0.0, 0.5, text, fontsize=7, va="center")
