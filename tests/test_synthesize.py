@@ -356,7 +356,9 @@ def test_nothing_written_holds_training_pixels(inputs, tmp_path):
     assert all(c["synthetic_case_id"] is None for c in report["closest_pairs"] if c["flagged"])
 
     # The demo report's synthesis section, rendered with its figures embedded as base64.
-    paths = types.SimpleNamespace(synthetic=out, root=tmp_path / "demo")
+    paths = types.SimpleNamespace(
+        synthetic=out, root=tmp_path / "demo", guidance=tmp_path / "demo" / "guidance"
+    )
     html = html_report.write_report(
         tmp_path / "demo" / "report.html", "demo", [demo_report.synthesis_section(paths)]
     )
