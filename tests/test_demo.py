@@ -119,5 +119,16 @@ def test_guidance_search_picks_the_best_validation_auc_and_drops_refused_weights
     assert demo.chosen_guidance(paths) == {"guidance_weight": 2.0}
     val_auc.clear()
     config.guidance_search.weights = (4.0,)
-    with pytest.raises(errors.JobError, match="refused every weight"):
+    with pytest.raises(errors.JobError, match="no weight gave a synthetic set"):
         demo.stage_guidance(config, layout.Paths(tmp_path / "again", config))
+
+
+def test_a_label_filter_of_synthetic_data_is_refused_before_any_stage(tmp_path):
+    from busgen_jax.core import config_files, errors
+    from busgen_jax.jobs import demo
+
+    config = config_files.load("configs/demo.py:tiny")
+    config.label_filter_source = "synthetic"
+    with pytest.raises(errors.ConfigError, match="config.label_filter_source = 'synthetic'"):
+        demo.run(config, str(tmp_path / "demo"))
+    assert not (tmp_path / "demo").exists()

@@ -86,8 +86,8 @@ def synthesis_config(config, paths: layout.Paths, **fields: Any) -> ml_collectio
 def stage_guidance(config, paths: layout.Paths) -> None:
     """Guidance chosen by validation AUC: a small synthetic set per candidate weight, a
     classifier trained on each, scored on the real validation split; the best weight is the one
-    the synthesis stage uses. A weight whose set the privacy audit refuses is out of the running.
-    The test split is never looked at."""
+    the synthesis stage uses. A weight whose synthesis fails (the privacy audit refusing its set)
+    is out of the running. The test split is never looked at."""
     search = config.guidance_search
     if not search.weights:
         print("   guidance weight: the generator spec's (no search configured)")
@@ -112,7 +112,7 @@ def stage_guidance(config, paths: layout.Paths) -> None:
             )
         except errors.JobError as e:
             refused[f"{weight:g}"] = str(e)
-            print(f"   guidance {weight:g}: refused by the privacy audit ({e})")
+            print(f"   guidance {weight:g}: no synthetic set ({e})")
             continue
         result = train_classifier.run(
             stage_config(
@@ -130,7 +130,7 @@ def stage_guidance(config, paths: layout.Paths) -> None:
         val_auc[float(weight)] = result["auc"]
         print(f"   guidance {weight:g}: validation AUC {result['auc']:.3f}")
     if not val_auc:
-        raise errors.JobError(f"guidance search: the privacy audit refused every weight: {refused}")
+        raise errors.JobError(f"guidance search: no weight gave a synthetic set: {refused}")
     chosen = max(val_auc, key=val_auc.get)
     (paths.guidance / layout.GUIDANCE_CHOICE).write_text(
         json.dumps(

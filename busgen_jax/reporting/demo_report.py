@@ -196,7 +196,7 @@ def _selection_tables(paths) -> list[report.Table]:
                     for weight, auc in choice["val_auc"].items()
                 ]
                 + [
-                    [weight, "refused by the privacy audit", ""]
+                    [weight, "no synthetic set (see guidance.json)", ""]
                     for weight in choice.get("refused", {})
                 ],
             )
