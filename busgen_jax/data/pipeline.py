@@ -74,6 +74,13 @@ class ProcessBatchSlice(grain.MapDataset):
         return f"ProcessBatchSlice({self._index}/{self._count}, per_process={self._per_process})"
 
 
+def model_pixels(image: Image.Image, image_size: int) -> np.ndarray:
+    """A stored 8-bit grayscale image as models read it: float32 [image_size, image_size] in
+    [-1, 1], resized bilinearly."""
+    image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
+    return np.asarray(image, np.float32) / 127.5 - 1.0
+
+
 def lesion_preserving_crop(
     boxes: np.ndarray, min_scale: float, rng: np.random.Generator
 ) -> tuple[float, float, float, float]:
@@ -132,14 +139,13 @@ class Preprocess:
                 )
             )
             boxes = np.clip((boxes - [x0, y0, x0, y0]) / [w, h, w, h], 0.0, 1.0)
-        image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
-        pixels = np.asarray(image, np.float32)
+        pixels = model_pixels(image, self.image_size)
         # Only left-right flips: the skin line is always at the top of a B-mode image.
         if self.train and self.random_flip and rng.random() < 0.5:
             pixels = pixels[:, ::-1]
             boxes = boxes[:, [2, 1, 0, 3]] * [-1, 1, -1, 1] + [1, 0, 1, 0]
         return {
-            "image": (pixels / 127.5 - 1.0)[..., None],
+            "image": pixels[..., None],
             "box_mask": box_priors.box_mask(boxes, self.image_size, self.image_size),
             "class_id": np.int32(self.class_index[record_class(record, self.label_field)]),
             "device_id": np.int32(self.device_index.get(record["device"], 0)),

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from busgen_jax.classification import inference
+from busgen_jax.data import pipeline
 from busgen_jax.data.vocabulary import Task
 from busgen_jax.models import classifier as classifier_lib
 from busgen_jax.reporting import visualize
@@ -42,15 +43,10 @@ class LabelCheck:
         """The classifier's probability of the positive class for images [N, H, W, 1] in [-1, 1],
         read as the pipeline reads a stored record."""
         stored = visualize.to_uint8(np.asarray(images)[..., 0])
-        if stored.shape[1:] != (self.image_size, self.image_size):
-            size = (self.image_size, self.image_size)
-            stored = np.stack(
-                [
-                    np.asarray(Image.fromarray(x).resize(size, Image.Resampling.BILINEAR))
-                    for x in stored
-                ]
-            )
-        return inference.probabilities(self.model, stored.astype(np.float32) / 127.5 - 1.0)
+        read = np.stack(
+            [pipeline.model_pixels(Image.fromarray(x), self.image_size) for x in stored]
+        )
+        return inference.probabilities(self.model, read)
 
     def on_label(self, images: np.ndarray, pathologies: Sequence[str]) -> np.ndarray:
         """bool [N]: candidate j is judged to be `pathologies[j]` (or its class is not judged)."""
