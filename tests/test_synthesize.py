@@ -217,7 +217,7 @@ def test_the_label_filter_judges_a_candidate_as_the_pipeline_reads_it():
 def test_label_filter_settings_are_checked_before_any_work(inputs, tmp_path):
     config = _config(inputs)
     config.label_filter.update(classifier=str(oracle.SHIPPED), rounds=config.audit.max_rounds)
-    with pytest.raises(errors.JobError, match=r"label_filter.rounds must be in \[1, "):
+    with pytest.raises(errors.JobError, match=r"config.label_filter.rounds = 5 must be in \[1, "):
         synthesize.run(config, str(tmp_path))
     config.label_filter.update(classifier=str(tmp_path / "nowhere"), rounds=2)
     with pytest.raises(errors.JobError, match="label_filter.classifier: .*nowhere"):

@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from busgen_jax.core import errors, test_hooks
+from busgen_jax.core import config_files, errors, test_hooks
 from busgen_jax.data import box_priors, pipeline, schema, shards
 from busgen_jax.diffusion import generator as generator_lib
 from busgen_jax.diffusion import schedules
@@ -164,11 +164,17 @@ def load_label_check(config: ml_collections.ConfigDict) -> label_filter.LabelChe
     settings = config.label_filter
     if not settings.classifier:
         return None
-    if not 0 < settings.rounds < config.audit.max_rounds:
-        raise errors.JobError(
-            f"label_filter.rounds must be in [1, audit.max_rounds = {config.audit.max_rounds}), "
-            f"got {settings.rounds}: the rounds after it keep what the filter would redraw"
-        )
+    config_files.check_fields(
+        config,
+        [
+            (
+                "label_filter.rounds",
+                0 < settings.rounds < config.audit.max_rounds,
+                f"must be in [1, audit.max_rounds = {config.audit.max_rounds}): the rounds after "
+                "it keep what the filter would redraw",
+            )
+        ],
+    )
     try:
         return label_filter.load(settings.classifier, settings.min_probability)
     except (FileNotFoundError, ValueError) as e:
