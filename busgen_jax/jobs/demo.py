@@ -22,7 +22,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from busgen_jax.core import config_files
+from busgen_jax.core import config_files, errors
 from busgen_jax.diffusion import foundation
 from busgen_jax.evaluation import demo_gates
 from busgen_jax.jobs import layout, shell
@@ -72,8 +72,10 @@ def synthesis_config(config, paths: layout.Paths, **fields: Any) -> ml_collectio
     judged by the label filter's classifier when one is configured (trained here if needed)."""
     source = config.label_filter_source
     if source:
-        train_source_classifier(config, paths, source, seed=0)
-        fields["label_filter.classifier"] = str(paths.classifier(source) / layout.EXPORT)
+        export = paths.classifier(source) / layout.EXPORT
+        if not export.exists():  # the classifiers stage trains and scores it again anyway
+            train_source_classifier(config, paths, source, seed=0)
+        fields["label_filter.classifier"] = str(export)
     return stage_config(
         config.synthesize,
         generator=str(paths.generator),
@@ -92,7 +94,6 @@ def stage_guidance(config, paths: layout.Paths) -> None:
     if not search.weights:
         print("   guidance weight: the generator spec's (no search configured)")
         return
-    from busgen_jax.core import errors
     from busgen_jax.jobs import synthesize, train_classifier
 
     paths.guidance.mkdir(parents=True, exist_ok=True)
