@@ -175,15 +175,19 @@ def test_report_names_training_neighbours_by_id_and_holds_no_training_pixels(tmp
         for k in (37, 30, 0, 1)
     ]
     membership = {"auc": 0.5, "tpr_at_1pct_fpr": 0.0}
-    written = report.write_audit_report(
-        tmp_path,
-        candidate_sims=sims,
-        heldout_sims=heldout_sims,
-        thresholds=thresholds,
-        rejected_count=int(flags.sum()),
-        closest=closest,
-        membership=membership,
-    )
+
+    def write(out_dir, closest_pairs):
+        return report.write_audit_report(
+            out_dir,
+            candidate_sims=sims,
+            heldout_sims=heldout_sims,
+            thresholds=thresholds,
+            rejected_count=int(flags.sum()),
+            closest=closest_pairs,
+            membership=membership,
+        )
+
+    written = write(tmp_path, closest)
     on_disk = json.loads((tmp_path / "audit.json").read_text())
     assert on_disk == written
     assert on_disk["thresholds"] == pytest.approx(thresholds)
@@ -204,15 +208,7 @@ def test_report_names_training_neighbours_by_id_and_holds_no_training_pixels(tmp
             assert np.asarray(image.convert("L")).std() > 10  # not a blank canvas
     # When every closest candidate was rejected, the picture still lists them, one row each.
     rejected = [dict(pair, image=None, synthetic_case_id=None, flagged=True) for pair in closest]
-    report.write_audit_report(
-        tmp_path / "all_rejected",
-        candidate_sims=sims,
-        heldout_sims=heldout_sims,
-        thresholds=thresholds,
-        rejected_count=int(flags.sum()),
-        closest=rejected,
-        membership=membership,
-    )
+    write(tmp_path / "all_rejected", rejected)
     with Image.open(tmp_path / "all_rejected" / "audit_closest_pairs.png") as image:
         assert image.height >= 100 * len(rejected)
         assert np.asarray(image.convert("L")).std() > 10

@@ -9,9 +9,9 @@ generator's training images (`privacy.audit.search`: NCC and a shift/crop/rotati
 windowed NCC); one above either threshold is rejected and drawn again with a new key and boxes,
 as is a noise-like one (`evaluation.sample_failures`) when the context says so, and, in the
 first `label_rounds` rounds, one that the context's label check (`synthesis.label_filter`) does
-not assign to its requested class. If a shard's own
-candidates test as copying (`audit.copying_verdict`), its thresholds tighten to the strict ones
-and what it had accepted is checked again. Rejected candidates never leave this module.
+not assign to its requested class. If a shard's own candidates test as copying
+(`audit.copying_verdict`), its thresholds tighten to the strict ones and what it had accepted
+is checked again. Rejected candidates never leave this module.
 
 Who draws is injected (`sampler.Sampler`): `busgen synthesize` passes a `GeneratorSampler`,
 tests pass toy samplers.
