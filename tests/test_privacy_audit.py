@@ -176,7 +176,7 @@ def test_report_names_training_neighbours_by_id_and_holds_no_training_pixels(tmp
     ]
     membership = {"auc": 0.5, "tpr_at_1pct_fpr": 0.0}
 
-    def write(out_dir, closest_pairs):
+    def write(out_dir, closest_pairs, closest_written=None):
         return report.write_audit_report(
             out_dir,
             candidate_sims=sims,
@@ -184,6 +184,7 @@ def test_report_names_training_neighbours_by_id_and_holds_no_training_pixels(tmp
             thresholds=thresholds,
             rejected_count=int(flags.sum()),
             closest=closest_pairs,
+            closest_written=closest_written,
             membership=membership,
         )
 
@@ -208,7 +209,16 @@ def test_report_names_training_neighbours_by_id_and_holds_no_training_pixels(tmp
             assert np.asarray(image.convert("L")).std() > 10  # not a blank canvas
     # When every closest candidate was rejected, the picture still lists them, one row each.
     rejected = [dict(pair, image=None, synthetic_case_id=None, flagged=True) for pair in closest]
-    write(tmp_path / "all_rejected", rejected)
-    with Image.open(tmp_path / "all_rejected" / "audit_closest_pairs.png") as image:
-        assert image.height >= 100 * len(rejected)
-        assert np.asarray(image.convert("L")).std() > 10
+    # The closest written images then get their own picture and list.
+    kept = [pair for pair in closest if pair["image"] is not None]
+    assert len(kept) == 2
+    on_disk = write(tmp_path / "all_rejected", rejected, kept)
+    assert on_disk["closest_written"] == [
+        {k: v for k, v in pair.items() if k != "image"} for pair in kept
+    ]
+    for name, pairs in [("audit_closest_pairs.png", rejected), ("audit_closest_written.png", kept)]:
+        with Image.open(tmp_path / "all_rejected" / name) as image:
+            assert image.height >= 100 * len(pairs)
+            assert np.asarray(image.convert("L")).std() > 10
+    assert written["closest_written"] is None
+    assert not (tmp_path / "audit_closest_written.png").exists()

@@ -275,6 +275,13 @@ def test_planted_copies_are_rejected_and_resampled(inputs, tmp_path):
     assert len(records) == 8 and all(r["provenance"]["attempt"] == 1 for r in records)
     report = json.loads((tmp_path / layout.SYNTHETIC / "audit" / "audit.json").read_text())
     assert report["rejected_count"] == 8
+    # The closest candidates are the rejected copies; the closest written images are apart,
+    # each a stored record, ranked by the audit's margin.
+    assert all(c["synthetic_case_id"] is None for c in report["closest_pairs"])
+    written = report["closest_written"]
+    assert len(written) == 8 and not any(c["flagged"] for c in written)
+    assert {c["synthetic_case_id"] for c in written} <= {r["case_id"] for r in records}
+    assert [c["score"] for c in written] == sorted((c["score"] for c in written), reverse=True)
 
 
 def test_unknown_class_is_a_clear_error(inputs, tmp_path):
@@ -347,6 +354,7 @@ def test_nothing_written_holds_training_pixels(inputs, tmp_path):
         "audit.json",
         "audit_similarity_hist.png",
         "audit_closest_pairs.png",
+        "audit_closest_written.png",
     }
     report = json.loads((out / "audit" / "audit.json").read_text())
     private = tmp_path / "private_audit" / "closest_pairs.png"
@@ -366,7 +374,7 @@ def test_nothing_written_holds_training_pixels(inputs, tmp_path):
     embedded = [
         base64.b64decode(b) for b in re.findall(r"base64,([A-Za-z0-9+/=]+)", html.read_text())
     ]
-    assert len(embedded) == 2  # the synthetic grid and the similarity histograms
+    assert len(embedded) == 3  # the synthetic grid, the similarity histograms, the closest written
 
     patterns = _training_byte_patterns(inputs["data"], 32)
     assert len(patterns) >= 4 * 40

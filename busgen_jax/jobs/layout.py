@@ -19,12 +19,14 @@ ADAPTED_SAMPLES = "adapted.png"
 # Adaptation: the k-shot dataset it trained on and the saved adapter, under its workdir.
 FEWSHOT = "fewshot_data"
 ADAPTER = "adapter"
-# Synthesis: the audited synthetic dataset, under its workdir; the privacy audit's report and
-# similarity histogram, under the dataset (synthesis) or the workdir (`busgen audit`).
+# Synthesis: the audited synthetic dataset, under its workdir; the privacy audit's report,
+# similarity histogram and closest written images, under the dataset (synthesis) or the
+# workdir (`busgen audit`).
 SYNTHETIC = "synthetic"
 AUDIT = "audit"
 AUDIT_REPORT = "audit.json"
 AUDIT_HISTOGRAM = "audit_similarity_hist.png"
+AUDIT_CLOSEST_WRITTEN = "audit_closest_written.png"
 # Clinical evaluation (`busgen evaluate`), under DIR/evaluation: the results (the data), the
 # ROC figure and the results' tables in Markdown.
 EVALUATION = "evaluation"

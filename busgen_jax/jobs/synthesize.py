@@ -338,18 +338,23 @@ def write_audit(
     done: list[dict],
     generator: tuple[Any, generator_lib.GeneratorSpec],
 ) -> dict:
-    """audit/: every candidate's similarities against held-out ones, the closest candidates as
-    synthetic image (accepted ones only) beside the training neighbour's case id, membership
-    inference, and optionally the operator-only pictures in WORKDIR/private_audit/."""
+    """audit/: every candidate's similarities against held-out ones, the closest candidates and
+    the closest written images, each as synthetic image (written ones only) beside the training
+    neighbour's case id, membership inference, and optionally the operator-only pictures of
+    the closest written images' training neighbours in WORKDIR/private_audit/."""
     sims = {m: np.concatenate([d["candidate_sims"][m] for d in done]) for m in audit.MEASURES}
-    closest = sorted((c for d in done for c in d["closest"]), key=lambda c: -c["score"])
-    closest = closest[: config.audit.num_closest]
+
+    def ranked(key: str) -> list[dict]:
+        entries = sorted((c for d in done for c in d[key]), key=lambda c: -c["score"])
+        return entries[: config.audit.num_closest]
+
+    closest, closest_written = ranked("closest"), ranked("closest_written")
     stored = {
         r["case_id"]: r["image"]
-        for k in {c["index"] // ctx.records_per_shard for c in closest}
+        for k in {c["index"] // ctx.records_per_shard for c in closest + closest_written}
         for r in shards.read_shard(out_dir / done[k]["shard"]["file"])
     }
-    for entry in closest:
+    for entry in closest + closest_written:
         png = stored.get(entry["synthetic_case_id"])
         entry["image"] = None if png is None else schema.decode_png(png)
     private = None
@@ -361,8 +366,7 @@ def write_audit(
                 train["image"][train["case_id"].index(c["train_case_id"])],
                 c["synthetic_case_id"],
             )
-            for c in closest
-            if c["image"] is not None
+            for c in closest_written
         ]
         private = str(
             privacy_report.write_private_pairs(
@@ -376,6 +380,7 @@ def write_audit(
         thresholds=ctx.reference.thresholds,
         rejected_count=sum(d["rejected"] for d in done),
         closest=closest,
+        closest_written=closest_written,
         membership=(
             _membership(config, generator, ctx.reference) if config.audit.membership_draws else None
         ),

@@ -97,10 +97,12 @@ def write_audit_report(
     thresholds: dict[str, float],
     rejected_count: int,
     closest: Sequence[dict[str, Any]],
+    closest_written: Sequence[dict[str, Any]] | None = None,
     membership: dict[str, Any] | None = None,
     private_pictures: str | None = None,
 ) -> dict[str, Any]:
-    """Writes audit.json, audit_similarity_hist.png and audit_closest_pairs.png; returns the JSON.
+    """Writes audit.json, audit_similarity_hist.png, audit_closest_pairs.png and, when
+    `closest_written` is given, audit_closest_written.png; returns the JSON.
 
     Args:
       candidate_sims: every generated candidate's similarities (accepted and rejected).
@@ -109,6 +111,9 @@ def write_audit_report(
       closest: dicts with `similarity` (measure -> float), `train_case_id`, `flagged`,
         `synthetic_case_id` (None for a rejected candidate, which is never stored) and an
         optional synthetic `image` for the figure. No training image is ever taken.
+      closest_written: the same for the written images closest to a training image, when
+        `closest` ranks candidates that were rejected too (synthesis); None when every
+        candidate was written (an audit of an existing dataset).
       membership: the membership-inference result, if one was run.
       private_pictures: where pictures of training neighbours were written, if anywhere.
     """
@@ -129,7 +134,8 @@ def write_audit_report(
         },
         "memorization_rates": audit.memorization_rates(candidate_sims, heldout_sims),
         "memorization_test": audit.copying_verdict(candidate_sims, heldout_sims),
-        "closest_pairs": [{k: v for k, v in c.items() if k != "image"} for c in closest],
+        "closest_pairs": _without_images(closest),
+        "closest_written": None if closest_written is None else _without_images(closest_written),
         "membership_inference": membership,
         "private_pictures": private_pictures,
     }
@@ -137,7 +143,13 @@ def write_audit_report(
     title = f"Privacy audit: {rejected_count} of {num} candidates rejected"
     _plot_histograms(out / layout.AUDIT_HISTOGRAM, candidate_sims, heldout_sims, thresholds, title)
     _plot_synthetic_with_ids(out / "audit_closest_pairs.png", closest)
+    if closest_written is not None:
+        _plot_synthetic_with_ids(out / layout.AUDIT_CLOSEST_WRITTEN, closest_written)
     return report
+
+
+def _without_images(pairs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in c.items() if k != "image"} for c in pairs]
 
 
 def write_private_pairs(

@@ -176,6 +176,11 @@ def synthesis_section(paths) -> report.Section:
                 audit_dir / layout.AUDIT_HISTOGRAM,
                 "Nearest-training-neighbour similarity: candidates vs held-out real",
             ),
+            report.Figure(
+                audit_dir / layout.AUDIT_CLOSEST_WRITTEN,
+                "The written images most similar to a training image, beside that training "
+                "case's id (no training pixels)",
+            ),
         ],
     )
 

@@ -109,6 +109,7 @@ class _Accepted(NamedTuple):
     boxes: np.ndarray
     attempt: int
     sim: dict[str, float]
+    neighbour: str  # the nearest training case's id
 
 
 @dataclasses.dataclass
@@ -185,7 +186,9 @@ def _draw_round(ctx: Context, shard: int, attempt: int, progress: _Progress) -> 
         if audit.flagged(sim, progress.thresholds):
             still.append(draw.index)
         else:
-            progress.accepted[draw.index] = _Accepted(images[j], draw.boxes, attempt, sim)
+            progress.accepted[draw.index] = _Accepted(
+                images[j], draw.boxes, attempt, sim, neighbour
+            )
     for m in audit.MEASURES:
         progress.candidate_sims[m] += sims[m].tolist()
     if not progress.strict and _tests_as_copying(progress.candidate_sims, ctx.reference):
@@ -225,7 +228,7 @@ def _records(ctx: Context, accepted: dict[int, _Accepted]) -> list[dict]:
     """The accepted candidates as dataset records, in index order, with their provenance."""
     records = []
     for i in sorted(accepted):
-        image, boxes, attempt, sim = accepted[i]
+        image, boxes, attempt, sim, _ = accepted[i]
         pathology, device = ctx.plan[i]
         records.append(
             schema.make_record(
@@ -249,11 +252,22 @@ def _records(ctx: Context, accepted: dict[int, _Accepted]) -> list[dict]:
 
 
 def _sidecar(ctx: Context, progress: _Progress) -> dict[str, Any]:
-    """The shard's audit numbers; its closest candidates name their record only if it was kept."""
+    """The shard's audit numbers; its closest candidates name their record only if it was kept.
+
+    `closest` ranks every candidate, so rejected ones usually fill it; `closest_written` ranks
+    the kept records alone, the images that leave the job and most resemble a training image.
+    """
     accepted = progress.accepted
     for entry in progress.closest:
         kept = entry["index"] in accepted and accepted[entry["index"]].attempt == entry["attempt"]
         entry["synthetic_case_id"] = ctx.case_id(entry["index"]) if kept else None
+    written = [
+        dict(
+            _closest_entry(i, a.attempt, a.sim, a.neighbour, progress.thresholds),
+            synthetic_case_id=ctx.case_id(i),
+        )
+        for i, a in accepted.items()
+    ]
     return {
         "records": [
             {"pathology": ctx.plan[i][0], "device": ctx.plan[i][1]} for i in sorted(accepted)
@@ -270,4 +284,5 @@ def _sidecar(ctx: Context, progress: _Progress) -> dict[str, Any]:
         "failed": progress.failed,
         "off_label": progress.off_label,
         "closest": progress.closest,
+        "closest_written": sorted(written, key=lambda c: -c["score"])[: ctx.num_closest],
     }
