@@ -2,6 +2,8 @@
 
   python -m benchmarks.train_step --models=busgen_toy,demo,efficient --batch_sizes=1,4 \
       --ablations=none,dilated_upsample,no_attention,no_groupnorm,plain_resample,no_ema,forward_only
+  python -m benchmarks.train_step --models=demo --batch_sizes=16 --steps=20 --warmup=3 \
+      --xla_flag_sets="--xla_cpu_use_onednn=true;--xla_cpu_use_xnnpack=true"
 
 Models: `busgen_toy` (the published 128 px U-Net, chunked attention), `demo` (the shipped phantom
 foundation model's 32 px U-Net, `configs/pretrain.py:phantom_foundation`) and `efficient` (the
@@ -53,9 +55,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -261,8 +265,11 @@ def torch_worker(
     return {"step_s": seconds, "images_per_s": batch_size / seconds}
 
 
-def run_setting(kind: str, model: str, batch_size: int, ablation: str, args) -> dict:
-    """Runs one setting in a fresh interpreter; returns its timings and peak RSS."""
+def run_setting(
+    kind: str, model: str, batch_size: int, ablation: str, args, xla_flags: str | None = None
+) -> dict:
+    """Runs one setting in a fresh interpreter (under `xla_flags` as XLA_FLAGS, if given);
+    returns its timings and peak RSS."""
     command = [
         sys.executable,
         "-m",
@@ -278,7 +285,8 @@ def run_setting(kind: str, model: str, batch_size: int, ablation: str, args) -> 
     ]
     if args.attention:
         command.append(f"--attention={args.attention}")
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    env = None if xla_flags is None else {**os.environ, "XLA_FLAGS": xla_flags}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     if result.returncode:
         raise RuntimeError(f"{kind} {model} batch {batch_size} failed:\n{result.stderr[-3000:]}")
     out = json.loads(result.stdout.strip().splitlines()[-1])
@@ -300,6 +308,57 @@ def _ratio(jax_out: dict, torch_out: dict) -> float | str:
     return ""
 
 
+def compare_xla_flags(models, batch_sizes, args, report) -> None:
+    """The JAX step under each XLA_FLAGS set beside the default flags and PyTorch: every
+    setting runs `--repeats` times, interleaved so that load on the machine falls on all alike,
+    and the median step time is reported."""
+    flag_sets = ["", *(f.strip() for f in args.xla_flag_sets.split(";") if f.strip())]
+    rows = []
+    for model in models:
+        for batch_size in batch_sizes:
+            times = {flags: [] for flags in flag_sets}
+            torch_times = []
+            for _ in range(args.repeats):
+                for flags in flag_sets:
+                    out = run_setting("jax", model, batch_size, "none", args, xla_flags=flags)
+                    times[flags].append(out["step_s"])
+                if not args.no_torch:
+                    torch_times.append(
+                        run_setting("torch", model, batch_size, "none", args)["step_s"]
+                    )
+            default = statistics.median(times[""])
+            torch_s = statistics.median(torch_times) if torch_times else float("nan")
+            for flags in flag_sets:
+                step_s = statistics.median(times[flags])
+                rows.append(
+                    [
+                        model,
+                        batch_size,
+                        flags or "(default)",
+                        batch_size / step_s,
+                        default / step_s,
+                        torch_s / step_s,
+                        " / ".join(f"{t:.3g}" for t in times[flags]),
+                    ]
+                )
+    report(
+        "Train step under XLA:CPU flags (JAX, beside the default flags and PyTorch)",
+        "models " + ", ".join(f"{m} (configs/pretrain.py:{MODELS[m]})" for m in models),
+        [
+            "model",
+            "batch",
+            "XLA_FLAGS",
+            "JAX img/s (median)",
+            "speed / default flags",
+            "JAX / PyTorch",
+            "s/step of each run",
+        ],
+        rows,
+        notes=f"{args.steps} timed step(s) after {args.warmup} warm-up step(s), each run in a "
+        f"fresh process, {args.repeats} interleaved runs per setting; fp32",
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="busgen_toy,demo,efficient")
@@ -312,6 +371,14 @@ def main() -> None:
     parser.add_argument("--no_torch", action="store_true", help="skip the PyTorch twin")
     parser.add_argument(
         "--peak_tflops", type=float, help="the device's peak TFLOP/s: adds model FLOP utilization"
+    )
+    parser.add_argument(
+        "--xla_flag_sets",
+        help="';'-separated XLA_FLAGS values: the JAX step under each, beside the default flags "
+        "and PyTorch, instead of the speed table",
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved runs per setting (--xla_flag_sets)"
     )
     parser.add_argument("--worker", choices=("jax", "torch"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -334,6 +401,9 @@ def main() -> None:
         return
     from benchmarks.common import report
 
+    if args.xla_flag_sets:
+        compare_xla_flags(models, batch_sizes, args, report)
+        return
     limit = args.memory_limit_gib
     speed_rows, ablation_rows = [], []
     for model in models:
