@@ -45,6 +45,9 @@ def run_variant(base: pathlib.Path, workdir: pathlib.Path, flags: list[str]) -> 
 
 
 def row(name: str, workdir: pathlib.Path) -> list[object]:
+    if not (workdir / "synthesize" / "synthetic" / "manifest.json").exists():
+        # Synthesis refused (the audit or the redraw limit): the run stopped before any gate.
+        return [name, "-", "-", "-", "synthesis refused: no dataset written", *["-"] * 8]
     gates = {g["gate"]: g for g in json.loads((workdir / "gates.json").read_text())}
     seeds = json.loads((workdir / "classifiers" / "seeds.json").read_text())
     manifest = json.loads((workdir / "synthesize" / "synthetic" / "manifest.json").read_text())

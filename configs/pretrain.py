@@ -128,7 +128,7 @@ def _phantom_foundation(config: ml_collections.ConfigDict) -> None:
     config.diffusion.prediction = "v"
     config.data.paths = (builtin.phantom_path("foundation"),)
     config.sampling_preset = "phantom_foundation"
-    config.train.update(steps=12000, learning_rate=1e-3, warmup_steps=100, ema_decay=0.995)
+    config.train.update(steps=3000, learning_rate=1e-3, warmup_steps=100, ema_decay=0.995)
     config.checkpoint.update(every_steps=200, max_to_keep=2)
     config.log_every_steps = 50
     config.sample.update(every_steps=1500, per_class=4, sampler="ddpm", steps=50)
