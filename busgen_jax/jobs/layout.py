@@ -20,12 +20,13 @@ ADAPTED_SAMPLES = "adapted.png"
 FEWSHOT = "fewshot_data"
 ADAPTER = "adapter"
 # Synthesis: the audited synthetic dataset, under its workdir; the privacy audit's report,
-# similarity histogram and closest written images, under the dataset (synthesis) or the
-# workdir (`busgen audit`).
+# similarity histogram, closest candidates and closest written images, under the dataset
+# (synthesis) or the workdir (`busgen audit`).
 SYNTHETIC = "synthetic"
 AUDIT = "audit"
 AUDIT_REPORT = "audit.json"
 AUDIT_HISTOGRAM = "audit_similarity_hist.png"
+AUDIT_CLOSEST_PAIRS = "audit_closest_pairs.png"
 AUDIT_CLOSEST_WRITTEN = "audit_closest_written.png"
 # Clinical evaluation (`busgen evaluate`), under DIR/evaluation: the results (the data), the
 # ROC figure and the results' tables in Markdown.

@@ -142,7 +142,7 @@ def write_audit_report(
     (out / layout.AUDIT_REPORT).write_text(json.dumps(report, indent=2) + "\n")
     title = f"Privacy audit: {rejected_count} of {num} candidates rejected"
     _plot_histograms(out / layout.AUDIT_HISTOGRAM, candidate_sims, heldout_sims, thresholds, title)
-    _plot_synthetic_with_ids(out / "audit_closest_pairs.png", closest)
+    _plot_synthetic_with_ids(out / layout.AUDIT_CLOSEST_PAIRS, closest)
     if closest_written is not None:
         _plot_synthetic_with_ids(out / layout.AUDIT_CLOSEST_WRITTEN, closest_written)
     return report
