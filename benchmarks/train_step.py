@@ -48,7 +48,9 @@ carried the state between steps as the list of its arrays was then timed beside 
 state (BENCHMARKS.md, the 16:17 UTC table of 2026-12-03): no faster (148.7 against 151.8
 img/s), so the host's handling of the state is not what the demo model's step waits on, and the
 remaining difference is XLA:CPU's code around its convolutions (layout copies, backward
-elementwise ops), which the model cannot change.
+elementwise ops), which the model cannot change. Nor do XLA:CPU's library flags
+(`--xla_flag_sets`, BENCHMARKS.md "Train step under XLA:CPU flags"): oneDNN and XNNPACK moved the
+demo model's step by +5% and +7%, inside the spread between runs of one setting.
 """
 
 from __future__ import annotations
